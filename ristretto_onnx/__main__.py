@@ -1,0 +1,3 @@
+from ristretto_onnx.cli import main
+
+main()

@@ -1,0 +1,365 @@
+"""Number formats of the thesis (ch. 4-7) and their exact numpy reference quantizers.
+
+Every format is a frozen dataclass with a string form (``fixed:8:4``, ``minifloat:8:5``,
+``pow2:-8:-1``) that is used everywhere: the CLI, reports and the ``format`` attribute of the
+``QuantizeSim`` op. :func:`parse_format` is the inverse of ``str()``.
+
+The numpy quantizers here are the *reference semantics*: the onnxruntime function bodies in
+:mod:`ristretto_onnx.ops` must reproduce them bit for bit on float32. They compute in float64,
+where every intermediate step is exact, and round once to float32 at the end; the formats are
+restricted (see each ``__post_init__``) so that this last rounding is exact too.
+
+Dynamic fixed point is not a separate format: it is :class:`Fixed` with the fractional length
+chosen per group of numbers (a layer's weights, inputs or outputs), by :func:`dfp_frac_bits`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+import numpy as np
+
+from ristretto_onnx.errors import FormatError
+
+#: Rounding modes: round half to even for inference, stochastic for fine-tuning.
+ROUNDINGS = ("nearest_even", "stochastic")
+
+# float32 normal range: steps and maxima of every accepted format must stay inside it, so the
+# quantized values are exact float32 numbers and the scale factors are exact normal floats.
+_F32_EMIN = -126
+_F32_EMAX = 127
+
+
+def _check_rounding(rounding: str) -> None:
+    if rounding not in ROUNDINGS:
+        raise FormatError(f"unknown rounding {rounding!r}; expected one of {', '.join(ROUNDINGS)}")
+
+
+def _as_f64(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
+
+
+def _round(v: np.ndarray, rounding: str, rng: np.random.Generator | None) -> np.ndarray:
+    """Round float64 values to integers: half to even, or stochastically (floor(v + u))."""
+    if rounding == "nearest_even":
+        return np.rint(v)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    return np.floor(v + rng.random(v.shape))
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """Two's complement fixed point with ``bits`` bits in total, ``frac_bits`` of them fractional.
+
+    The thesis's ``Qm.n`` is ``Fixed(m + n, n)``. ``frac_bits`` may be negative (a step larger
+    than 1) or larger than ``bits`` (all bits below the binary point), which dynamic fixed point
+    needs for small weights. Values: ``k * 2**-frac_bits`` for integer ``k`` in
+    ``[-2**(bits-1), 2**(bits-1) - 1]``.
+    """
+
+    bits: int
+    frac_bits: int
+    kind: ClassVar[str] = "fixed"
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 32:
+            raise FormatError(f"fixed point needs 2 to 32 bits, got {self.bits}")
+        step_exp = -self.frac_bits
+        top_exp = self.bits - 1 - self.frac_bits
+        if step_exp < _F32_EMIN or top_exp > _F32_EMAX:
+            raise FormatError(
+                f"{self}: range exceeds float32 (step 2^{step_exp}, max about 2^{top_exp}); "
+                f"frac_bits must lie in [{self.bits - 1 - _F32_EMAX}, {-_F32_EMIN}]"
+            )
+
+    def __str__(self) -> str:
+        return f"fixed:{self.bits}:{self.frac_bits}"
+
+    @property
+    def int_bits(self) -> int:
+        """Integer length IL of the thesis, sign bit included (bits = IL + FL)."""
+        return self.bits - self.frac_bits
+
+    @property
+    def step(self) -> float:
+        return 2.0 ** -self.frac_bits
+
+    @property
+    def max_value(self) -> float:
+        return float(np.float32((2.0 ** (self.bits - 1) - 1) * self.step))
+
+    @property
+    def min_value(self) -> float:
+        return -(2.0 ** (self.bits - 1)) * self.step
+
+    @property
+    def smallest_positive(self) -> float:
+        return self.step
+
+    def quantize(self, x, rounding: str = "nearest_even", rng=None) -> np.ndarray:
+        _check_rounding(rounding)
+        v = _as_f64(x) * 2.0 ** self.frac_bits
+        k = np.clip(_round(v, rounding, rng), -(2.0 ** (self.bits - 1)), 2.0 ** (self.bits - 1) - 1)
+        return (k * 2.0 ** -self.frac_bits).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Minifloat:
+    """Floating point with 1 sign bit, ``exp_bits`` exponent bits and the rest mantissa (ch. 6).
+
+    bias = 2**(E-1) - 1. There are no denormals, infinities or NaNs: every exponent code
+    1 .. 2**E - 1 is a normal number, values beyond the largest saturate to it, values below the
+    smallest normal flush to zero (keeping their sign, as float zeros do).
+    """
+
+    bits: int
+    exp_bits: int
+    kind: ClassVar[str] = "minifloat"
+
+    def __post_init__(self) -> None:
+        if self.bits < 2 or self.bits > 32:
+            raise FormatError(f"minifloat needs 2 to 32 bits, got {self.bits}")
+        if self.exp_bits < 1:
+            raise FormatError(f"minifloat needs at least 1 exponent bit, got {self.exp_bits}")
+        if self.mant_bits < 0:
+            raise FormatError(
+                f"minifloat:{self.bits}:{self.exp_bits}: {self.exp_bits} exponent bits leave no room "
+                f"for the sign bit (mantissa bits = bits - 1 - exp_bits must be >= 0)"
+            )
+        if self.mant_bits > 23:
+            raise FormatError(f"{self}: {self.mant_bits} mantissa bits exceed float32's 23")
+        if self.exp_bits > 8 or self.emax > _F32_EMAX or self.emin < _F32_EMIN:
+            raise FormatError(
+                f"{self}: exponent range 2^{self.emin}..2^{self.emax} exceeds float32's normal range"
+            )
+
+    def __str__(self) -> str:
+        return f"minifloat:{self.bits}:{self.exp_bits}"
+
+    @property
+    def mant_bits(self) -> int:
+        return self.bits - 1 - self.exp_bits
+
+    @property
+    def bias(self) -> int:
+        return 2 ** (self.exp_bits - 1) - 1
+
+    @property
+    def emin(self) -> int:
+        return 1 - self.bias
+
+    @property
+    def emax(self) -> int:
+        return 2**self.exp_bits - 1 - self.bias
+
+    @property
+    def max_value(self) -> float:
+        return (2.0 - 2.0 ** -self.mant_bits) * 2.0**self.emax
+
+    @property
+    def min_value(self) -> float:
+        return -self.max_value
+
+    @property
+    def smallest_positive(self) -> float:
+        return 2.0**self.emin
+
+    @property
+    def step(self) -> float:
+        """The finest step (between the smallest normals)."""
+        return 2.0 ** (self.emin - self.mant_bits)
+
+    def quantize(self, x, rounding: str = "nearest_even", rng=None) -> np.ndarray:
+        _check_rounding(rounding)
+        x64 = _as_f64(x)
+        _, ex = np.frexp(np.abs(x64))  # |x| = m * 2**ex, m in [0.5, 1): floor(log2|x|) = ex - 1
+        e = np.maximum(ex - 1, self.emin)
+        q = np.ldexp(_round(np.ldexp(x64, self.mant_bits - e), rounding, rng), e - self.mant_bits)
+        q = np.clip(q, -self.max_value, self.max_value)
+        q = np.where(np.abs(q) < self.smallest_positive, q * 0.0, q)
+        return q.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Pow2:
+    """Power-of-two weights for multiplier-free layers (ch. 7): 0 or ``±2**e``, EMIN <= e <= EMAX.
+
+    A product with such a weight is a shift. The exponent is the nearest integer to log2|x|
+    (rounded in the log domain), clipped to the range; only an exact zero stays zero (+0, for
+    either sign of zero).
+    """
+
+    exp_min: int
+    exp_max: int
+    kind: ClassVar[str] = "pow2"
+
+    def __post_init__(self) -> None:
+        if self.exp_min > self.exp_max:
+            raise FormatError(f"pow2:{self.exp_min}:{self.exp_max}: EMIN must not exceed EMAX")
+        # One binade of headroom on each side keeps every threshold the op compares with a
+        # normal float32 number.
+        if self.exp_min < _F32_EMIN + 1 or self.exp_max > _F32_EMAX - 1:
+            raise FormatError(
+                f"{self}: exponents must lie in [{_F32_EMIN + 1}, {_F32_EMAX - 1}] (float32 range)"
+            )
+
+    def __str__(self) -> str:
+        return f"pow2:{self.exp_min}:{self.exp_max}"
+
+    @property
+    def bits(self) -> int:
+        """Sign bit plus enough bits to index the exponents (the thesis's 4-bit ``pow2:-8:-1``)."""
+        return 1 + math.ceil(math.log2(self.exp_max - self.exp_min + 1))
+
+    @property
+    def max_value(self) -> float:
+        return 2.0**self.exp_max
+
+    @property
+    def min_value(self) -> float:
+        return -(2.0**self.exp_max)
+
+    @property
+    def smallest_positive(self) -> float:
+        return 2.0**self.exp_min
+
+    @property
+    def step(self) -> float:
+        return 2.0**self.exp_min
+
+    def quantize(self, x, rounding: str = "nearest_even", rng=None) -> np.ndarray:
+        _check_rounding(rounding)
+        x64 = _as_f64(x)
+        a = np.abs(x64)
+        _, ex = np.frexp(a)
+        f = (ex - 1).astype(np.float64)  # floor(log2 a)
+        lower = np.ldexp(1.0, ex - 1)
+        if rounding == "nearest_even":
+            # log2 a rounds up past f + 1/2, i.e. at sqrt(2) * 2**f; never a tie for float32 a.
+            up = a >= np.sqrt(2.0) * lower
+        else:
+            # Unbiased in value: up with probability (a - 2**f) / 2**f.
+            rng = rng if rng is not None else np.random.default_rng(0)
+            up = rng.random(a.shape) < (a / lower - 1.0)
+        k = np.where(np.isinf(a), self.exp_max, np.clip(f + up, self.exp_min, self.exp_max))
+        q = np.ldexp(1.0, k.astype(np.int64))
+        q = np.where(x64 < 0, -q, q)
+        q = np.where(x64 == 0, 0.0, q)  # both zeros give +0 (onnxruntime's Sign has no -0)
+        q = np.where(np.isnan(x64), np.nan, q)
+        return q.astype(np.float32)
+
+
+Format = Union[Fixed, Minifloat, Pow2]
+FORMAT_KINDS = ("fixed", "minifloat", "pow2")
+
+
+def parse_format(text: str | Format) -> Format:
+    """Parse ``fixed:B:F``, ``minifloat:B:E`` or ``pow2:EMIN:EMAX``; a format passes through."""
+    if isinstance(text, (Fixed, Minifloat, Pow2)):
+        return text
+    parts = str(text).strip().split(":")
+    usage = "expected fixed:BITS:FRAC_BITS, minifloat:BITS:EXP_BITS or pow2:EMIN:EMAX"
+    if len(parts) != 3:
+        raise FormatError(f"cannot parse format {text!r}: {usage}")
+    kind = parts[0].lower()
+    try:
+        a, b = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise FormatError(f"cannot parse format {text!r}: the two parameters must be integers") from None
+    if kind == "fixed":
+        return Fixed(a, b)
+    if kind == "minifloat":
+        return Minifloat(a, b)
+    if kind == "pow2":
+        return Pow2(a, b)
+    raise FormatError(f"unknown format kind {parts[0]!r}: {usage}")
+
+
+def quantize(x, fmt: Format | str, rounding: str = "nearest_even", seed: int | None = None) -> np.ndarray:
+    """Quantize ``x`` (cast to float32) to ``fmt``; the reference for the ``QuantizeSim`` op."""
+    fmt = parse_format(fmt)
+    rng = np.random.default_rng(seed) if rounding == "stochastic" else None
+    return fmt.quantize(x, rounding=rounding, rng=rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# Range rules (thesis eq. 5.2 and 6.2)
+
+
+def integer_bits(max_abs: float) -> int:
+    """Integer length IL (sign bit included) that avoids saturating ``max_abs`` (eq. 5.2).
+
+    The thesis prints ``IL = ceil(lg2(max + 1))``; its text asks for "enough bits to avoid
+    saturation" and a sign bit, which is ``ceil(lg2(max)) + 1``: two's complement ``[IL.FL]``
+    reaches ``2**(IL-1)``. The two agree for ``max`` in (0, 1]; for larger ranges the printed form
+    would saturate (max = 3 gives IL = 2, whose largest value is < 2), so we use the latter.
+    """
+    if not np.isfinite(max_abs):
+        raise FormatError(f"cannot choose an integer length for a range of {max_abs}")
+    if max_abs <= 0:
+        return 1 - 126  # an all-zero group: any format represents it; keep the step tiny but legal
+    return math.ceil(math.log2(max_abs)) + 1
+
+
+def dfp_frac_bits(max_abs: float, bits: int, *, layer_output: bool = False) -> int:
+    """Fractional length of a dynamic fixed point group with ``bits`` bits (thesis 5.2.1).
+
+    Layer outputs get one integer bit fewer (one more fractional bit) than the no-saturation rule,
+    which the thesis found slightly better: the rare largest outputs saturate a little.
+    """
+    il = integer_bits(max_abs) - (1 if layer_output else 0)
+    fl = bits - il
+    # Stay inside the float32-representable formats (an all-zero group would otherwise overflow).
+    return int(min(max(fl, bits - 1 - _F32_EMAX), -_F32_EMIN))
+
+
+def dfp_format(max_abs: float, bits: int, *, layer_output: bool = False) -> Fixed:
+    """The dynamic fixed point format of a group whose largest magnitude is ``max_abs``."""
+    return Fixed(bits, dfp_frac_bits(max_abs, bits, layer_output=layer_output))
+
+
+def minifloat_exp_bits(max_abs: float) -> int:
+    """Exponent bits that avoid saturation of ``max_abs`` (thesis eq. 6.2), at least 1.
+
+    With E exponent bits the largest exponent is ``2**(E-1)``, so the values reach ``2**(2**(E-1)+1)``
+    (with unbounded mantissa); eq. 6.2 is the smallest E for which that exceeds ``max_abs``.
+    """
+    if not np.isfinite(max_abs) or max_abs <= 0:
+        return 1
+    lg = math.log2(max_abs)
+    if lg - 1 <= 0:
+        return 1
+    return max(1, math.ceil(math.log2(lg - 1) + 1))
+
+
+def minifloat_format(max_abs: float, bits: int) -> Minifloat:
+    """The minifloat with ``bits`` bits and eq. 6.2's exponent width (capped by the bit budget)."""
+    e = min(minifloat_exp_bits(max_abs), bits - 1, 7)
+    return Minifloat(bits, max(1, e))
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """What ``ristretto-onnx formats`` prints for a format."""
+
+    format: str
+    bits: int
+    min_value: float
+    max_value: float
+    step: float
+    smallest_positive: float
+    levels: int
+
+    @classmethod
+    def of(cls, fmt: Format | str) -> "FormatInfo":
+        fmt = parse_format(fmt)
+        if isinstance(fmt, Fixed):
+            levels = 2**fmt.bits
+        elif isinstance(fmt, Minifloat):
+            levels = 2 * (2**fmt.exp_bits - 1) * 2**fmt.mant_bits + 1  # ± normals and zero
+        else:
+            levels = 2 * (fmt.exp_max - fmt.exp_min + 1) + 1
+        return cls(str(fmt), fmt.bits, fmt.min_value, fmt.max_value, fmt.step,
+                   fmt.smallest_positive, levels)

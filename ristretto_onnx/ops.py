@@ -1,0 +1,250 @@
+"""The ``QuantizeSim`` op (domain ``ai.ristretto``, version 1) and its standard-op function bodies.
+
+A ``QuantizeSim`` node has one float input ``X`` and one output ``Y`` of the same shape; its string
+attribute ``format`` holds a format's string form (``fixed:8:4``, ``minifloat:8:5``,
+``pow2:-8:-1``) and ``rounding`` is ``nearest_even`` (default) or ``stochastic``.
+
+So that a plain ``onnxruntime.InferenceSession`` runs an annotated model with nothing else
+installed, every model carries one ONNX function per distinct (format, rounding) pair, built from
+standard ops. ONNX identifies a function by (domain, name, overload), so each node names its
+function through the ``overload`` field (IR version >= 10). The bodies reproduce the numpy
+reference in :mod:`ristretto_onnx.formats` bit for bit on float32:
+
+* scaling by powers of two is exact in float32, ``Round`` is round-half-to-even;
+* where a format needs ``floor(log2|x|)`` (minifloat, pow2), ``Log`` gives an estimate that may be
+  one off near a binade boundary; it is corrected by exact comparisons against powers of two that
+  come from a constant table through ``Gather`` (never from ``Pow``, whose exactness is not
+  guaranteed by the standard);
+* indices are clamped as integers before ``Gather``, so NaN and infinities cannot index out of
+  range. NaN inputs give NaN outputs, as in the reference.
+
+Weight quantizers have constant inputs, so onnxruntime folds them away at session creation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import onnx
+from onnx import FunctionProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
+
+from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.formats import ROUNDINGS, Fixed, Format, Minifloat, Pow2, parse_format
+
+DOMAIN = "ai.ristretto"
+OP_TYPE = "QuantizeSim"
+OP_VERSION = 1
+#: The standard-op bodies use integer Clip and GreaterOrEqual (opset 12) and tensor-input Clip.
+MIN_OPSET = 13
+#: Function overloads need IR version 10; onnxruntime 1.31 reads at most 13.
+MIN_IR_VERSION = 10
+
+_INV_LN2 = 1.0 / math.log(2.0)
+
+
+def overload_name(fmt: Format | str, rounding: str = "nearest_even") -> str:
+    """The function overload that implements ``fmt`` with ``rounding``: ``fixed_8_m2_ne``."""
+    fmt = parse_format(fmt)
+    body = re.sub(r"[^0-9a-z]+", "_", str(fmt).replace("-", "m"))
+    return f"{body}_{'ne' if rounding == 'nearest_even' else 'sr'}"
+
+
+def is_quantize_sim(node: NodeProto) -> bool:
+    return node.domain == DOMAIN and node.op_type == OP_TYPE
+
+
+def node_format(node: NodeProto) -> tuple[Format, str]:
+    """The (format, rounding) of a ``QuantizeSim`` node, validated."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if "format" not in attrs:
+        raise RistrettoError(f"QuantizeSim node {node.name!r} has no 'format' attribute")
+    fmt = parse_format(_text(attrs["format"]))
+    rounding = _text(attrs.get("rounding", b"nearest_even"))
+    if rounding not in ROUNDINGS:
+        raise RistrettoError(f"QuantizeSim node {node.name!r}: unknown rounding {rounding!r}")
+    return fmt, rounding
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def make_quantize_node(
+    input: str,
+    output: str,
+    fmt: Format | str,
+    *,
+    rounding: str = "nearest_even",
+    name: str | None = None,
+) -> NodeProto:
+    """A ``QuantizeSim`` node for ``fmt``, already pointing at its function overload."""
+    fmt = parse_format(fmt)
+    if rounding not in ROUNDINGS:
+        raise RistrettoError(f"unknown rounding {rounding!r}")
+    node = helper.make_node(
+        OP_TYPE, [input], [output], name=name or f"{output}_qsim", domain=DOMAIN,
+        format=str(fmt), rounding=rounding,
+    )
+    node.overload = overload_name(fmt, rounding)
+    return node
+
+
+# ---------------------------------------------------------------------------------------------
+# Function bodies
+
+
+class _Body:
+    """Collects the nodes of one function body with fresh internal names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[NodeProto] = []
+        self._n = 0
+
+    def const(self, value, dtype=np.float32) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        name = self._fresh("c")
+        self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(arr, name)))
+        return name
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
+        out = out or self._fresh(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def _fresh(self, stem: str) -> str:
+        self._n += 1
+        return f"_{stem}{self._n}"
+
+
+def _round(b: _Body, v: str, rounding: str) -> str:
+    if rounding == "nearest_even":
+        return b.op("Round", v)
+    noise = b.op("RandomUniformLike", v, dtype=TensorProto.FLOAT)
+    return b.op("Floor", b.op("Add", v, noise))
+
+
+def _floor_log2_index(b: _Body, a: str, lo: int, hi: int, pow_table: str) -> str:
+    """int64 index ``i`` with ``lo + i = clip(floor(log2 a), lo, hi)``, exact.
+
+    ``Log`` estimates the exponent (possibly one off at a binade edge); one comparison each way
+    against exact powers of two from ``pow_table`` (``pow_table[i] = 2**(lo + i)``) corrects it.
+    """
+    n = hi - lo
+    est = b.op("Floor", b.op("Mul", b.op("Log", a), b.const(_INV_LN2)))
+    est = b.op("Clip", est, b.const(float(lo)), b.const(float(hi)))
+    idx = b.op("Cast", b.op("Sub", est, b.const(float(lo))), to=TensorProto.INT64)
+    zero, top = b.const(0, np.int64), b.const(n, np.int64)
+    idx = b.op("Clip", idx, zero, top)  # NaN casts to an arbitrary integer: keep it in range
+    p = b.op("Gather", pow_table, idx)
+    up = b.op("Cast", b.op("GreaterOrEqual", a, b.op("Mul", p, b.const(2.0))), to=TensorProto.INT64)
+    down = b.op("Cast", b.op("Less", a, p), to=TensorProto.INT64)
+    return b.op("Clip", b.op("Sub", b.op("Add", idx, up), down), zero, top)
+
+
+def _fixed_body(b: _Body, fmt: Fixed, rounding: str) -> None:
+    v = b.op("Mul", "X", b.const(2.0**fmt.frac_bits))
+    k = b.op("Clip", _round(b, v, rounding), b.const(-(2.0 ** (fmt.bits - 1))), b.const(2.0 ** (fmt.bits - 1) - 1))
+    b.op("Mul", k, b.const(2.0 ** -fmt.frac_bits), out="Y")
+
+
+def _minifloat_body(b: _Body, fmt: Minifloat, rounding: str) -> None:
+    exps = np.arange(fmt.emin, fmt.emax + 1)
+    m = fmt.mant_bits
+    a = b.op("Abs", "X")
+    i = _floor_log2_index(b, a, fmt.emin, fmt.emax, b.const(np.ldexp(1.0, exps)))
+    inv = b.op("Gather", b.const(np.ldexp(1.0, m - exps)), i)
+    step = b.op("Gather", b.const(np.ldexp(1.0, exps - m)), i)
+    q = b.op("Mul", _round(b, b.op("Mul", "X", inv), rounding), step)
+    q = b.op("Clip", q, b.const(-fmt.max_value), b.const(fmt.max_value))
+    normal = b.op("GreaterOrEqual", b.op("Abs", q), b.const(fmt.smallest_positive))
+    b.op("Mul", q, b.op("Cast", normal, to=TensorProto.FLOAT), out="Y")  # flush, keeping the sign
+
+
+def _sqrt2_thresholds(exps: np.ndarray) -> np.ndarray:
+    """Smallest float32 >= sqrt(2) * 2**e: for float32 ``a``, ``a >= t`` iff ``log2 a >= e + 1/2``."""
+    exact = np.sqrt(2.0) * np.ldexp(1.0, exps)
+    t = exact.astype(np.float32)
+    below = t.astype(np.float64) < exact
+    t[below] = np.nextafter(t[below], np.float32(np.inf))
+    return t
+
+
+def _pow2_body(b: _Body, fmt: Pow2, rounding: str) -> None:
+    lo, hi = fmt.exp_min - 1, fmt.exp_max
+    exps = np.arange(lo, hi + 1)
+    a = b.op("Abs", "X")
+    pow_table = b.const(np.ldexp(1.0, exps))
+    f = _floor_log2_index(b, a, lo, hi, pow_table)
+    if rounding == "nearest_even":
+        up = b.op("GreaterOrEqual", a, b.op("Gather", b.const(_sqrt2_thresholds(exps)), f))
+    else:
+        frac = b.op("Sub", b.op("Div", a, b.op("Gather", pow_table, f)), b.const(1.0))
+        up = b.op("Less", b.op("RandomUniformLike", a, dtype=TensorProto.FLOAT), frac)
+    k = b.op("Add", f, b.op("Cast", up, to=TensorProto.INT64))
+    k = b.op("Clip", k, b.const(1, np.int64), b.const(hi - lo, np.int64))  # exponents EMIN..EMAX
+    b.op("Mul", b.op("Sign", "X"), b.op("Gather", pow_table, k), out="Y")  # Sign(±0) = +0
+
+
+def function_proto(fmt: Format | str, rounding: str = "nearest_even", opset: int = 17) -> FunctionProto:
+    """The standard-op ONNX function implementing ``QuantizeSim`` for one (format, rounding)."""
+    fmt = parse_format(fmt)
+    if rounding not in ROUNDINGS:
+        raise RistrettoError(f"unknown rounding {rounding!r}")
+    if opset < MIN_OPSET:
+        raise RistrettoError(f"QuantizeSim function bodies need opset >= {MIN_OPSET}, the model has {opset}")
+    b = _Body()
+    {Fixed: _fixed_body, Minifloat: _minifloat_body, Pow2: _pow2_body}[type(fmt)](b, fmt, rounding)
+    fn = helper.make_function(
+        DOMAIN, OP_TYPE, ["X"], ["Y"], b.nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=["format", "rounding"],
+        doc_string=f"QuantizeSim {fmt} ({rounding}) from standard ops",
+    )
+    fn.overload = overload_name(fmt, rounding)
+    return fn
+
+
+def default_opset(model: ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise RistrettoError("model imports no version of the default ONNX domain")
+
+
+def _iter_graph_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _iter_graph_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _iter_graph_nodes(g)
+
+
+def attach_functions(model: ModelProto) -> ModelProto:
+    """Return a copy of ``model`` carrying a function body for every ``QuantizeSim`` node.
+
+    Each node's ``overload`` is set from its attributes, bodies no node uses are dropped, the
+    ``ai.ristretto`` opset is imported and the IR version raised to at least 10 (overloads).
+    Idempotent: attaching twice gives the same model.
+    """
+    out = ModelProto()
+    out.CopyFrom(model)
+    opset = default_opset(out)
+    needed: dict[str, tuple[Format, str]] = {}
+    for node in _iter_graph_nodes(out.graph):
+        if is_quantize_sim(node):
+            fmt, rounding = node_format(node)
+            node.overload = overload_name(fmt, rounding)
+            needed[node.overload] = (fmt, rounding)
+    keep = [f for f in out.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+    del out.functions[:]
+    out.functions.extend(keep)
+    out.functions.extend(function_proto(f, r, opset) for _, (f, r) in sorted(needed.items()))
+    if not any(imp.domain == DOMAIN for imp in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
+    out.ir_version = max(out.ir_version, MIN_IR_VERSION)
+    return out
