@@ -100,9 +100,14 @@ class Fixed:
 
     def quantize(self, x, rounding: str = "nearest_even", rng=None) -> np.ndarray:
         _check_rounding(rounding)
-        v = _as_f64(x) * 2.0 ** self.frac_bits
-        k = np.clip(_round(v, rounding, rng), -(2.0 ** (self.bits - 1)), 2.0 ** (self.bits - 1) - 1)
-        return (k * 2.0 ** -self.frac_bits).astype(np.float32)
+        return _quantize_fixed(_as_f64(x), self.bits, self.frac_bits, rounding, rng)
+
+
+def _quantize_fixed(x64: np.ndarray, bits: int, frac_bits, rounding: str, rng) -> np.ndarray:
+    """Fixed point in float64; ``frac_bits`` may be an array broadcast against ``x64``."""
+    scale = np.ldexp(1.0, frac_bits)
+    k = np.clip(_round(x64 * scale, rounding, rng), -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
+    return (k / scale).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -231,50 +236,176 @@ class Pow2:
 
     def quantize(self, x, rounding: str = "nearest_even", rng=None) -> np.ndarray:
         _check_rounding(rounding)
+        return _quantize_pow2(_as_f64(x), self.exp_min, self.exp_max, rounding, rng)
+
+
+def _quantize_pow2(x64: np.ndarray, exp_min, exp_max, rounding: str, rng) -> np.ndarray:
+    """Power-of-two quantization in float64; the exponent bounds may be broadcast arrays."""
+    a = np.abs(x64)
+    _, ex = np.frexp(a)
+    f = (ex - 1).astype(np.float64)  # floor(log2 a)
+    lower = np.ldexp(1.0, ex - 1)
+    if rounding == "nearest_even":
+        # log2 a rounds up past f + 1/2, i.e. at sqrt(2) * 2**f; never a tie for float32 a.
+        up = a >= np.sqrt(2.0) * lower
+    else:
+        # Unbiased in value: up with probability (a - 2**f) / 2**f.
+        rng = rng if rng is not None else np.random.default_rng(0)
+        up = rng.random(a.shape) < (a / lower - 1.0)
+    k = np.where(np.isinf(a), exp_max, np.clip(f + up, exp_min, exp_max))
+    q = np.ldexp(1.0, np.asarray(k).astype(np.int64))
+    q = np.where(x64 < 0, -q, q)
+    q = np.where(x64 == 0, 0.0, q)  # both zeros give +0 (onnxruntime's Sign has no -0)
+    q = np.where(np.isnan(x64), np.nan, q)
+    return q.astype(np.float32)
+
+
+ScalarFormat = Union[Fixed, Minifloat, Pow2]
+
+
+@dataclass(frozen=True)
+class PerChannel:
+    """One format per slice of a tensor along ``axis``: per-output-channel weight formats.
+
+    Beyond the thesis (one fractional length per layer): an accelerator applies a per-channel
+    shift for free, and weights whose channels differ in range by 2**8 (depthwise convolutions)
+    need it. Channels share the kind and the bit width (one multiplier width in hardware) and
+    differ in their scale: the fractional length of dynamic fixed point, or the exponent window
+    of power-of-two weights. Minifloat has its own exponent per value, so it has no per-channel
+    form.
+
+    String form: the per-channel parameter becomes a comma list and ``@axis`` follows, as in
+    ``fixed:8:5,7,6@0`` or ``pow2:-9,-8:-2,-1@0``. ``axis`` may be negative (counted from the
+    end, as in ONNX); the ``QuantizeSim`` op stores it negative so its body needs no rank.
+    """
+
+    formats: tuple[ScalarFormat, ...]
+    axis: int = 0
+    kind: ClassVar[str] = "per-channel"
+
+    def __post_init__(self) -> None:
+        if not self.formats:
+            raise FormatError("a per-channel format needs at least one channel")
+        kinds = {type(f) for f in self.formats}
+        if len(kinds) != 1:
+            raise FormatError("all channels of a per-channel format must have the same kind")
+        first = self.formats[0]
+        if isinstance(first, Minifloat):
+            raise FormatError("minifloat has no per-channel form (each value has its own exponent)")
+        if isinstance(first, Fixed) and len({f.bits for f in self.formats}) != 1:
+            raise FormatError("all channels of a per-channel fixed point format must have the same bits")
+
+    @property
+    def base_kind(self) -> str:
+        return self.formats[0].kind
+
+    @property
+    def channels(self) -> int:
+        return len(self.formats)
+
+    @property
+    def bits(self) -> int:
+        return max(f.bits for f in self.formats)
+
+    @property
+    def max_value(self) -> float:
+        return max(f.max_value for f in self.formats)
+
+    @property
+    def min_value(self) -> float:
+        return min(f.min_value for f in self.formats)
+
+    @property
+    def step(self) -> float:
+        return min(f.step for f in self.formats)
+
+    @property
+    def smallest_positive(self) -> float:
+        return min(f.smallest_positive for f in self.formats)
+
+    def params(self) -> tuple[np.ndarray, np.ndarray]:
+        """The two per-channel parameters (bits or EMIN, fractional bits or EMAX) as int arrays."""
+        if isinstance(self.formats[0], Fixed):
+            return (np.array([f.bits for f in self.formats]), np.array([f.frac_bits for f in self.formats]))
+        return (np.array([f.exp_min for f in self.formats]), np.array([f.exp_max for f in self.formats]))
+
+    def format_text(self) -> str:
+        """The ``format`` attribute of the op: the string form without ``@axis``."""
+        a, b = self.params()
+        first = self.formats[0]
+        head = str(first.bits) if isinstance(first, Fixed) else _join(a)
+        return f"{first.kind}:{head}:{_join(b)}"
+
+    def __str__(self) -> str:
+        return f"{self.format_text()}@{self.axis}"
+
+    def broadcast_shape(self, ndim: int) -> tuple[int, ...]:
+        axis = self.axis + ndim if self.axis < 0 else self.axis
+        if not 0 <= axis < ndim:
+            raise FormatError(f"axis {self.axis} is out of range for a tensor of rank {ndim}")
+        return (self.channels,) + (1,) * (ndim - axis - 1)
+
+    def quantize(self, x, rounding: str = "nearest_even", rng=None) -> np.ndarray:
+        _check_rounding(rounding)
         x64 = _as_f64(x)
-        a = np.abs(x64)
-        _, ex = np.frexp(a)
-        f = (ex - 1).astype(np.float64)  # floor(log2 a)
-        lower = np.ldexp(1.0, ex - 1)
-        if rounding == "nearest_even":
-            # log2 a rounds up past f + 1/2, i.e. at sqrt(2) * 2**f; never a tie for float32 a.
-            up = a >= np.sqrt(2.0) * lower
-        else:
-            # Unbiased in value: up with probability (a - 2**f) / 2**f.
-            rng = rng if rng is not None else np.random.default_rng(0)
-            up = rng.random(a.shape) < (a / lower - 1.0)
-        k = np.where(np.isinf(a), self.exp_max, np.clip(f + up, self.exp_min, self.exp_max))
-        q = np.ldexp(1.0, k.astype(np.int64))
-        q = np.where(x64 < 0, -q, q)
-        q = np.where(x64 == 0, 0.0, q)  # both zeros give +0 (onnxruntime's Sign has no -0)
-        q = np.where(np.isnan(x64), np.nan, q)
-        return q.astype(np.float32)
+        shape = self.broadcast_shape(x64.ndim)
+        axis_len = x64.shape[len(x64.shape) - len(shape)]
+        if axis_len != self.channels:
+            raise FormatError(f"per-channel format has {self.channels} channels, the tensor has {axis_len} along axis {self.axis}")
+        a, b = (p.reshape(shape) for p in self.params())
+        if isinstance(self.formats[0], Fixed):
+            return _quantize_fixed(x64, self.formats[0].bits, b, rounding, rng)
+        return _quantize_pow2(x64, a, b, rounding, rng)
 
 
-Format = Union[Fixed, Minifloat, Pow2]
+def _join(values) -> str:
+    return ",".join(str(int(v)) for v in values)
+
+
+Format = Union[Fixed, Minifloat, Pow2, PerChannel]
 FORMAT_KINDS = ("fixed", "minifloat", "pow2")
 
 
-def parse_format(text: str | Format) -> Format:
-    """Parse ``fixed:B:F``, ``minifloat:B:E`` or ``pow2:EMIN:EMAX``; a format passes through."""
-    if isinstance(text, (Fixed, Minifloat, Pow2)):
+def _ints(text: str, source: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise FormatError(f"cannot parse format {source!r}: the two parameters must be integers") from None
+
+
+def parse_format(text: str | Format, axis: int | None = None) -> Format:
+    """Parse ``fixed:B:F``, ``minifloat:B:E``, ``pow2:EMIN:EMAX`` or a per-channel form.
+
+    A per-channel format has a comma list in place of a parameter and ``@axis`` at the end (or
+    the ``axis`` argument): ``fixed:8:5,7,6@0``. A format object passes through.
+    """
+    if isinstance(text, (Fixed, Minifloat, Pow2, PerChannel)):
         return text
-    parts = str(text).strip().split(":")
+    source = str(text).strip()
+    body, _, at = source.partition("@")
+    if at:
+        try:
+            axis = int(at)
+        except ValueError:
+            raise FormatError(f"cannot parse format {source!r}: the axis after '@' must be an integer") from None
+    parts = body.split(":")
     usage = "expected fixed:BITS:FRAC_BITS, minifloat:BITS:EXP_BITS or pow2:EMIN:EMAX"
     if len(parts) != 3:
-        raise FormatError(f"cannot parse format {text!r}: {usage}")
+        raise FormatError(f"cannot parse format {source!r}: {usage}")
     kind = parts[0].lower()
-    try:
-        a, b = int(parts[1]), int(parts[2])
-    except ValueError:
-        raise FormatError(f"cannot parse format {text!r}: the two parameters must be integers") from None
-    if kind == "fixed":
-        return Fixed(a, b)
-    if kind == "minifloat":
-        return Minifloat(a, b)
-    if kind == "pow2":
-        return Pow2(a, b)
-    raise FormatError(f"unknown format kind {parts[0]!r}: {usage}")
+    if kind not in FORMAT_KINDS:
+        raise FormatError(f"unknown format kind {parts[0]!r}: {usage}")
+    a, b = _ints(parts[1], source), _ints(parts[2], source)
+    make = {"fixed": Fixed, "minifloat": Minifloat, "pow2": Pow2}[kind]
+    if axis is None:
+        if len(a) != 1 or len(b) != 1:
+            raise FormatError(f"cannot parse format {source!r}: a per-channel list needs an axis ('@AXIS')")
+        return make(a[0], b[0])
+    n = max(len(a), len(b))
+    if {len(a), len(b)} - {1, n}:
+        raise FormatError(f"cannot parse format {source!r}: per-channel lists differ in length")
+    a, b = a * (n // len(a)), b * (n // len(b))
+    return PerChannel(tuple(make(x, y) for x, y in zip(a, b)), axis)
 
 
 def quantize(x, fmt: Format | str, rounding: str = "nearest_even", seed: int | None = None) -> np.ndarray:
@@ -320,6 +451,11 @@ def dfp_format(max_abs: float, bits: int, *, layer_output: bool = False) -> Fixe
     return Fixed(bits, dfp_frac_bits(max_abs, bits, layer_output=layer_output))
 
 
+def dfp_channel_format(max_abs, bits: int, axis: int = 0) -> PerChannel:
+    """Per-output-channel dynamic fixed point: eq. 5.2 applied to each channel's max."""
+    return PerChannel(tuple(dfp_format(float(m), bits) for m in np.asarray(max_abs).ravel()), axis)
+
+
 def minifloat_exp_bits(max_abs: float) -> int:
     """Exponent bits that avoid saturation of ``max_abs`` (thesis eq. 6.2), at least 1.
 
@@ -355,7 +491,9 @@ class FormatInfo:
     @classmethod
     def of(cls, fmt: Format | str) -> "FormatInfo":
         fmt = parse_format(fmt)
-        if isinstance(fmt, Fixed):
+        if isinstance(fmt, PerChannel):
+            levels = max(cls.of(f).levels for f in fmt.formats)
+        elif isinstance(fmt, Fixed):
             levels = 2**fmt.bits
         elif isinstance(fmt, Minifloat):
             levels = 2 * (2**fmt.exp_bits - 1) * 2**fmt.mant_bits + 1  # ± normals and zero

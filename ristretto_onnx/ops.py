@@ -23,6 +23,7 @@ Weight quantizers have constant inputs, so onnxruntime folds them away at sessio
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -31,7 +32,7 @@ import onnx
 from onnx import FunctionProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import ROUNDINGS, Fixed, Format, Minifloat, Pow2, parse_format
+from ristretto_onnx.formats import ROUNDINGS, Fixed, Format, Minifloat, PerChannel, Pow2, parse_format
 
 DOMAIN = "ai.ristretto"
 OP_TYPE = "QuantizeSim"
@@ -47,8 +48,12 @@ _INV_LN2 = 1.0 / math.log(2.0)
 def overload_name(fmt: Format | str, rounding: str = "nearest_even") -> str:
     """The function overload that implements ``fmt`` with ``rounding``: ``fixed_8_m2_ne``."""
     fmt = parse_format(fmt)
+    suffix = "ne" if rounding == "nearest_even" else "sr"
+    if isinstance(fmt, PerChannel):  # hundreds of channels: name the body by a digest
+        digest = hashlib.sha1(str(fmt).encode()).hexdigest()[:12]
+        return f"pc_{fmt.base_kind}_{fmt.bits}_ax{str(fmt.axis).replace('-', 'm')}_{digest}_{suffix}"
     body = re.sub(r"[^0-9a-z]+", "_", str(fmt).replace("-", "m"))
-    return f"{body}_{'ne' if rounding == 'nearest_even' else 'sr'}"
+    return f"{body}_{suffix}"
 
 
 def is_quantize_sim(node: NodeProto) -> bool:
@@ -60,7 +65,7 @@ def node_format(node: NodeProto) -> tuple[Format, str]:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if "format" not in attrs:
         raise RistrettoError(f"QuantizeSim node {node.name!r} has no 'format' attribute")
-    fmt = parse_format(_text(attrs["format"]))
+    fmt = parse_format(_text(attrs["format"]), axis=attrs.get("axis"))
     rounding = _text(attrs.get("rounding", b"nearest_even"))
     if rounding not in ROUNDINGS:
         raise RistrettoError(f"QuantizeSim node {node.name!r}: unknown rounding {rounding!r}")
@@ -78,17 +83,40 @@ def make_quantize_node(
     *,
     rounding: str = "nearest_even",
     name: str | None = None,
+    rank: int | None = None,
 ) -> NodeProto:
-    """A ``QuantizeSim`` node for ``fmt``, already pointing at its function overload."""
+    """A ``QuantizeSim`` node for ``fmt``, already pointing at its function overload.
+
+    A per-channel format gets an ``axis`` attribute, stored negative (counted from the end) so
+    that the function body can broadcast its per-channel constants without knowing the rank;
+    pass ``rank`` when the format's axis is non-negative.
+    """
     fmt = parse_format(fmt)
     if rounding not in ROUNDINGS:
         raise RistrettoError(f"unknown rounding {rounding!r}")
-    node = helper.make_node(
-        OP_TYPE, [input], [output], name=name or f"{output}_qsim", domain=DOMAIN,
-        format=str(fmt), rounding=rounding,
-    )
+    if isinstance(fmt, PerChannel):
+        fmt = _negative_axis(fmt, rank)
+        node = helper.make_node(
+            OP_TYPE, [input], [output], name=name or f"{output}_qsim", domain=DOMAIN,
+            format=fmt.format_text(), rounding=rounding, axis=fmt.axis,
+        )
+    else:
+        node = helper.make_node(
+            OP_TYPE, [input], [output], name=name or f"{output}_qsim", domain=DOMAIN,
+            format=str(fmt), rounding=rounding,
+        )
     node.overload = overload_name(fmt, rounding)
     return node
+
+
+def _negative_axis(fmt: PerChannel, rank: int | None) -> PerChannel:
+    if fmt.axis < 0:
+        return fmt
+    if rank is None:
+        raise RistrettoError(f"per-channel format {fmt} has a non-negative axis: the tensor's rank is needed")
+    if fmt.axis >= rank:
+        raise RistrettoError(f"axis {fmt.axis} is out of range for a tensor of rank {rank}")
+    return PerChannel(fmt.formats, fmt.axis - rank)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,10 +171,19 @@ def _floor_log2_index(b: _Body, a: str, lo: int, hi: int, pow_table: str) -> str
     return b.op("Clip", b.op("Sub", b.op("Add", idx, up), down), zero, top)
 
 
-def _fixed_body(b: _Body, fmt: Fixed, rounding: str) -> None:
-    v = b.op("Mul", "X", b.const(2.0**fmt.frac_bits))
-    k = b.op("Clip", _round(b, v, rounding), b.const(-(2.0 ** (fmt.bits - 1))), b.const(2.0 ** (fmt.bits - 1) - 1))
-    b.op("Mul", k, b.const(2.0 ** -fmt.frac_bits), out="Y")
+def _channel_shape(fmt: PerChannel) -> tuple[int, ...]:
+    """Shape that broadcasts per-channel constants along the (negative) axis."""
+    return (fmt.channels,) + (1,) * (-fmt.axis - 1)
+
+
+def _fixed_body(b: _Body, fmt: Fixed | PerChannel, rounding: str) -> None:
+    if isinstance(fmt, PerChannel):
+        bits, frac = fmt.formats[0].bits, fmt.params()[1].reshape(_channel_shape(fmt))
+    else:
+        bits, frac = fmt.bits, np.asarray(fmt.frac_bits)
+    v = b.op("Mul", "X", b.const(np.ldexp(1.0, frac)))
+    k = b.op("Clip", _round(b, v, rounding), b.const(-(2.0 ** (bits - 1))), b.const(2.0 ** (bits - 1) - 1))
+    b.op("Mul", k, b.const(np.ldexp(1.0, -frac)), out="Y")
 
 
 def _minifloat_body(b: _Body, fmt: Minifloat, rounding: str) -> None:
@@ -171,8 +208,9 @@ def _sqrt2_thresholds(exps: np.ndarray) -> np.ndarray:
     return t
 
 
-def _pow2_body(b: _Body, fmt: Pow2, rounding: str) -> None:
-    lo, hi = fmt.exp_min - 1, fmt.exp_max
+def _pow2_body(b: _Body, fmt: Pow2 | PerChannel, rounding: str) -> None:
+    emins, emaxs = (np.array([fmt.exp_min]), np.array([fmt.exp_max])) if isinstance(fmt, Pow2) else fmt.params()
+    lo, hi = int(emins.min()) - 1, int(emaxs.max())
     exps = np.arange(lo, hi + 1)
     a = b.op("Abs", "X")
     pow_table = b.const(np.ldexp(1.0, exps))
@@ -183,7 +221,12 @@ def _pow2_body(b: _Body, fmt: Pow2, rounding: str) -> None:
         frac = b.op("Sub", b.op("Div", a, b.op("Gather", pow_table, f)), b.const(1.0))
         up = b.op("Less", b.op("RandomUniformLike", a, dtype=TensorProto.FLOAT), frac)
     k = b.op("Add", f, b.op("Cast", up, to=TensorProto.INT64))
-    k = b.op("Clip", k, b.const(1, np.int64), b.const(hi - lo, np.int64))  # exponents EMIN..EMAX
+    if isinstance(fmt, Pow2):
+        k = b.op("Clip", k, b.const(1, np.int64), b.const(hi - lo, np.int64))  # exponents EMIN..EMAX
+    else:  # each channel's own exponent window, broadcast along the axis
+        shape = _channel_shape(fmt)
+        k = b.op("Max", k, b.const((emins - lo).reshape(shape), np.int64))
+        k = b.op("Min", k, b.const((emaxs - lo).reshape(shape), np.int64))
     b.op("Mul", b.op("Sign", "X"), b.op("Gather", pow_table, k), out="Y")  # Sign(±0) = +0
 
 
@@ -195,11 +238,17 @@ def function_proto(fmt: Format | str, rounding: str = "nearest_even", opset: int
     if opset < MIN_OPSET:
         raise RistrettoError(f"QuantizeSim function bodies need opset >= {MIN_OPSET}, the model has {opset}")
     b = _Body()
-    {Fixed: _fixed_body, Minifloat: _minifloat_body, Pow2: _pow2_body}[type(fmt)](b, fmt, rounding)
+    if isinstance(fmt, PerChannel):
+        if fmt.axis >= 0:
+            raise RistrettoError(f"per-channel format {fmt}: the op stores a negative axis")
+        body = {Fixed: _fixed_body, Pow2: _pow2_body}[type(fmt.formats[0])]
+    else:
+        body = {Fixed: _fixed_body, Minifloat: _minifloat_body, Pow2: _pow2_body}[type(fmt)]
+    body(b, fmt, rounding)
     fn = helper.make_function(
         DOMAIN, OP_TYPE, ["X"], ["Y"], b.nodes,
         opset_imports=[helper.make_opsetid("", opset)],
-        attributes=["format", "rounding"],
+        attributes=["format", "rounding", "axis"],
         doc_string=f"QuantizeSim {fmt} ({rounding}) from standard ops",
     )
     fn.overload = overload_name(fmt, rounding)
@@ -224,6 +273,16 @@ def _iter_graph_nodes(graph: onnx.GraphProto):
                     yield from _iter_graph_nodes(g)
 
 
+def _rank_of(graph: onnx.GraphProto, name: str) -> int | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return len(init.dims)
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return None
+
+
 def attach_functions(model: ModelProto) -> ModelProto:
     """Return a copy of ``model`` carrying a function body for every ``QuantizeSim`` node.
 
@@ -238,6 +297,11 @@ def attach_functions(model: ModelProto) -> ModelProto:
     for node in _iter_graph_nodes(out.graph):
         if is_quantize_sim(node):
             fmt, rounding = node_format(node)
+            if isinstance(fmt, PerChannel) and fmt.axis >= 0:
+                fmt = _negative_axis(fmt, _rank_of(out.graph, node.input[0]))
+                for attr in node.attribute:
+                    if attr.name == "axis":
+                        attr.i = fmt.axis
             node.overload = overload_name(fmt, rounding)
             needed[node.overload] = (fmt, rounding)
     keep = [f for f in out.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
