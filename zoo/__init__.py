@@ -5,11 +5,12 @@ are found on a search path (:mod:`ristretto_onnx.zoo.store`): ``RISTRETTO_ZOO``,
 cache. One model ships inside the package, ``digits-cnn`` (:mod:`ristretto_onnx.zoo.digits`), so
 the main command runs with no data download at all.
 
-    >>> from ristretto_onnx import zoo
-    >>> zoo.get("lenet-mnist").fp32_top1_measured
-    0.9901
-    >>> zoo.resolve_model("zoo:lenet-mnist")              # Path to the verified .onnx
-    >>> zoo.model_dataset("lenet-mnist", split="calib")   # MNIST train, LeNet's preprocessing
+Usage::
+
+    from ristretto_onnx import zoo
+    zoo.get("lenet-mnist").fp32_top1_measured        # 0.9901, onnxruntime on the MNIST test set
+    zoo.resolve_model("zoo:lenet-mnist")             # Path to the sha256-verified .onnx
+    zoo.model_dataset("lenet-mnist", split="calib")  # MNIST train with LeNet's preprocessing
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from ristretto_onnx.zoo.entries import DatasetEntry, ModelEntry
 from ristretto_onnx.zoo.store import ZooFile, cache_dir, search_path
 
 __all__ = [
-    "DatasetEntry", "ModelEntry", "ZooFile", "cache_dir", "default_model", "get", "list_entries",
+    "DatasetEntry", "ModelEntry", "ZooFile", "cache_dir", "default_model", "get", "get_model",
+    "list_entries",
     "model_dataset", "open_dataset", "resolve_model", "search_path",
 ]
 
@@ -67,6 +69,7 @@ def list_entries(kind: str | None = None) -> list[Entry]:
 
 
 def get_model(name: str) -> ModelEntry:
+    """Like :func:`get`, but the entry must be a model."""
     entry = get(name)
     if not isinstance(entry, ModelEntry):
         raise RistrettoError(f"zoo entry {entry.name} is a dataset, not a model")

@@ -97,6 +97,8 @@ def _not_found(file: ZooFile, fetch_error: str | None) -> RistrettoError:
                               "rebuild it with: python -m ristretto_onnx.zoo.digits")
     env = os.environ.get(ENV_VAR, "")
     where = f"{ENV_VAR}={env}" if env.strip() else f"{ENV_VAR} (not set)"
+    if any(not Path(part).expanduser().is_absolute() for part in env.split(os.pathsep) if part):
+        where += f" (from {Path.cwd()})"
     fetched = f"; download failed: {fetch_error}" if fetch_error else ""
     return RistrettoError(f"zoo file {file.path} not found in {where} or {cache_dir()}{fetched}; "
                           f"set {ENV_VAR}=/path/to/zoo (a folder laid out like the shared zoo, "
@@ -218,20 +220,25 @@ def download(file: ZooFile, timeout: float = 60.0) -> Path:
     if not file.url or file.is_folder:
         raise RistrettoError(f"zoo file {file.path} has no download address")
     target = cache_dir() / file.path
+    partial: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         with urllib.request.urlopen(file.url, timeout=timeout) as response, \
                 tempfile.NamedTemporaryFile("wb", dir=target.parent, delete=False,
                                             suffix=".part") as tmp:
+            partial = Path(tmp.name)
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 tmp.write(block)
+        if file.sha256 is not None and digest.hexdigest() != file.sha256:
+            raise RistrettoError(f"{file.url} gave sha256 {digest.hexdigest()[:12]}…, expected "
+                                 f"{file.sha256[:12]}…")
+        os.replace(partial, target)
+        partial = None
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise RistrettoError(f"{file.url}: {getattr(e, 'reason', e)}") from None
-    if file.sha256 is not None and digest.hexdigest() != file.sha256:
-        os.unlink(tmp.name)
-        raise RistrettoError(f"{file.url} gave sha256 {digest.hexdigest()[:12]}…, expected "
-                             f"{file.sha256[:12]}…")
-    os.replace(tmp.name, target)
+    finally:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
     return target

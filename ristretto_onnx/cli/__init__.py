@@ -30,6 +30,7 @@ from ristretto_onnx.errors import RistrettoError
 #: Command modules, imported for their registration side effect (in --help order).
 COMMAND_MODULES = [
     "formats_cmd",
+    "zoo_cmd",
 ]
 
 
