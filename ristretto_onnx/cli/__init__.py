@@ -29,6 +29,7 @@ from ristretto_onnx.errors import RistrettoError
 
 #: Command modules, imported for their registration side effect (in --help order).
 COMMAND_MODULES = [
+    "compress_cmd",
     "formats_cmd",
     "zoo_cmd",
 ]

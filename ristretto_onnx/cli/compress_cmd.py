@@ -1,0 +1,116 @@
+"""``ristretto-onnx compress``: the main job — smallest formats within a tolerance."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ristretto_onnx.cli.app import app
+from ristretto_onnx.compress import CompressOptions, compress
+from ristretto_onnx.data import DATA_OPTION_HELP, load_dataset, preprocess_from_cli
+from ristretto_onnx.errors import RistrettoError
+
+
+def _open(spec: str | None, model_spec: str, split: str, pre):
+    """A dataset from ``spec``, or the zoo model's own split when ``spec`` is omitted."""
+    from ristretto_onnx import zoo
+
+    if spec is None:
+        if not model_spec.startswith("zoo:"):
+            return None
+        return zoo.model_dataset(model_spec[4:], split, pre)
+    return load_dataset(spec, pre)
+
+
+@app.command("compress")
+def compress_command(
+    paths: list[str] = typer.Argument(..., metavar="[IN.onnx] OUT.onnx",
+                                      help="Input model (a path or zoo:NAME; default: the embedded "
+                                           "digits CNN) and the output path."),
+    scheme: str = typer.Option("dfp", help="fixed, dfp, minifloat, pow2, or auto (all; keep the smallest)."),
+    tolerance: float = typer.Option(0.01, help="Largest allowed metric drop (0.01 = 1 point of top-1)."),
+    tolerance_mode: str = typer.Option("absolute", help="absolute, or relative (divided by the baseline)."),
+    data: str = typer.Option(None, "--data", help="Validation data scored by the search (.npz, image folder, "
+                                                   "zoo:NAME). Default for zoo models: their test set."),
+    calib: str = typer.Option(None, "--calib", help="Calibration data (default: a seeded subset of --data, "
+                                                     "or the zoo model's calibration split)."),
+    calib_size: int = typer.Option(500, help="Calibration images (seeded subset)."),
+    test: str = typer.Option(None, "--test", help="Held-out data scored once on the final model."),
+    metric: str = typer.Option("top1", help="top1, top5, fidelity (agreement with FP32), or module:function."),
+    granularity: str = typer.Option("group", help="group (thesis: conv weights, fc weights, activations) "
+                                                  "or layer (a width per layer's weights)."),
+    weight_granularity: str = typer.Option("tensor", help="tensor (thesis) or channel (one scale per output "
+                                                          "channel; dfp and pow2)."),
+    min_bits: int = typer.Option(None, help="Smallest width the search may choose."),
+    max_bits: int = typer.Option(None, help="Largest width the search may choose (default 16; pow2: 6)."),
+    exp_min: int = typer.Option(None, help="pow2: fixed smallest exponent (with --exp-max)."),
+    exp_max: int = typer.Option(None, help="pow2: fixed largest exponent (with --exp-min)."),
+    report: Path = typer.Option(None, "--report", help="JSON report path (default: OUT with .json)."),
+    batch_size: int = typer.Option(256, help="Images per onnxruntime run."),
+    layers: list[str] = typer.Option(None, "--layers", help="Only layers whose name matches (regex; repeatable)."),
+    exclude: list[str] = typer.Option(None, "--exclude", help="Skip layers whose name matches (regex; repeatable)."),
+    no_fold_bn: bool = typer.Option(False, "--no-fold-bn", help="Keep BatchNormalization separate."),
+    no_early_reject: bool = typer.Option(False, "--no-early-reject",
+                                         help="Score every candidate on the full data."),
+    seed: int = typer.Option(0, help="Seed of the calibration subset."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final table."),
+    scale: str = typer.Option(None, help=DATA_OPTION_HELP["scale"]),
+    mean: str = typer.Option(None, help=DATA_OPTION_HELP["mean"]),
+    std: str = typer.Option(None, help=DATA_OPTION_HELP["std"]),
+    resize: str = typer.Option(None, help=DATA_OPTION_HELP["resize"]),
+    crop: str = typer.Option(None, help=DATA_OPTION_HELP["crop"]),
+) -> None:
+    """Find the smallest number formats that keep accuracy within a tolerance; write the model.
+
+    Writes OUT.onnx (runs in plain onnxruntime; every tensor's format in its QuantizeSim node,
+    a summary in metadata_props) and OUT.json (baseline and final metric, formats, bits, weight
+    memory, evaluations, time per stage).
+    """
+    from ristretto_onnx import zoo
+
+    if len(paths) == 1:
+        model_spec, out = f"zoo:{zoo.default_model().name}", paths[0]
+    elif len(paths) == 2:
+        model_spec, out = paths
+    else:
+        raise typer.BadParameter("give [IN.onnx] OUT.onnx", param_hint="paths")
+    out_path = Path(out)
+    if out_path.suffix != ".onnx":
+        raise RistrettoError(f"the output path must end in .onnx: {out}")
+    model_path = zoo.resolve_model(model_spec)
+    if out_path.resolve() == Path(model_path).resolve():
+        raise RistrettoError("the output path is the input model: refusing to overwrite the input")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pre = None
+    if any(v is not None for v in (scale, mean, std, resize, crop)):
+        base = zoo.get_model(model_spec).preprocess if model_spec.startswith("zoo:") else None
+        pre = preprocess_from_cli(scale=scale, mean=mean, std=std, resize=resize, crop=crop, base=base)
+    dataset = _open(data, model_spec, "test", pre)
+    if dataset is None:
+        raise RistrettoError("give --data (validation images with labels, or use --metric fidelity)")
+    calib_set = _open(calib, model_spec, "calib", pre) if (calib or model_spec.startswith("zoo:")) else None
+    if calib_set is not None:
+        calib_set = calib_set.subset(min(calib_size, len(calib_set)), seed)
+    test_set = _open(test, model_spec, "test", pre) if test else None
+
+    metric_fn = None
+    if ":" in metric:
+        from ristretto_onnx.runtime.metrics import load_metric
+
+        metric_fn, metric = load_metric(metric), metric
+    log = None if quiet else (lambda msg: print(msg, file=sys.stderr))
+    options = CompressOptions(
+        scheme=scheme, tolerance=tolerance, tolerance_mode=tolerance_mode, metric=metric if metric_fn is None else "custom",
+        calib_size=calib_size, granularity=granularity, weight_granularity=weight_granularity,
+        min_bits=min_bits, max_bits=max_bits, exp_min=exp_min, exp_max=exp_max, batch_size=batch_size,
+        seed=seed, fold_bn=not no_fold_bn, layers=tuple(layers or ()), exclude=tuple(exclude or ()),
+        early_reject=not no_early_reject,
+    )
+    result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
+                      metric_fn=metric_fn, options=options)
+    model_file, report_file = result.save(out_path, report)
+    for line in result.report.summary_lines():
+        typer.echo(line)
+    typer.echo(f"wrote {model_file} and {report_file}")

@@ -1,0 +1,216 @@
+"""The bit-width search of Ristretto's quantization flow (thesis 9.2, fig. 9.1), and beyond it.
+
+1. Per category (layer activations, conv weights, fc weights): a binary search for the smallest
+   width whose accuracy stays within the tolerance while the other categories stay in float.
+   Schemes with several formats per width (fixed point's integer/fractional splits, minifloat's
+   exponent/mantissa splits) score each variant and keep the best.
+2. The combination of the chosen widths; while it breaks the tolerance, the most sensitive
+   category (largest drop on its own at its current width) is widened by one bit.
+3. With ``granularity="layer"``: a width per layer's weights. Each layer's sensitivity is the drop
+   when only its weights lose one more bit; layers are then lowered greedily, cheapest drop per
+   saved weight bit first, each step kept only if the whole network still holds the tolerance.
+
+Accuracy is assumed monotone in the width (as the thesis's binary search does); every accepted
+plan is confirmed on the full data (see :class:`~ristretto_onnx.scoring.Scorer`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ristretto_onnx.formats import Format
+from ristretto_onnx.policies import GroupRange, Scheme, category_groups
+from ristretto_onnx.scoring import Score, Scorer
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One scored plan: what was tried, its metric, and whether it held the tolerance."""
+
+    stage: str
+    what: str
+    bits: int | None
+    value: float
+    drop: float
+    accepted: bool
+    screened_out: bool
+    n: int
+
+
+@dataclass(frozen=True)
+class CategoryChoice:
+    """A category's searched width (``None``: stays float) and its scheme variant."""
+
+    category: str
+    bits: int | None
+    variant: int | None
+    drop: float  # on its own, the rest of the network in float
+    groups: int
+
+
+@dataclass
+class SearchOutcome:
+    plan: dict[str, Format | None]
+    categories: dict[str, CategoryChoice]
+    group_bits: dict[str, int | None]
+    final: Score
+    trials: list[Trial] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class BitSearch:
+    """Runs the search of the module docstring for one scheme on one scorer."""
+
+    def __init__(self, scorer: Scorer, scheme: Scheme, ranges: Sequence[GroupRange], tolerance: float, *,
+                 min_bits: int | None = None, max_bits: int | None = None, log: Log | None = None) -> None:
+        self.scorer = scorer
+        self.scheme = scheme
+        self.ranges = list(ranges)
+        self.tolerance = tolerance
+        self.min_bits = max(scheme.min_bits, min_bits or scheme.min_bits)
+        self.max_bits = min(scheme.max_bits, max_bits or scheme.max_bits)
+        self.max_bits = max(self.max_bits, self.min_bits)
+        self.log = log or (lambda msg: None)
+        self.trials: list[Trial] = []
+        self._cache: dict[tuple, tuple[bool, Score]] = {}
+
+    # -- scoring helpers
+
+    def _plan(self, group_bits: Mapping[str, int | None], variants: Mapping[str, int | None]) -> dict[str, Format | None]:
+        plan: dict[str, Format | None] = {r.group: None for r in self.ranges}
+        for r in self.ranges:
+            bits = group_bits.get(r.group)
+            if bits is not None and r.category is not None:
+                plan.update(self.scheme.formats([r], bits, variants.get(r.category)))
+        return plan
+
+    def _try(self, stage: str, what: str, bits: int | None, group_bits, variants) -> tuple[bool, Score]:
+        key = (tuple(sorted((g, b) for g, b in group_bits.items() if b is not None)),
+               tuple(sorted((c, v) for c, v in variants.items() if v is not None)))
+        if key in self._cache:
+            return self._cache[key]
+        ok, s = self.scorer.accepts(self._plan(group_bits, variants), self.tolerance)
+        drop = self.scorer.drop(s.value)
+        self.trials.append(Trial(stage, what, bits, s.value, drop, ok, s.screened_out, s.n))
+        self.log(f"{stage:<9} {what:<28} {('-' if bits is None else f'{bits}-bit'):>6}  "
+                 f"metric {s.value:.4f}  drop {drop:+.4f}{'  (screened out)' if s.screened_out else ''}"
+                 f"{'  ok' if ok else ''}")
+        self._cache[key] = (ok, s)
+        return ok, s
+
+    def _category_bits(self, category: str, bits: int) -> dict[str, int]:
+        return {r.group: bits for r in category_groups(self.ranges, category)}
+
+    # -- stage 1: one category at a time
+
+    def _best_variant(self, category: str, bits: int) -> tuple[bool, Score, int | None]:
+        groups = category_groups(self.ranges, category)
+        best: tuple[bool, Score, int | None] | None = None
+        for v in self.scheme.variants(groups, bits):
+            ok, s = self._try("category", f"{category} {self.scheme.describe(v)}".strip(), bits,
+                              self._category_bits(category, bits), {category: v})
+            if best is None or (ok, s.value) > (best[0], best[1].value):
+                best = (ok, s, v)
+        assert best is not None
+        return best
+
+    def search_category(self, category: str) -> CategoryChoice:
+        groups = category_groups(self.ranges, category)
+        results: dict[int, tuple[bool, Score, int | None]] = {}
+
+        def ok(bits: int) -> bool:
+            if bits not in results:
+                results[bits] = self._best_variant(category, bits)
+            return results[bits][0]
+
+        lo, hi = self.min_bits, self.max_bits
+        if not ok(hi):
+            return CategoryChoice(category, None, None, self.scorer.drop(results[hi][1].value), len(groups))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ok(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        _, s, v = results[hi]
+        return CategoryChoice(category, hi, v, self.scorer.drop(s.value), len(groups))
+
+    # -- stage 2: combine, widening the most sensitive category until the tolerance holds
+
+    def combine(self, choices: dict[str, CategoryChoice]) -> tuple[dict[str, CategoryChoice], Score]:
+        choices = dict(choices)
+        while True:
+            group_bits = {g: c.bits for c in choices.values() if c.bits is not None
+                          for g in self._category_bits(c.category, c.bits)}
+            variants = {c.category: c.variant for c in choices.values()}
+            ok, s = self._try("combine", "+".join(sorted(k for k, c in choices.items() if c.bits)) or "all float",
+                              None, group_bits, variants)
+            if ok:
+                return choices, s
+            widenable = [c for c in choices.values() if c.bits is not None]
+            if not widenable:
+                return choices, s
+            worst = max(widenable, key=lambda c: c.drop)
+            if worst.bits >= self.max_bits:
+                choices[worst.category] = CategoryChoice(worst.category, None, None, 0.0, worst.groups)
+                continue
+            nbits = worst.bits + 1
+            okc, sc, v = self._best_variant(worst.category, nbits)
+            choices[worst.category] = CategoryChoice(worst.category, nbits, v, self.scorer.drop(sc.value), worst.groups)
+
+    # -- stage 3: per-layer widths for weights
+
+    def refine_layers(self, choices: dict[str, CategoryChoice], current: Score) -> tuple[dict[str, int | None], Score]:
+        group_bits: dict[str, int | None] = {}
+        for c in choices.values():
+            if c.bits is not None:
+                group_bits.update(self._category_bits(c.category, c.bits))
+        variants = {c.category: c.variant for c in choices.values()}
+        weights = [r for r in self.ranges if r.role == "weights" and group_bits.get(r.group)]
+        # sensitivity: drop when only this layer's weights lose one bit
+        costs = []
+        for r in weights:
+            b = group_bits[r.group]
+            if b <= self.min_bits:
+                continue
+            trial = dict(group_bits, **{r.group: b - 1})
+            ok, s = self._try("layer", f"{r.group}", b - 1, trial, variants)
+            if ok:
+                costs.append((max(self.scorer.drop(s.value) - self.scorer.drop(current.value), 0.0) / max(r.size, 1), r))
+        costs.sort(key=lambda t: t[0])
+        best = current
+        for _, r in costs:
+            while group_bits[r.group] > self.min_bits:
+                trial = dict(group_bits, **{r.group: group_bits[r.group] - 1})
+                ok, s = self._try("layer", r.group, trial[r.group], trial, variants)
+                if not ok:
+                    break
+                group_bits, best = trial, s
+        return group_bits, best
+
+    # -- the whole search
+
+    def run(self, granularity: str = "group") -> SearchOutcome:
+        seconds: dict[str, float] = {}
+        t = time.perf_counter()
+        cats = [c for c in self.scheme.categories if category_groups(self.ranges, c)]
+        choices = {c: self.search_category(c) for c in cats}
+        seconds["search_categories"] = time.perf_counter() - t
+        t = time.perf_counter()
+        choices, score = self.combine(choices)
+        seconds["combine"] = time.perf_counter() - t
+        group_bits: dict[str, int | None] = {}
+        for c in choices.values():
+            if c.bits is not None:
+                group_bits.update(self._category_bits(c.category, c.bits))
+        if granularity == "layer":
+            t = time.perf_counter()
+            group_bits, score = self.refine_layers(choices, score)
+            seconds["refine_layers"] = time.perf_counter() - t
+        variants = {c.category: c.variant for c in choices.values()}
+        plan = self._plan(group_bits, variants)
+        return SearchOutcome(plan, choices, group_bits, score, self.trials, seconds)
