@@ -262,30 +262,29 @@ def _format_example(plan: Mapping[str, Format | None], ranges: list[GroupRange],
     return ""
 
 
-def compress(
-    model: str | os.PathLike | ModelProto,
-    data,
-    *,
-    calib=None,
-    test=None,
-    log: Log | None = None,
-    metric_fn: Callable | None = None,
-    options: CompressOptions | None = None,
-    **kwargs,
-) -> CompressResult:
-    """Find the smallest formats that keep ``metric`` within the tolerance (see module docstring).
+@dataclass
+class SearchContext:
+    """What every search on one (model, data) pair shares: built once, scored many times.
 
-    ``model`` is a path or ModelProto; ``data``/``calib``/``test`` anything
-    :func:`~ristretto_onnx.data.load_dataset` takes (path, arrays, iterable of batches, Dataset).
-    Options are :class:`CompressOptions` fields, as ``options=`` or keywords.
+    ``prepared`` holds the FP32 reference (BN folded) and the annotated model; ``ranges`` the
+    range of every group; ``scorer`` the evaluation data in memory with the FP32 baseline.
+    Benchmarks and the thesis reproduction build one and run several searches on it.
     """
-    opts = options or CompressOptions(**kwargs)
-    if options is not None and kwargs:
-        opts = CompressOptions(**{**asdict(options), **kwargs})
+
+    prepared: Prepared
+    layers: tuple
+    input_name: str
+    ranges: list[GroupRange]
+    scorer: Scorer
+    run_float: Callable[[np.ndarray], np.ndarray]
+    seconds: dict[str, float]
+
+
+def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
+                  metric_fn: Callable | None = None, log: Log | None = None) -> SearchContext:
+    opts = options or CompressOptions()
     log = log or (lambda msg: None)
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-
     t = time.perf_counter()
     prepared = prepare(model, fold_bn=opts.fold_bn)
     layers = prepared.layers.select(opts.layers, opts.exclude)
@@ -304,13 +303,48 @@ def compress(
     t = time.perf_counter()
     batches = _load_batches(ds, opts.batch_size)
     float_session = create_session(prepared.float_model)
+
+    def run_float(x):
+        return float_session.run(None, {input_name: x})[0]
+
     runner = _PlanRunner(prepared, input_name)
-    scorer = Scorer(batches, runner, lambda x: float_session.run(None, {input_name: x})[0],
-                    metric=opts.metric, metric_fn=metric_fn,
+    scorer = Scorer(batches, runner, run_float, metric=opts.metric, metric_fn=metric_fn,
                     screen_fraction=0.25 if opts.early_reject else 1.0)
     seconds["baseline"] = time.perf_counter() - t
+    log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
+    return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds)
+
+
+def compress(
+    model: str | os.PathLike | ModelProto,
+    data,
+    *,
+    calib=None,
+    test=None,
+    log: Log | None = None,
+    metric_fn: Callable | None = None,
+    options: CompressOptions | None = None,
+    context: SearchContext | None = None,
+    **kwargs,
+) -> CompressResult:
+    """Find the smallest formats that keep ``metric`` within the tolerance (see module docstring).
+
+    ``model`` is a path or ModelProto; ``data``/``calib``/``test`` anything
+    :func:`~ristretto_onnx.data.load_dataset` takes (path, arrays, iterable of batches, Dataset).
+    Options are :class:`CompressOptions` fields, as ``options=`` or keywords. A ``context`` from
+    :func:`build_context` skips preparation, calibration and the baseline.
+    """
+    opts = options or CompressOptions(**kwargs)
+    if options is not None and kwargs:
+        opts = CompressOptions(**{**asdict(options), **kwargs})
+    log = log or (lambda msg: None)
+    t0 = time.perf_counter()
+    ctx = context or build_context(model, data, calib=calib, options=opts, metric_fn=metric_fn, log=log)
+    seconds = dict(ctx.seconds) if context is None else {}
+    prepared, ranges, scorer, input_name = ctx.prepared, ctx.ranges, ctx.scorer, ctx.input_name
+    evals0, plans0, screened0 = scorer.evaluations, scorer.plans_scored, scorer.screened_out
     tolerance = opts.tolerance * (scorer.baseline if opts.tolerance_mode == "relative" else 1.0)
-    log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images; tolerance {tolerance:.4f}")
+    log(f"tolerance {tolerance:.4f} ({opts.tolerance_mode})")
 
     schemes = list(SCHEMES) if opts.scheme == "auto" else [opts.scheme]
     outcomes: dict[str, SearchOutcome] = {}
@@ -347,8 +381,7 @@ def compress(
         test_batches = _load_batches(test_ds, opts.batch_size)
         final_session = create_session(final_model)
         test_scorer = Scorer(test_batches, lambda p, x: final_session.run(None, {input_name: x})[0],
-                             lambda x: float_session.run(None, {input_name: x})[0],
-                             metric=opts.metric, metric_fn=metric_fn, screen_fraction=1.0)
+                             ctx.run_float, metric=opts.metric, metric_fn=metric_fn, screen_fraction=1.0)
         test_base = test_scorer.baseline
         test_final = test_scorer.score({}).value
         n_test = test_scorer.n
@@ -372,8 +405,8 @@ def compress(
         categories={c: {"bits": ch.bits, "variant": ch.variant, "drop_alone": ch.drop, "groups": ch.groups,
                         "format_example": _format_example(plan, ranges, c)}
                     for c, ch in outcome.categories.items()},
-        groups=groups, evaluations=scorer.evaluations, plans_scored=scorer.plans_scored,
-        screened_out=scorer.screened_out, seconds={k: round(v, 3) for k, v in seconds.items()},
+        groups=groups, evaluations=scorer.evaluations - evals0, plans_scored=scorer.plans_scored - plans0,
+        screened_out=scorer.screened_out - screened0, seconds={k: round(v, 3) for k, v in seconds.items()},
         options=asdict(opts), trials=outcome.trials,
         schemes_tried={n: {"weight_bytes": weight_bytes(o.plan), "final": o.final.value, "holds": holds(o)}
                        for n, o in outcomes.items()},
