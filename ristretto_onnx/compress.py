@@ -153,7 +153,7 @@ class CompressReport:
             lines.append(f"  {cat:<13} {('float' if c['bits'] is None else str(c['bits']) + '-bit'):>7}  "
                          f"{c.get('format_example') or ''}")
         lines.append(f"{self.plans_scored} plans scored ({self.screened_out} screened out early), "
-                     f"{self.evaluations:.1f} full evaluations, {sum(self.seconds.values()):.1f} s")
+                     f"{self.evaluations:.1f} full evaluations, {self.seconds.get('total', 0.0):.1f} s")
         return lines
 
 

@@ -30,6 +30,8 @@ from ristretto_onnx.errors import RistrettoError
 #: Command modules, imported for their registration side effect (in --help order).
 COMMAND_MODULES = [
     "compress_cmd",
+    "quantize_cmd",
+    "analyze_cmd",
     "formats_cmd",
     "zoo_cmd",
 ]
