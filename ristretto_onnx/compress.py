@@ -54,6 +54,7 @@ class CompressOptions:
     calib_size: int = 500
     granularity: str = "group"  # or "layer"
     weight_granularity: str = "tensor"  # or "channel"
+    range_rule: str = "max"  # dfp: max (thesis), percentile:P or mse
     min_bits: int | None = None
     max_bits: int | None = None
     exp_min: int | None = None
@@ -241,7 +242,7 @@ def _group_ranges(prepared: Prepared, layers, calib: Dataset, batch_size: int) -
                 size = int(np.prod(w.shape)) if w is not None else stats.count
             elif g.role in ("inputs", "outputs"):
                 size = max(1, stats.count // max(len(calib), 1))  # values per image
-            out.append(GroupRange(g.id, g.role, g.kind, float(stats.max_abs), ch, axis, size))
+            out.append(GroupRange(g.id, g.role, g.kind, float(stats.max_abs), ch, axis, size, stats))
     return out
 
 
@@ -351,7 +352,7 @@ def compress(
     t = time.perf_counter()
     for name in schemes:
         scheme = make_scheme(name, weight_granularity=opts.weight_granularity if name in ("dfp", "pow2") else "tensor",
-                             exp_min=opts.exp_min, exp_max=opts.exp_max)
+                             exp_min=opts.exp_min, exp_max=opts.exp_max, range_rule=opts.range_rule)
         log(f"searching {name}")
         search = BitSearch(scorer, scheme, ranges, tolerance, min_bits=opts.min_bits,
                            max_bits=opts.max_bits, log=log)

@@ -20,10 +20,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.range_rules import check_rule, frac_bits
 from ristretto_onnx.formats import (
     Fixed,
     Format,
@@ -52,6 +54,7 @@ class GroupRange:
     channel_max_abs: tuple[float, ...] | None = field(default=None, repr=False)
     channel_axis: int | None = None
     size: int = 0  # number of values (weights: parameter count; activations: per image)
+    stats: Any = field(default=None, repr=False, compare=False)  # RangeStats, for range rules
 
     @property
     def category(self) -> str | None:
@@ -89,15 +92,20 @@ class Scheme:
 
 @dataclass(frozen=True)
 class DynamicFixedPoint(Scheme):
+    """Each group its own fractional length, by ``range_rule`` (:mod:`ristretto_onnx.range_rules`)."""
+
     name: str = "dfp"
     per_channel: bool = False
     min_bits: int = 2
+    range_rule: str = "max"
 
     def formats(self, groups, bits, variant=None):
         out: dict[str, Format] = {}
         for g in groups:
             if g.role == "weights" and self.per_channel and g.channel_max_abs and g.channel_axis is not None:
                 out[g.group] = PerChannel(tuple(dfp_format(m, bits) for m in g.channel_max_abs), g.channel_axis)
+            elif self.range_rule != "max" and g.stats is not None:
+                out[g.group] = Fixed(bits, frac_bits(g.stats, bits, self.range_rule, layer_output=g.role == "outputs"))
             else:
                 out[g.group] = dfp_format(g.max_abs, bits, layer_output=g.role == "outputs")
         return out
@@ -192,12 +200,13 @@ class PowerOfTwo(Scheme):
 
 
 def make_scheme(name: str, *, weight_granularity: str = "tensor", exp_min: int | None = None,
-                exp_max: int | None = None, exp_bits: int | None = None) -> Scheme:
+                exp_max: int | None = None, exp_bits: int | None = None, range_rule: str = "max") -> Scheme:
     per_channel = weight_granularity == "channel"
     if weight_granularity not in ("tensor", "channel"):
         raise RistrettoError(f"--weight-granularity must be tensor or channel, not {weight_granularity!r}")
+    check_rule(range_rule)
     if name == "dfp":
-        return DynamicFixedPoint(per_channel=per_channel)
+        return DynamicFixedPoint(per_channel=per_channel, range_rule=range_rule)
     if per_channel and name in ("fixed", "minifloat"):
         raise RistrettoError(f"per-channel weights are not available for {name} (one format per category)")
     if name == "fixed":

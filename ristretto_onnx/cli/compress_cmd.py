@@ -43,6 +43,8 @@ def compress_command(
                                                   "or layer (a width per layer's weights)."),
     weight_granularity: str = typer.Option("tensor", help="tensor (thesis) or channel (one scale per output "
                                                           "channel; dfp and pow2)."),
+    range_rule: str = typer.Option("max", help="dfp fractional lengths: max (thesis eq. 5.2), "
+                                               "percentile:P (e.g. percentile:99.99) or mse."),
     min_bits: int = typer.Option(None, help="Smallest width the search may choose."),
     max_bits: int = typer.Option(None, help="Largest width the search may choose (default 16; pow2: 6)."),
     exp_min: int = typer.Option(None, help="pow2: fixed smallest exponent (with --exp-max)."),
@@ -103,7 +105,7 @@ def compress_command(
     log = None if quiet else (lambda msg: print(msg, file=sys.stderr))
     options = CompressOptions(
         scheme=scheme, tolerance=tolerance, tolerance_mode=tolerance_mode, metric=metric if metric_fn is None else "custom",
-        calib_size=calib_size, granularity=granularity, weight_granularity=weight_granularity,
+        calib_size=calib_size, granularity=granularity, weight_granularity=weight_granularity, range_rule=range_rule,
         min_bits=min_bits, max_bits=max_bits, exp_min=exp_min, exp_max=exp_max, batch_size=batch_size,
         seed=seed, fold_bn=not no_fold_bn, layers=tuple(layers or ()), exclude=tuple(exclude or ()),
         early_reject=not no_early_reject,
