@@ -1,0 +1,111 @@
+"""Load and validate a model: the first step of every pipeline.
+
+Everything after this step may assume a well-formed graph with inferred shapes, float tensors
+typed, and a default-domain opset in the range the QuantizeSim function bodies support
+(:data:`~ristretto_onnx.ops.MIN_OPSET` and up). Models on opset 11 or 12 are upgraded to 13 with
+the ONNX version converter; opsets 13 to 21 are kept as they are.
+
+Models larger than 2 GB cannot be serialized as one protobuf, which the checker and shape
+inference need; for those, the model is written to a temporary folder with external data and
+checked and inferred from the path instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import ModelProto, version_converter
+
+from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.ops import MIN_OPSET, default_opset
+from ristretto_onnx.passes import save as _save
+
+#: Default-domain opsets accepted as input.
+MIN_INPUT_OPSET = 11
+MAX_INPUT_OPSET = 21
+
+
+def load_model(source: str | os.PathLike | ModelProto, *, check: bool = True) -> ModelProto:
+    """A validated, shape-inferred copy of ``source`` (a path or a ModelProto) on opset >= 13.
+
+    ``source`` itself is never modified. External data next to a model file is loaded.
+    """
+    model = _read(source)
+    opset = _opset(model)
+    if check:
+        model = _checked_and_inferred(model)
+    if opset < MIN_OPSET:
+        try:
+            model = version_converter.convert_version(model, MIN_OPSET)
+        except Exception as e:  # the converter raises bare RuntimeErrors with C++ text
+            raise RistrettoError(f"cannot convert the model from opset {opset} to {MIN_OPSET}: "
+                                 f"{_first_line(e)}") from None
+        if check:
+            model = _checked_and_inferred(model)
+    return model
+
+
+def _read(source: str | os.PathLike | ModelProto) -> ModelProto:
+    if isinstance(source, ModelProto):
+        model = ModelProto()
+        model.CopyFrom(source)
+        return model
+    path = Path(source)
+    if not path.is_file():
+        raise RistrettoError(f"model file not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except Exception as e:  # protobuf DecodeError, missing external data file ...
+        raise RistrettoError(f"cannot read ONNX model {path}: {_first_line(e)}") from None
+
+
+def _opset(model: ModelProto) -> int:
+    try:
+        opset = default_opset(model)
+    except RistrettoError:
+        raise RistrettoError("the model imports no version of the default ONNX domain") from None
+    if not MIN_INPUT_OPSET <= opset <= MAX_INPUT_OPSET:
+        raise RistrettoError(f"the model uses opset {opset}; supported are opsets "
+                             f"{MIN_INPUT_OPSET} to {MAX_INPUT_OPSET}")
+    return opset
+
+
+def _checked_and_inferred(model: ModelProto) -> ModelProto:
+    if _save.needs_external_data(model):
+        return _checked_and_inferred_on_disk(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise RistrettoError(f"the model is not valid ONNX: {_first_line(e)}") from None
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception as e:
+        raise RistrettoError(f"shape inference failed: {_first_line(e)}") from None
+
+
+def _checked_and_inferred_on_disk(model: ModelProto) -> ModelProto:
+    with tempfile.TemporaryDirectory(prefix="ristretto-load-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        inferred = Path(tmp) / "inferred.onnx"
+        _save.save_model(model, path, external_data=True)
+        try:
+            onnx.checker.check_model(str(path))
+        except onnx.checker.ValidationError as e:
+            raise RistrettoError(f"the model is not valid ONNX: {_first_line(e)}") from None
+        try:
+            onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
+        except Exception as e:
+            raise RistrettoError(f"shape inference failed: {_first_line(e)}") from None
+        out = onnx.load(str(inferred), load_external_data=True)
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(e).__name__

@@ -1,0 +1,54 @@
+"""The pass pipeline, top to bottom: load -> fold BN -> find layers -> insert slots -> set formats.
+
+:func:`prepare` runs the steps that depend only on the model, once; :func:`simulate` applies a
+format plan to the prepared model and is cheap enough to call in a search loop (it rewrites the
+slot nodes of a copy, nothing else)::
+
+    prepared = prepare("resnet20.onnx")                 # validated, BN folded, slots inserted
+    model = simulate(prepared, {"conv1/weights": Fixed(8, 7), ...})
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from onnx import ModelProto
+
+from ristretto_onnx.passes.find_layers import find_layers
+from ristretto_onnx.passes.fold_batchnorm import fold_batchnorm
+from ristretto_onnx.passes.insert_quantizers import insert_quantizers
+from ristretto_onnx.passes.layers import LayerSet
+from ristretto_onnx.passes.load import load_model
+from ristretto_onnx.passes.set_formats import set_formats
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A model ready for format plans.
+
+    ``float_model`` is the FP32 reference the plans are chosen for (validated, BN folded when
+    asked): calibrate and score against it. ``annotated`` is the same graph with one float slot
+    per group; ``layers`` lists the quantizable layers and their groups.
+    """
+
+    float_model: ModelProto = field(repr=False)
+    annotated: ModelProto = field(repr=False)
+    layers: LayerSet
+
+
+def prepare(source: str | os.PathLike | ModelProto, *, fold_bn: bool = True) -> Prepared:
+    model = load_model(source)
+    if fold_bn:
+        model = fold_batchnorm(model)
+    layers = find_layers(model)
+    annotated = insert_quantizers(model, layers)
+    return Prepared(model, annotated, layers)
+
+
+def simulate(prepared: Prepared | ModelProto, plan: Mapping[str, object], *,
+             rounding: str = "nearest_even") -> ModelProto:
+    """The simulated reduced-precision model for ``plan`` (runs in plain onnxruntime)."""
+    annotated = prepared.annotated if isinstance(prepared, Prepared) else prepared
+    return set_formats(annotated, plan, rounding=rounding)

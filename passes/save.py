@@ -1,0 +1,148 @@
+"""Write a model to disk atomically, with external data when it is too large for one protobuf.
+
+A half-written output is worse than none: a later step (or a user) would load a truncated model.
+So the model is written to a temporary file in the destination folder and renamed over the
+destination only once it is complete; on any error the temporary files are removed.
+
+Protobuf cannot serialize more than 2 GB. Larger models keep their big initializers in a side file
+``<name>.data`` next to the model (ONNX external data, offsets aligned to 4 KiB so onnxruntime
+can map them). Unlike ``onnx.save(..., save_as_external_data=True)`` this never converts the
+caller's proto in place and never holds a second copy of the weights in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from google.protobuf.message import Message
+from onnx import ModelProto, TensorProto, numpy_helper
+
+from ristretto_onnx.errors import RistrettoError
+
+#: Largest model serialized as a single protobuf (a module constant so tests can lower it).
+PROTO_LIMIT = 2**31 - 1
+#: Initializers at least this large go to the data file when saving with external data.
+EXTERNAL_MIN_BYTES = 1024
+_ALIGN = 4096
+
+
+def needs_external_data(model: ModelProto) -> bool:
+    return model.ByteSize() > PROTO_LIMIT
+
+
+def save_model(model: ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically; ``external_data=None`` decides by size."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise RistrettoError(f"cannot write {path}: folder {folder} does not exist")
+    use_external = needs_external_data(model) if external_data is None else external_data
+    tmp_files: list[Path] = []
+    try:
+        if use_external:
+            data_name = f"{path.name}.data"
+            tmp_data = _temp_path(folder, data_name)
+            tmp_files.append(tmp_data)
+            light = _externalized(model, tmp_data, data_name)
+            tmp_model = _write_temp(folder, path.name, light.SerializeToString(), tmp_files)
+            os.replace(tmp_data, folder / data_name)
+        else:
+            tmp_model = _write_temp(folder, path.name, model.SerializeToString(), tmp_files)
+        os.replace(tmp_model, path)
+    except OSError as e:
+        raise RistrettoError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        for tmp in tmp_files:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a small text file (a JSON sidecar) with the same temp-then-rename rule."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp_files: list[Path] = []
+    try:
+        tmp = _write_temp(folder, path.name, text.encode(), tmp_files)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise RistrettoError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        for t in tmp_files:
+            t.unlink(missing_ok=True)
+    return path
+
+
+def _temp_path(folder: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _write_temp(folder: Path, name: str, payload: bytes, tmp_files: list[Path]) -> Path:
+    tmp = _temp_path(folder, name)
+    tmp_files.append(tmp)
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def _is_repeated(fd) -> bool:
+    flag = getattr(fd, "is_repeated", None)  # protobuf >= 5; older ones only have ``label``
+    return bool(flag) if flag is not None else fd.label == fd.LABEL_REPEATED
+
+
+def _copy_fields(src: Message, dst: Message, skip: str) -> None:
+    """Copy every set field of ``src`` into ``dst`` except the one named ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if _is_repeated(fd):
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _externalized(model: ModelProto, data_path: Path, location: str) -> ModelProto:
+    """A copy of ``model`` whose large initializers point into ``data_path`` (written here)."""
+    light = ModelProto()
+    _copy_fields(model, light, skip="graph")
+    graph = light.graph
+    _copy_fields(model.graph, graph, skip="initializer")
+    offset = 0
+    with open(data_path, "wb") as f:
+        for t in model.graph.initializer:
+            if t.data_location == TensorProto.EXTERNAL:
+                raise RistrettoError(f"initializer {t.name!r} still refers to external data that was "
+                                     "not loaded; load the model with its data first")
+            raw = t.raw_data if t.HasField("raw_data") else None
+            size = len(raw) if raw is not None else t.ByteSize()
+            if size < EXTERNAL_MIN_BYTES or t.data_type == TensorProto.STRING:
+                graph.initializer.add().CopyFrom(t)
+                continue
+            if raw is None:
+                raw = numpy_helper.to_array(t).tobytes()  # little-endian on every supported host
+            pad = (-offset) % _ALIGN
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(raw)
+            ext = graph.initializer.add()
+            ext.name = t.name
+            ext.data_type = t.data_type
+            ext.dims.extend(t.dims)
+            if t.doc_string:
+                ext.doc_string = t.doc_string
+            ext.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = ext.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(raw)
+        f.flush()
+        os.fsync(f.fileno())
+    return light

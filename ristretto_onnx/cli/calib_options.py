@@ -1,0 +1,56 @@
+"""Helpers shared by ``quantize`` and ``analyze``: calibration data and layer patterns from flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ristretto_onnx.data import Dataset, load_dataset, preprocess_from_cli
+from ristretto_onnx.errors import RistrettoError
+
+
+def resolve_input(spec: str) -> Path:
+    """The model file for ``IN`` (a path or ``zoo:NAME``)."""
+    from ristretto_onnx import zoo
+
+    return Path(zoo.resolve_model(spec))
+
+
+def open_calibration(calib: str | None, model_spec: str, *, scale=None, mean=None, std=None,
+                     resize=None, crop=None) -> Dataset | None:
+    """The calibration dataset: ``--calib`` with the preprocessing flags, or for a zoo model
+    without ``--calib`` its own calibration split; ``None`` when there is neither."""
+    from ristretto_onnx import zoo
+
+    flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+    pre = None
+    if any(v is not None for v in flags.values()):
+        base = zoo.get_model(model_spec).preprocess if model_spec.startswith("zoo:") else None
+        pre = preprocess_from_cli(**flags, base=base)
+    if calib is None:
+        if model_spec.startswith("zoo:"):
+            return zoo.model_dataset(model_spec[4:], "calib", pre)
+        return None
+    return load_dataset(calib, pre)
+
+
+def split_patterns(values: list[str] | None) -> tuple[str, ...]:
+    """Regexes from repeatable options that may also hold comma-separated lists.
+
+    Commas inside ``{}``, ``[]`` or ``()`` belong to the regex (``conv{1,2}``) and do not split.
+    """
+    out: list[str] = []
+    for value in values or ():
+        depth, start = 0, 0
+        for i, ch in enumerate(value):
+            if ch in "{[(":
+                depth += 1
+            elif ch in "}])":
+                depth = max(0, depth - 1)
+            elif ch == "," and depth == 0:
+                out.append(value[start:i])
+                start = i + 1
+        out.append(value[start:])
+    patterns = tuple(p.strip() for p in out if p.strip())
+    if values and not patterns:
+        raise RistrettoError("empty layer pattern")
+    return patterns

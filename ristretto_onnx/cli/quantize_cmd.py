@@ -1,0 +1,99 @@
+"""``ristretto-onnx quantize``: write the simulated model of one fixed configuration."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import typer
+
+from ristretto_onnx.cli.app import app
+from ristretto_onnx.cli.calib_options import open_calibration, resolve_input, split_patterns
+from ristretto_onnx.data import DATA_OPTION_HELP
+from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.formats import Pow2, parse_format
+
+
+@app.command("quantize")
+def quantize_command(
+    model_in: str = typer.Argument(..., metavar="IN.onnx", help="FP32 model: a path or zoo:NAME."),
+    model_out: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the simulated model."),
+    scheme: str = typer.Option(None, help="fixed (one shared format, ch. 4), dfp (per-group fractional "
+                                          "length, ch. 5), minifloat (ch. 6) or pow2 (weights only, ch. 7)."),
+    bits: int = typer.Option(None, help="Bit width of weights and activations."),
+    weight_bits: int = typer.Option(None, help="Bit width of the weights (and biases); default --bits."),
+    act_bits: int = typer.Option(None, help="Bit width of layer inputs and outputs; default --bits."),
+    format: str = typer.Option(None, "--format", help="Force this format on every group, e.g. fixed:16:8 "
+                                                      "(no calibration)."),
+    calib: str = typer.Option(None, "--calib", help="Calibration data: .npz, .npy, image folder or zoo:NAME "
+                                                    "(default for zoo models: their calibration split)."),
+    calib_size: int = typer.Option(500, help="Calibration images (seeded subset)."),
+    score_size: int = typer.Option(300, help="fixed: images scoring each integer/fractional split."),
+    layers: list[str] = typer.Option(None, "--layers", help="Only quantize layers matching these regexes "
+                                                            "(comma-separated or repeated)."),
+    exclude: list[str] = typer.Option(None, "--exclude", help="Keep layers matching these regexes in float."),
+    no_fold_bn: bool = typer.Option(False, "--no-fold-bn", help="Keep BatchNormalization separate."),
+    quantize_bias: bool = typer.Option(False, "--quantize-bias", help="Quantize biases too (weight bits)."),
+    exp_min: int = typer.Option(-8, help="pow2: smallest weight exponent."),
+    exp_max: int = typer.Option(-1, help="pow2: largest weight exponent."),
+    report: Path = typer.Option(None, "--report", help="JSON sidecar path (default: OUT with .json)."),
+    batch_size: int = typer.Option(64, help="Images per onnxruntime run."),
+    seed: int = typer.Option(0, help="Seed of the calibration subset."),
+    scale: str = typer.Option(None, help=DATA_OPTION_HELP["scale"]),
+    mean: str = typer.Option(None, help=DATA_OPTION_HELP["mean"]),
+    std: str = typer.Option(None, help=DATA_OPTION_HELP["std"]),
+    resize: str = typer.Option(None, help=DATA_OPTION_HELP["resize"]),
+    crop: str = typer.Option(None, help=DATA_OPTION_HELP["crop"]),
+) -> None:
+    """Write OUT.onnx: IN with QuantizeSim on the inputs, weights and outputs of every Conv,
+    ConvTranspose, Gemm and MatMul (the thesis data path), and OUT.json with every group's format.
+
+    OUT runs in plain onnxruntime. IN is never modified; OUT appears only when complete.
+    """
+    from ristretto_onnx.passes.save import save_model, write_text_atomic
+    from ristretto_onnx.quantize import QuantizeOptions, quantize
+
+    start = time.perf_counter()
+    in_path = resolve_input(model_in)
+    if model_out.suffix != ".onnx":
+        raise RistrettoError(f"the output path must end in .onnx: {model_out}")
+    if model_out.exists() and model_out.resolve() == in_path.resolve():
+        raise RistrettoError("OUT is the input model: refusing to overwrite the input")
+    if not model_out.parent.is_dir():
+        raise RistrettoError(f"output folder {model_out.parent} does not exist")
+    report_path = report or model_out.with_suffix(".json")
+    if report_path.resolve() == in_path.resolve():
+        raise RistrettoError("the report path is the input model")
+    options = QuantizeOptions(
+        scheme=scheme.lower() if scheme else None, bits=bits, weight_bits=weight_bits, act_bits=act_bits,
+        format=parse_format(format) if format else None,
+        layers=split_patterns(layers), exclude=split_patterns(exclude), fold_bn=not no_fold_bn,
+        quantize_bias=quantize_bias, pow2=Pow2(exp_min, exp_max), calib_size=calib_size,
+        score_size=score_size, batch_size=batch_size, seed=seed,
+    )
+    data = None
+    if options.needs_calibration:
+        data = open_calibration(calib, model_in, scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+        if data is None:
+            raise RistrettoError(f"--scheme {options.scheme} needs calibration data: give --calib")
+    result = quantize(in_path, options, data)
+    sidecar = result.sidecar(input=str(model_in), output=str(model_out),
+                             calib=None if data is None else data.name)
+    save_model(result.model, model_out)
+    write_text_atomic(report_path, json.dumps(sidecar, indent=2) + "\n")
+
+    quantized = {g: f for g, f in result.plan.items() if f is not None}
+    counts = Counter(str(f) for f in quantized.values())
+    top = ", ".join(f"{f} x{n}" for f, n in counts.most_common(4)) + (" ..." if len(counts) > 4 else "")
+    typer.echo(f"{len(result.selected)} of {len(result.layers)} layers, {len(quantized)} of "
+               f"{len(result.layers.group_ids)} groups quantized: {top or 'none'}")
+    if result.fixed_search:
+        best = max(result.fixed_search, key=lambda s: s.key)
+        typer.echo("fixed point splits (IL: score): " + ", ".join(
+            f"{s.int_bits}: {(s.top1 if s.top1 is not None else s.agreement):.3f}"
+            for s in result.fixed_search) + f"; chose IL={best.int_bits}")
+    for s in result.layers.skipped:
+        typer.echo(f"skipped {s.op_type} {s.node or '(unnamed)'}: {s.reason}")
+    typer.echo(f"wrote {model_out} and {report_path} in {time.perf_counter() - start:.1f}s")

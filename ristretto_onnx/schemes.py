@@ -1,0 +1,88 @@
+"""Format rules of the schemes for one fixed configuration (``ristretto-onnx quantize``).
+
+Each function maps the groups of the selected layers (and their measured ranges) to a plan:
+group id -> format, or ``None`` for float. Biases stay float unless ``quantize_bias``.
+
+* ``dfp``: every group its own fractional length from its range (thesis eq. 5.2), layer outputs
+  one integer bit fewer;
+* ``fixed``: one integer length for the whole network (thesis ch. 4), chosen by the caller among
+  :func:`fixed_candidates`;
+* ``minifloat``: one shared format whose exponent bits follow eq. 6.2 on the largest range;
+* ``pow2``: weights only, one exponent window (thesis ch. 7: ``pow2:-8:-1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from ristretto_onnx.formats import Fixed, Format, Pow2, dfp_format, integer_bits, minifloat_format
+
+SCHEMES = ("fixed", "dfp", "minifloat", "pow2")
+DEFAULT_POW2 = Pow2(-8, -1)
+
+
+def _bits_for(role: str, weight_bits: int, act_bits: int) -> int:
+    return act_bits if role in ("inputs", "outputs") else weight_bits
+
+
+def uniform_plan(groups: Iterable, fmt: Format, *, quantize_bias: bool = False) -> dict[str, Format | None]:
+    """``fmt`` everywhere (biases only with ``quantize_bias``)."""
+    return {g.id: (fmt if g.role != "bias" or quantize_bias else None) for g in groups}
+
+
+def pow2_plan(groups: Iterable, pow2: Pow2 = DEFAULT_POW2, *, quantize_bias: bool = False) -> dict[str, Format | None]:
+    """Power-of-two weights, everything else float (thesis fig. 7.2)."""
+    return {g.id: (pow2 if g.role == "weights" else None) for g in groups}
+
+
+def dfp_plan(groups: Iterable, ranges: Mapping, *, weight_bits: int, act_bits: int,
+             quantize_bias: bool = False) -> dict[str, Format | None]:
+    plan: dict[str, Format | None] = {}
+    for g in groups:
+        if g.role == "bias" and not quantize_bias:
+            plan[g.id] = None
+            continue
+        bits = _bits_for(g.role, weight_bits, act_bits)
+        plan[g.id] = dfp_format(ranges[g.id].max_abs, bits, layer_output=g.role == "outputs")
+    return plan
+
+
+def minifloat_plan(groups: Iterable, ranges: Mapping, *, weight_bits: int, act_bits: int,
+                   quantize_bias: bool = False) -> dict[str, Format | None]:
+    groups = list(groups)
+    top = max((ranges[g.id].max_abs for g in groups if g.id in ranges), default=1.0)
+    plan: dict[str, Format | None] = {}
+    for g in groups:
+        if g.role == "bias" and not quantize_bias:
+            plan[g.id] = None
+            continue
+        plan[g.id] = minifloat_format(top, _bits_for(g.role, weight_bits, act_bits))
+    return plan
+
+
+def fixed_candidates(groups: Iterable, ranges: Mapping, *, weight_bits: int, act_bits: int,
+                     quantize_bias: bool = False) -> list[int]:
+    """Integer lengths worth trying for the shared format, widest range first.
+
+    From "no group saturates" down to "only the typical group fits": the thesis tries the
+    splits of the bit width and keeps the most accurate (4.4.1).
+    """
+    ils = sorted({integer_bits(ranges[g.id].max_abs) for g in groups
+                  if g.id in ranges and ranges[g.id].max_abs > 0 and (g.role != "bias" or quantize_bias)})
+    if not ils:
+        return [1]
+    bits = min(weight_bits, act_bits)
+    hi, lo = ils[-1], ils[len(ils) // 2]
+    return [il for il in range(hi, min(lo, hi) - 2, -1) if il <= bits + 126 and bits - il <= 126][:8] or [hi]
+
+
+def fixed_plan(groups: Iterable, int_bits: int, *, weight_bits: int, act_bits: int,
+               quantize_bias: bool = False) -> dict[str, Format | None]:
+    plan: dict[str, Format | None] = {}
+    for g in groups:
+        if g.role == "bias" and not quantize_bias:
+            plan[g.id] = None
+            continue
+        bits = _bits_for(g.role, weight_bits, act_bits)
+        plan[g.id] = Fixed(bits, bits - int_bits)
+    return plan
