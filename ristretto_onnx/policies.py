@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.range_rules import check_rule, frac_bits
+from ristretto_onnx.range_rules import check_rule, frac_bits, minifloat_exp_bits_mse
 from ristretto_onnx.formats import (
     Fixed,
     Format,
@@ -147,15 +147,28 @@ class MinifloatScheme(Scheme):
     exp_bits: int | None = None
 
     def rule_exp_bits(self, groups, bits) -> int:
+        """Eq. 6.2 on the category's largest value (no saturation), or the given split."""
         top = max((g.max_abs for g in groups), default=1.0)
         e = self.exp_bits or minifloat_exp_bits(top)
-        return int(min(max(e, 1), bits - 1, 7))
+        return int(min(max(e, 1), bits - 1, 7, 23 + bits))
 
     def variants(self, groups, bits):
+        """The split of least relative error on the measured histograms, and one more exponent bit.
+
+        Eq. 6.2 (the fallback without histograms) only prevents saturation of the largest value:
+        at 8 bits it leaves small weights below the smallest normal, so it is not tried when the
+        histograms can tell better.
+        """
         e = self.rule_exp_bits(groups, bits)
         if self.exp_bits:
             return [e]
-        return [x for x in (e, e + 1, e - 1) if 1 <= x <= min(bits - 1, 7) and bits - 1 - x <= 23]
+        stats = [g.stats for g in groups if g.stats is not None]
+        cands = [e]
+        if stats:
+            best = minifloat_exp_bits_mse(stats, bits)
+            cands = [best, best + 1]
+        legal = [x for x in dict.fromkeys(cands) if 1 <= x <= min(bits - 1, 7) and bits - 1 - x <= 23]
+        return legal or [max(1, bits - 24)]
 
     def formats(self, groups, bits, variant=None):
         e = variant if variant is not None else self.rule_exp_bits(groups, bits)

@@ -49,6 +49,39 @@ def expected_sq_error(stats: RangeStats, fmt: Fixed) -> float:
     return float((err * counts).sum() / counts.sum())
 
 
+def quantization_sq_error(stats: RangeStats, fmt) -> float:
+    """Mean squared error of any scalar format over ``stats``'s histogram (bin centers)."""
+    centers, counts = bin_centers(stats)
+    if counts.sum() == 0:
+        return 0.0
+    q = fmt.quantize(centers.astype(np.float32)).astype(np.float64)
+    return float((((q - centers) ** 2) * counts).sum() / counts.sum())
+
+
+def minifloat_exp_bits_mse(stats_list, bits: int) -> int:
+    """Exponent bits of a shared ``bits``-bit minifloat that minimize the relative error.
+
+    Eq. 6.2 only prevents saturation of the largest value; with few bits that can leave small
+    weights below the smallest normal (flushed to zero). Here every legal split is scored on the
+    histograms of all groups sharing the format, each group's error relative to its mean square.
+    """
+    from ristretto_onnx.formats import Minifloat
+
+    best, best_err = None, np.inf
+    for e in range(1, min(bits - 1, 7) + 1):
+        if bits - 1 - e > 23:
+            continue
+        fmt = Minifloat(bits, e)
+        err = 0.0
+        for st in stats_list:
+            c, n = bin_centers(st)
+            power = float((c**2 * n).sum() / max(n.sum(), 1)) or 1.0
+            err += quantization_sq_error(st, fmt) / power
+        if err < best_err:
+            best, best_err = e, err
+    return best if best is not None else 1
+
+
 def frac_bits(stats: RangeStats, bits: int, rule: str = "max", *, layer_output: bool = False) -> int:
     """The fractional length of a ``bits``-bit group under ``rule`` (see the module docstring)."""
     name, _, arg = check_rule(rule).partition(":")
