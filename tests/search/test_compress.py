@@ -39,7 +39,7 @@ def test_compress_digits_dfp_holds_the_tolerance_and_the_written_model_agrees(di
     out, rep = r.save(tmp_path / "d.onnx")
     assert hashlib.sha256(model.read_bytes()).hexdigest() == before
     assert r.report.baseline == pytest.approx(0.984)
-    assert r.report.drop <= 0.01
+    assert r.report.drop <= 0.01 + 1e-9
     assert plain_top1(out, test) == pytest.approx(r.report.final, abs=1e-12)
     m = onnx.load(out)
     onnx.checker.check_model(m)
@@ -57,7 +57,7 @@ def test_compress_digits_dfp_holds_the_tolerance_and_the_written_model_agrees(di
 def test_compress_other_schemes_on_digits(digits, scheme):
     model, test, calib = digits
     r = compress(str(model), test, calib=calib, scheme=scheme, tolerance=0.02)
-    assert r.report.drop <= 0.02
+    assert r.report.drop <= 0.02 + 1e-9
     kinds = {type(f).__name__ for f in r.plan.values() if f is not None}
     assert kinds == {"fixed": {"Fixed"}, "minifloat": {"Minifloat"}, "pow2": {"Pow2"}}[scheme]
     if scheme == "pow2":  # activations stay in float, weights are powers of two
