@@ -68,7 +68,7 @@ def test_layer_granularity_uses_no_more_weight_bits_than_groups(digits):
     model, test, calib = digits
     g = compress(str(model), test, calib=calib, scheme="dfp", tolerance=0.01)
     layer = compress(str(model), test, calib=calib, scheme="dfp", tolerance=0.01, granularity="layer")
-    assert layer.report.weight_bytes <= g.report.weight_bytes and layer.report.drop <= 0.01
+    assert layer.report.weight_bytes <= g.report.weight_bytes and layer.report.drop <= 0.01 + 1e-9
 
 
 def test_auto_keeps_the_smallest_scheme_that_holds(digits):
