@@ -1,4 +1,4 @@
-"""Helpers shared by ``quantize`` and ``analyze``: calibration data and layer patterns from flags."""
+"""Helpers shared by the commands: data sets and layer patterns from flags."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ def resolve_input(spec: str) -> Path:
     return Path(zoo.resolve_model(spec))
 
 
-def open_calibration(calib: str | None, model_spec: str, *, scale=None, mean=None, std=None,
-                     resize=None, crop=None) -> Dataset | None:
-    """The calibration dataset: ``--calib`` with the preprocessing flags, or for a zoo model
-    without ``--calib`` its own calibration split; ``None`` when there is neither."""
+def open_split(spec: str | None, model_spec: str, split: str, *, scale=None, mean=None, std=None,
+               resize=None, crop=None) -> Dataset | None:
+    """A dataset from ``spec`` with the preprocessing flags, or for a zoo model without ``spec``
+    its own ``split`` (``"test"`` or ``"calib"``); ``None`` when there is neither.
+
+    For a zoo model the flags modify its own preprocessing, so ``--crop`` alone is enough."""
     from ristretto_onnx import zoo
 
     flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
@@ -26,11 +28,16 @@ def open_calibration(calib: str | None, model_spec: str, *, scale=None, mean=Non
     if any(v is not None for v in flags.values()):
         base = zoo.get_model(model_spec).preprocess if model_spec.startswith("zoo:") else None
         pre = preprocess_from_cli(**flags, base=base)
-    if calib is None:
+    if spec is None:
         if model_spec.startswith("zoo:"):
-            return zoo.model_dataset(model_spec[4:], "calib", pre)
+            return zoo.model_dataset(model_spec[4:], split, pre)
         return None
-    return load_dataset(calib, pre)
+    return load_dataset(spec, pre)
+
+
+def open_calibration(calib: str | None, model_spec: str, **flags) -> Dataset | None:
+    """The calibration dataset: ``--calib``, or a zoo model's calibration split."""
+    return open_split(calib, model_spec, "calib", **flags)
 
 
 def split_patterns(values: list[str] | None) -> tuple[str, ...]:

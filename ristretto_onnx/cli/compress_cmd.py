@@ -8,20 +8,10 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
+from ristretto_onnx.cli.calib_options import open_split, split_patterns
 from ristretto_onnx.compress import CompressOptions, compress
-from ristretto_onnx.data import DATA_OPTION_HELP, load_dataset, preprocess_from_cli
+from ristretto_onnx.data import DATA_OPTION_HELP
 from ristretto_onnx.errors import RistrettoError
-
-
-def _open(spec: str | None, model_spec: str, split: str, pre):
-    """A dataset from ``spec``, or the zoo model's own split when ``spec`` is omitted."""
-    from ristretto_onnx import zoo
-
-    if spec is None:
-        if not model_spec.startswith("zoo:"):
-            return None
-        return zoo.model_dataset(model_spec[4:], split, pre)
-    return load_dataset(spec, pre)
 
 
 @app.command("compress")
@@ -85,17 +75,14 @@ def compress_command(
     if out_path.resolve() == Path(model_path).resolve():
         raise RistrettoError("the output path is the input model: refusing to overwrite the input")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    pre = None
-    if any(v is not None for v in (scale, mean, std, resize, crop)):
-        base = zoo.get_model(model_spec).preprocess if model_spec.startswith("zoo:") else None
-        pre = preprocess_from_cli(scale=scale, mean=mean, std=std, resize=resize, crop=crop, base=base)
-    dataset = _open(data, model_spec, "test", pre)
+    flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+    dataset = open_split(data, model_spec, "test", **flags)
     if dataset is None:
         raise RistrettoError("give --data (validation images with labels, or use --metric fidelity)")
-    calib_set = _open(calib, model_spec, "calib", pre) if (calib or model_spec.startswith("zoo:")) else None
+    calib_set = open_split(calib, model_spec, "calib", **flags)
     if calib_set is not None:
         calib_set = calib_set.subset(min(calib_size, len(calib_set)), seed)
-    test_set = _open(test, model_spec, "test", pre) if test else None
+    test_set = open_split(test, model_spec, "test", **flags) if test else None
 
     metric_fn = None
     if ":" in metric:
@@ -107,7 +94,7 @@ def compress_command(
         scheme=scheme, tolerance=tolerance, tolerance_mode=tolerance_mode, metric=metric if metric_fn is None else "custom",
         calib_size=calib_size, granularity=granularity, weight_granularity=weight_granularity, range_rule=range_rule,
         min_bits=min_bits, max_bits=max_bits, exp_min=exp_min, exp_max=exp_max, batch_size=batch_size,
-        seed=seed, fold_bn=not no_fold_bn, layers=tuple(layers or ()), exclude=tuple(exclude or ()),
+        seed=seed, fold_bn=not no_fold_bn, layers=split_patterns(layers), exclude=split_patterns(exclude),
         early_reject=not no_early_reject,
     )
     result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
