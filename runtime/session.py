@@ -67,12 +67,14 @@ def session_options(
     *,
     threads: int | None = None,
     optimize: bool = True,
-    spinning: bool = True,
+    spinning: bool = False,
 ) -> ort.SessionOptions:
     """Options every session of the project uses (see the module docstring).
 
-    ``spinning=False`` stops idle worker threads from busy-waiting: slightly slower, but the CPU
-    time then measures work, which is what the benchmarks compare on a shared machine.
+    Worker threads do not spin (busy-wait) between ops by default. On ResNet-20 (2 CPUs,
+    bench/bench_runtime.py) spinning gained about 2 % wall time for about 40 % more CPU time,
+    and a spinning session keeps a CPU busy after its run, slowing whatever runs next (another
+    session, the data loader, other processes on a shared machine).
     """
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or available_cpus()
@@ -115,7 +117,7 @@ def create_session(
     optimize: bool = True,
     options: ort.SessionOptions | None = None,
     blocked_layout: bool = False,
-    spinning: bool = True,
+    spinning: bool = False,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for a ModelProto or a path, with sane threads and providers.
 

@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "compress_cmd",
     "quantize_cmd",
     "analyze_cmd",
+    "eval_cmd",
     "formats_cmd",
     "zoo_cmd",
 ]

@@ -1,0 +1,65 @@
+"""``ristretto-onnx eval``: score a model (FP32 or simulated) on a dataset."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from ristretto_onnx.cli.app import app, state
+from ristretto_onnx.data import DATA_OPTION_HELP, load_dataset, preprocess_from_cli
+from ristretto_onnx.errors import RistrettoError
+
+
+def _zoo_name(model: str) -> str | None:
+    return model[4:] if model.startswith("zoo:") else None
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Argument(..., metavar="MODEL", help="An .onnx file (FP32 or simulated) or zoo:NAME."),
+    data: str = typer.Option(None, "--data", help="Images (.npz, .npy, image folder or zoo:NAME). "
+                                                   "Default for zoo models: their test set."),
+    metric: list[str] = typer.Option(None, "--metric", help="top1, top5, fidelity (agreement with the FP32 "
+                                                            "model's top-1) or module:function; repeatable. "
+                                                            "Default: top1 (fidelity for unlabelled data)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per onnxruntime run."),
+    reference: str = typer.Option(None, "--reference", help="The FP32 model fidelity compares with (.onnx or "
+                                                            "zoo:NAME)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object keyed by metric name."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    scale: str = typer.Option(None, "--scale", help=DATA_OPTION_HELP["scale"]),
+    mean: str = typer.Option(None, "--mean", help=DATA_OPTION_HELP["mean"]),
+    std: str = typer.Option(None, "--std", help=DATA_OPTION_HELP["std"]),
+    resize: str = typer.Option(None, "--resize", help=DATA_OPTION_HELP["resize"]),
+    crop: str = typer.Option(None, "--crop", help=DATA_OPTION_HELP["crop"]),
+) -> None:
+    """Print the metric(s) and images/s of MODEL on --data."""
+    from ristretto_onnx import zoo
+    from ristretto_onnx.runtime.evaluate import evaluate
+
+    if batch_size < 1:
+        raise RistrettoError(f"--batch-size must be positive, got {batch_size}")
+    model_path = zoo.resolve_model(model)
+    zoo_name = _zoo_name(model)
+    base = zoo.get_model(zoo_name).preprocess if zoo_name else None
+    given = any(v is not None for v in (scale, mean, std, resize, crop))
+    pre = preprocess_from_cli(scale=scale, mean=mean, std=std, resize=resize, crop=crop, base=base) \
+        if given else None
+    if data is None:
+        if zoo_name is None:
+            raise RistrettoError("give --data (images to evaluate on); only zoo:NAME models have a default")
+        dataset = zoo.model_dataset(zoo_name, "test", pre)
+    else:
+        dataset = load_dataset(data, pre if pre is not None else base)
+    metrics = list(dict.fromkeys(metric or (["top1"] if dataset.labels is not None else ["fidelity"])))
+    ref = str(zoo.resolve_model(reference)) if reference else None
+    show = False if (quiet or as_json or state.get("quiet")) else None
+    result = evaluate(str(model_path), dataset, metrics, batch_size=batch_size, reference=ref, progress=show)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    for name, value in result.metrics.items():
+        typer.echo(f"{name:>10}: {value:.4f}")
+    typer.echo(f"{'images/s':>10}: {result.images_per_s:,.0f}   ({result.n} images, batch {batch_size}, "
+               f"{result.seconds:.1f} s)")

@@ -1,0 +1,189 @@
+"""Batched evaluation of a model (FP32 or simulated) over a dataset.
+
+Batches are streamed from the dataset, run, scored and dropped, so memory stays at one batch
+whatever the dataset size (custom metrics, which need every output, are the exception).
+Throughput (``images_per_s``) counts inference time only, so it compares models, not disks.
+
+A model with ``QuantizeSim`` nodes runs through a :class:`~ristretto_onnx.runtime.simulator.Simulator`
+(its exact lowered graph is faster than the function bodies); an FP32 model through the same
+session factory, so both sides of a comparison get the same treatment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+from onnx import ModelProto
+
+from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.ops import is_quantize_sim
+from ristretto_onnx.runtime.metrics import Accumulator, accumulator
+from ristretto_onnx.runtime.progress import Progress
+
+#: ``metadata_props`` key a simulated model may carry to name its FP32 model (a path).
+REFERENCE_KEY = "ristretto.reference"
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metric values by name, how many images, and how fast.
+
+    ``images_per_s`` is images over inference seconds; ``seconds`` is the whole evaluation
+    (data loading and scoring included).
+    """
+
+    metrics: Mapping[str, float]
+    n: int
+    images_per_s: float
+    seconds: float
+    predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+    def __getitem__(self, name: str) -> float:
+        return self.metrics[name]
+
+    def to_dict(self) -> dict[str, float | int]:
+        """JSON-ready: one key per metric, then ``images_per_s``, ``n`` and ``seconds``."""
+        return {**self.metrics, "images_per_s": round(self.images_per_s, 1), "n": self.n,
+                "seconds": round(self.seconds, 3)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def __str__(self) -> str:
+        parts = [f"{k} {v:.4f}" for k, v in self.metrics.items()]
+        return ", ".join(parts + [f"{self.images_per_s:,.0f} images/s ({self.n} images)"])
+
+
+def _model_of(model) -> ModelProto | None:
+    if isinstance(model, ModelProto):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from ristretto_onnx.runtime.simulator import load_model
+
+        return load_model(model)
+    return None
+
+
+def runner_for(model, *, providers=None, threads=None) -> Runner:
+    """A function ``x -> first output`` for a model, a Simulator, a session or a callable."""
+    from ristretto_onnx.runtime.simulator import Simulator
+
+    if isinstance(model, Simulator):
+        return model.run
+    proto = _model_of(model)
+    if proto is not None:
+        if any(is_quantize_sim(n) for n in proto.graph.node):
+            return Simulator(proto, providers=providers, threads=threads).run
+        from ristretto_onnx.runtime.session import create_session
+
+        session = create_session(proto, providers=providers, threads=threads, blocked_layout=True)
+        inits = {i.name for i in proto.graph.initializer}
+        inputs = [i.name for i in proto.graph.input if i.name not in inits]
+        if len(inputs) != 1:
+            raise RistrettoError(f"evaluation needs a model with one input, this one has {len(inputs)}")
+        name = inputs[0]
+        return lambda x: session.run(None, {name: x})[0]
+    if hasattr(model, "run") and hasattr(model, "get_inputs"):  # an InferenceSession
+        name = model.get_inputs()[0].name
+        return lambda x: model.run(None, {name: x})[0]
+    if callable(model):
+        return model
+    raise RistrettoError(f"cannot evaluate a {type(model).__name__}: give an ONNX model, a path, "
+                         "a Simulator or a callable")
+
+
+def _reference_predictions(reference, model, dataset, batch_size: int, progress) -> np.ndarray:
+    from ristretto_onnx.runtime.baseline import baseline
+
+    from ristretto_onnx.runtime.simulator import Simulator
+
+    if reference is None:
+        proto = model.source if isinstance(model, Simulator) else _model_of(model)
+        named = None
+        if proto is not None:
+            named = next((p.value for p in proto.metadata_props if p.key == REFERENCE_KEY), None)
+        if named is None:
+            raise RistrettoError("metric fidelity compares with the FP32 model: give --reference FP32.onnx")
+        reference = named
+    if isinstance(reference, np.ndarray):
+        preds = reference
+    else:
+        preds = baseline(reference, dataset, batch_size=batch_size, progress=progress).predictions
+    if len(preds) != len(dataset):
+        raise RistrettoError(f"the reference has {len(preds)} predictions for {len(dataset)} images")
+    return preds
+
+
+def evaluate(
+    model,
+    dataset,
+    metrics: Sequence[str] | str = ("top1",),
+    *,
+    batch_size: int = 256,
+    reference=None,
+    progress: bool | None = None,
+    keep_predictions: bool = False,
+    providers=None,
+    threads=None,
+    _description: str = "evaluating",
+) -> EvalResult:
+    """Score ``model`` on ``dataset`` with each of ``metrics``.
+
+    ``model``: an ONNX model or path (FP32 or simulated), a
+    :class:`~ristretto_onnx.runtime.simulator.Simulator`, an onnxruntime session or a callable.
+    ``dataset``: a :class:`~ristretto_onnx.data.Dataset` or anything
+    :func:`~ristretto_onnx.data.load_dataset` accepts. ``metrics``: ``top1``, ``top5``,
+    ``fidelity`` (needs ``reference``: the FP32 model, or its top-1 predictions) or
+    ``module:function``. ``progress``: ``None`` shows a bar on a terminal only.
+    """
+    from ristretto_onnx.data import Dataset, load_dataset
+
+    if not isinstance(dataset, Dataset):
+        dataset = load_dataset(dataset)
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    accs: list[Accumulator] = [accumulator(m) for m in dict.fromkeys(metrics)]
+    if len(dataset) == 0:
+        raise RistrettoError(f"dataset {dataset.name} is empty")
+    if any(a.needs_labels for a in accs) and dataset.labels is None:
+        names = ", ".join(a.name for a in accs if a.needs_labels)
+        raise RistrettoError(f"metric {names} needs labels; {dataset.name} has none (use --metric fidelity)")
+    ref = None
+    if any(a.needs_reference for a in accs):
+        ref = _reference_predictions(reference, model, dataset, batch_size, progress)
+    run = runner_for(model, providers=providers, threads=threads)
+
+    preds: list[np.ndarray] = []
+    t_start = time.perf_counter()
+    infer = 0.0
+    seen = 0
+    with Progress(len(dataset), _description, show=progress) as bar:
+        for x, y in dataset.batches(batch_size):
+            t0 = time.perf_counter()
+            out = np.asarray(run(x))
+            infer += time.perf_counter() - t0
+            if out.shape[0] != len(x):
+                raise RistrettoError(f"the model returned {out.shape[0]} rows for a batch of {len(x)}")
+            scores = out.reshape(len(out), -1)
+            r = None if ref is None else ref[seen:seen + len(x)]
+            for acc in accs:
+                acc.update(scores, y, r)
+            if keep_predictions:
+                preds.append(scores.argmax(axis=1))
+            seen += len(x)
+            bar.advance(len(x), seen / infer if infer > 0 else None)
+    values = {a.name: a.value() for a in accs}
+    return EvalResult(values, seen, seen / infer if infer > 0 else float("inf"),
+                      time.perf_counter() - t_start,
+                      np.concatenate(preds) if keep_predictions else None)
