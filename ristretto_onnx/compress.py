@@ -28,14 +28,16 @@ from ristretto_onnx import __version__
 from ristretto_onnx.data import Dataset, load_dataset
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2
-from ristretto_onnx.passes.graph_index import GraphIndex
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import plan_to_dict
 from ristretto_onnx.passes.save import save_model, write_text_atomic
 from ristretto_onnx.passes.slots import set_metadata
 from ristretto_onnx.policies import SCHEMES, GroupRange, make_scheme
-from ristretto_onnx.ranges import activation_ranges, parameter_ranges
+from ristretto_onnx.passes.clip_bounds import clip_bounds
+from ristretto_onnx.passes.concat_ties import concat_ties
+from ristretto_onnx.ranges import activation_ranges, channel_ranges, parameter_ranges, tie_ranges
 from ristretto_onnx.runtime.session import create_session
+from ristretto_onnx.runtime.simulator import Simulator
 from ristretto_onnx.scoring import Scorer
 from ristretto_onnx.search import BitSearch, SearchOutcome, Trial
 
@@ -54,7 +56,9 @@ class CompressOptions:
     calib_size: int = 500
     granularity: str = "group"  # or "layer"
     weight_granularity: str = "tensor"  # or "channel"
-    range_rule: str = "max"  # dfp: max (thesis), percentile:P or mse
+    # dfp: mse (default: never below the thesis's max rule on any zoo network and width, far
+    # better at 4-6 bits; docs/PER_CHANNEL.md), max (thesis eq. 5.2) or percentile:P
+    range_rule: str = "mse"
     min_bits: int | None = None
     max_bits: int | None = None
     exp_min: int | None = None
@@ -77,6 +81,9 @@ class CompressOptions:
             raise RistrettoError("--granularity must be group or layer")
         if self.calib_size < 1:
             raise RistrettoError("--calib-size must be positive")
+        if self.weight_granularity == "channel" and self.scheme in ("fixed", "minifloat"):
+            raise RistrettoError(f"per-channel weights need --scheme dfp, pow2 or auto; {self.scheme} has one "
+                                 f"format per category{' (minifloat has no per-channel form)' if self.scheme == 'minifloat' else ''}")
         if self.min_bits is not None and self.max_bits is not None and self.min_bits > self.max_bits:
             raise RistrettoError("--min-bits must not exceed --max-bits")
 
@@ -116,6 +123,7 @@ class CompressReport:
     evaluations: float  # in full passes over the data
     plans_scored: int
     screened_out: int
+    sessions_built: int
     seconds: dict[str, float]
     options: dict[str, Any]
     trials: list[Trial] = field(default_factory=list)
@@ -154,7 +162,8 @@ class CompressReport:
             lines.append(f"  {cat:<13} {('float' if c['bits'] is None else str(c['bits']) + '-bit'):>7}  "
                          f"{c.get('format_example') or ''}")
         lines.append(f"{self.plans_scored} plans scored ({self.screened_out} screened out early), "
-                     f"{self.evaluations:.1f} full evaluations, {self.seconds.get('total', 0.0):.1f} s")
+                     f"{self.evaluations:.1f} full evaluations, {self.sessions_built} sessions, "
+                     f"{self.seconds.get('total', 0.0):.1f} s")
         return lines
 
 
@@ -202,47 +211,58 @@ def _load_batches(ds: Dataset, batch_size: int) -> list[tuple[np.ndarray, np.nda
 
 
 class _PlanRunner:
-    """Runs plans through the simulated model, one session per plan, reused across batches."""
+    """Runs plans through a :class:`~ristretto_onnx.runtime.simulator.Simulator`.
+
+    The simulator changes activation formats without a new session and keeps a few sessions
+    for weight assignments, so the search builds a handful of sessions, not one per plan.
+    """
 
     def __init__(self, prepared: Prepared, input_name: str, threads: int | None = None) -> None:
-        self.prepared = prepared
+        self.sim = Simulator(prepared.annotated, threads=threads)
         self.input = input_name
-        self.threads = threads
         self._key: str | None = None
-        self._session = None
-        self.sessions_built = 0
+
+    @property
+    def sessions_built(self) -> int:
+        return self.sim.sessions_built
 
     def __call__(self, plan: Mapping, x: np.ndarray) -> np.ndarray:
         key = json.dumps(plan_to_dict(plan), sort_keys=True)
         if key != self._key:
-            self._session = create_session(simulate(self.prepared, plan), threads=self.threads)
+            self.sim.set_formats(plan, replace=True)
             self._key = key
-            self.sessions_built += 1
-        return self._session.run(None, {self.input: x})[0]
+        return self.sim.run(x)
 
 
 def _group_ranges(prepared: Prepared, layers, calib: Dataset, batch_size: int) -> list[GroupRange]:
-    """Each group's range (and per-channel ranges of weights) for the search policies."""
+    """Each group's range (and per-channel ranges of weights) for the search policies.
+
+    Layer outputs that fill one Concat buffer are tied: each gets the range of the widest of
+    them (:func:`~ristretto_onnx.ranges.tie_ranges`), so every rule gives them one format. A
+    layer output bounded by a Clip (ReLU6) is measured after the Clip (passes.clip_bounds).
+    """
     params = parameter_ranges(prepared.float_model, layers)
-    acts = activation_ranges(prepared.float_model, layers, calib, batch_size=min(batch_size, 64))
-    index = GraphIndex(prepared.float_model.graph)
+    bounds = clip_bounds(prepared.float_model, layers)
+    measured = activation_ranges(prepared.float_model, layers, calib, batch_size=min(batch_size, 64),
+                                 measure={gid: b.tensor for gid, b in bounds.items()})
+    acts = tie_ranges(measured, concat_ties(prepared.float_model, layers))
+    channels = channel_ranges(prepared.float_model, layers)
     out: list[GroupRange] = []
     for layer in layers:
         for g in layer.groups:
             stats = params.get(g.id) or acts.get(g.id)
             if stats is None:
                 continue
-            ch, axis, size = None, None, stats.count
+            ch, axis, ch_stats, size = None, None, None, stats.count
             if g.role == "weights":
-                w = index.constant_value(g.tensor)
-                if w is not None and layer.out_channel_axis is not None and w.ndim >= 1:
-                    ax = layer.out_channel_axis
-                    moved = np.moveaxis(np.abs(np.asarray(w, np.float64)), ax, 0).reshape(w.shape[ax], -1)
-                    ch, axis = tuple(float(m) for m in moved.max(axis=1)), ax
-                size = int(np.prod(w.shape)) if w is not None else stats.count
+                if g.id in channels:
+                    axis, ch_stats = channels[g.id]
+                    ch = tuple(float(c.max_abs) for c in ch_stats)
+                size = int(np.prod(layer.weight_shape))
             elif g.role in ("inputs", "outputs"):
-                size = max(1, stats.count // max(len(calib), 1))  # values per image
-            out.append(GroupRange(g.id, g.role, g.kind, float(stats.max_abs), ch, axis, size, stats))
+                size = max(1, measured[g.id].count // max(len(calib), 1))  # values per image
+            out.append(GroupRange(g.id, g.role, g.kind, float(stats.max_abs), ch, axis, size, stats, ch_stats,
+                                  bounded=g.id in bounds))
     return out
 
 
@@ -279,6 +299,7 @@ class SearchContext:
     scorer: Scorer
     run_float: Callable[[np.ndarray], np.ndarray]
     seconds: dict[str, float]
+    runner: Any = None
 
 
 def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
@@ -303,7 +324,7 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
 
     t = time.perf_counter()
     batches = _load_batches(ds, opts.batch_size)
-    float_session = create_session(prepared.float_model)
+    float_session = create_session(prepared.float_model, blocked_layout=True)
 
     def run_float(x):
         return float_session.run(None, {input_name: x})[0]
@@ -313,7 +334,7 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
                     screen_fraction=0.25 if opts.early_reject else 1.0)
     seconds["baseline"] = time.perf_counter() - t
     log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
-    return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds)
+    return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner)
 
 
 def compress(
@@ -344,6 +365,7 @@ def compress(
     seconds = dict(ctx.seconds) if context is None else {}
     prepared, ranges, scorer, input_name = ctx.prepared, ctx.ranges, ctx.scorer, ctx.input_name
     evals0, plans0, screened0 = scorer.evaluations, scorer.plans_scored, scorer.screened_out
+    sessions0 = ctx.runner.sessions_built if ctx.runner is not None else 0
     tolerance = opts.tolerance * (scorer.baseline if opts.tolerance_mode == "relative" else 1.0)
     log(f"tolerance {tolerance:.4f} ({opts.tolerance_mode})")
 
@@ -407,7 +429,8 @@ def compress(
                         "format_example": _format_example(plan, ranges, c)}
                     for c, ch in outcome.categories.items()},
         groups=groups, evaluations=scorer.evaluations - evals0, plans_scored=scorer.plans_scored - plans0,
-        screened_out=scorer.screened_out - screened0, seconds={k: round(v, 3) for k, v in seconds.items()},
+        screened_out=scorer.screened_out - screened0,
+        sessions_built=(ctx.runner.sessions_built - sessions0) if ctx.runner is not None else 0, seconds={k: round(v, 3) for k, v in seconds.items()},
         options=asdict(opts), trials=outcome.trials,
         schemes_tried={n: {"weight_bytes": weight_bytes(o.plan), "final": o.final.value, "holds": holds(o)}
                        for n, o in outcomes.items()},
