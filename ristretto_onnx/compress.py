@@ -12,7 +12,6 @@ is written with every group's format in its ``QuantizeSim`` attributes and a sum
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time

@@ -6,7 +6,6 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from ristretto_onnx import zoo
@@ -103,33 +102,14 @@ def info_command(
             typer.echo(f"{key:<20} {value}")
 
 
-def _top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
-    k = min(k, logits.shape[1])
-    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return int((top == labels[:, None]).any(axis=1).sum())
-
-
 def _evaluate(model_path: Path, dataset: Dataset, batch_size: int) -> dict[str, float]:
-    """Top-1/top-5 of an FP32 model over a dataset with onnxruntime.
-
-    TODO: call ristretto_onnx.runtime.evaluate.evaluate(model, dataset, metrics=...,
-    batch_size=...) once the runtime provides it; this loop is the minimal stand-in.
-    """
-    from ristretto_onnx.runtime.session import create_session
+    """Top-1/top-5 of an FP32 model over a dataset, with the runtime's evaluation."""
+    from ristretto_onnx.runtime.evaluate import evaluate
 
     if dataset.labels is None:
         raise RistrettoError(f"{dataset.name} has no labels: cannot score accuracy")
-    session = create_session(model_path)
-    input_name = session.get_inputs()[0].name
-    n = top1 = top5 = 0
-    for x, y in dataset.batches(batch_size):
-        logits = session.run(None, {input_name: x})[0]
-        top1 += _top_k_correct(logits, y, 1)
-        top5 += _top_k_correct(logits, y, 5)
-        n += len(y)
-    if n == 0:
-        raise RistrettoError(f"{dataset.name} is empty")
-    return {"top1": top1 / n, "top5": top5 / n, "images": n}
+    result = evaluate(model_path, dataset, ("top1", "top5"), batch_size=batch_size, progress=False)
+    return {"top1": result["top1"], "top5": result["top5"], "images": result.n}
 
 
 @zoo_app.command("eval")
