@@ -10,22 +10,22 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
-
-try:  # recent typer carries its own copy of click; accept exceptions from either
-    from typer._click import exceptions as _tclick
-except ImportError:  # pragma: no cover - older typer uses click itself
-    _tclick = click.exceptions
-
-_EXIT = tuple({click.exceptions.Exit, typer.Exit})
-_ABORT = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
-_USAGE = (click.UsageError, _tclick.UsageError)
-_CLICK = (click.ClickException, _tclick.ClickException)
 
 from ristretto_onnx import __version__
 from ristretto_onnx.cli.app import app, state
 from ristretto_onnx.errors import RistrettoError
+
+try:  # recent typer carries its own copy of click (and does not install click itself)
+    from typer._click import exceptions as _click_exceptions
+except ImportError:  # pragma: no cover - older typer is built on click
+    from click import exceptions as _click_exceptions
+
+_EXIT = (typer.Exit,)
+_ABORT = (typer.Abort,)
+_USAGE = (_click_exceptions.UsageError,)
+_CLICK = (_click_exceptions.ClickException,)
+
 
 #: Command modules, imported for their registration side effect (in --help order).
 COMMAND_MODULES = [
