@@ -55,6 +55,16 @@ class GroupRange:
     channel_axis: int | None = None
     size: int = 0  # number of values (weights: parameter count; activations: per image)
     stats: Any = field(default=None, repr=False, compare=False)  # RangeStats, for range rules
+    #: One RangeStats per output channel (weights), so range rules work per channel too.
+    channel_stats: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
+    #: A layer output bounded by a Clip (ReLU6): measured after the Clip, and the thesis's
+    #: "one integer bit fewer for outputs" does not apply (see passes.clip_bounds).
+    bounded: bool = False
+
+    @property
+    def layer_output(self) -> bool:
+        """Whether the thesis's layer-output rule (one integer bit fewer) applies."""
+        return self.role == "outputs" and not self.bounded
 
     @property
     def category(self) -> str | None:
@@ -92,7 +102,11 @@ class Scheme:
 
 @dataclass(frozen=True)
 class DynamicFixedPoint(Scheme):
-    """Each group its own fractional length, by ``range_rule`` (:mod:`ristretto_onnx.range_rules`)."""
+    """Each group its own fractional length, by ``range_rule`` (:mod:`ristretto_onnx.range_rules`).
+
+    With ``per_channel``, weights get one fractional length per output channel, each chosen by
+    the same rule on that channel's values (an accelerator applies a per-channel shift for free).
+    """
 
     name: str = "dfp"
     per_channel: bool = False
@@ -103,11 +117,15 @@ class DynamicFixedPoint(Scheme):
         out: dict[str, Format] = {}
         for g in groups:
             if g.role == "weights" and self.per_channel and g.channel_max_abs and g.channel_axis is not None:
-                out[g.group] = PerChannel(tuple(dfp_format(m, bits) for m in g.channel_max_abs), g.channel_axis)
+                if self.range_rule != "max" and g.channel_stats:
+                    chans = tuple(Fixed(bits, frac_bits(s, bits, self.range_rule)) for s in g.channel_stats)
+                else:
+                    chans = tuple(dfp_format(m, bits) for m in g.channel_max_abs)
+                out[g.group] = PerChannel(chans, g.channel_axis)
             elif self.range_rule != "max" and g.stats is not None:
-                out[g.group] = Fixed(bits, frac_bits(g.stats, bits, self.range_rule, layer_output=g.role == "outputs"))
+                out[g.group] = Fixed(bits, frac_bits(g.stats, bits, self.range_rule, layer_output=g.layer_output))
             else:
-                out[g.group] = dfp_format(g.max_abs, bits, layer_output=g.role == "outputs")
+                out[g.group] = dfp_format(g.max_abs, bits, layer_output=g.layer_output)
         return out
 
 
@@ -121,7 +139,7 @@ class StaticFixedPoint(Scheme):
     def variants(self, groups, bits):
         # Integer lengths from "no saturation of the largest group" down to "fits the typical
         # group"; the thesis tries the splits and keeps the most accurate (4.4.1).
-        ils = sorted({integer_bits(g.max_abs) - (1 if g.role == "outputs" else 0) for g in groups if g.max_abs > 0})
+        ils = sorted({integer_bits(g.max_abs) - (1 if g.layer_output else 0) for g in groups if g.max_abs > 0})
         if not ils:
             return [bits - 1]
         hi = ils[-1]

@@ -2,9 +2,11 @@
 
 The flow follows thesis 9.2 for one point of the design space: analyze the weight ranges,
 measure the activation ranges on calibration data (one pass), pick formats with the scheme's
-rule, and write the simulated model. For plain fixed point (ch. 4) the one shared format is
-chosen by trying the integer/fractional splits on a few hundred calibration images, scored by
-top-1 accuracy when the data has labels, else by agreement with the FP32 model.
+rule (dfp: a range rule, weights per tensor or per output channel; layer outputs that share a
+Concat buffer share one format), and write the simulated model. For plain fixed point (ch. 4)
+the one shared format is chosen by trying the integer/fractional splits on a few hundred
+calibration images, scored by top-1 accuracy when the data has labels, else by agreement with
+the FP32 model.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from ristretto_onnx.formats import Format, Pow2, integer_bits, parse_format
 from ristretto_onnx.passes.layers import Group, LayerSet
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import GroupFormat, plan_to_dict
-from ristretto_onnx.ranges import group_ranges
+from ristretto_onnx.passes.clip_bounds import clip_bounds
+from ristretto_onnx.passes.concat_ties import concat_ties
+from ristretto_onnx.range_rules import check_rule
+from ristretto_onnx.ranges import channel_ranges, group_ranges, tie_ranges
 from ristretto_onnx.runtime.calibrate import RangeStats, session_any_size
 from ristretto_onnx.schemes import (DEFAULT_POW2, SCHEMES, dfp_plan, fixed_plan, minifloat_plan,
                                     pow2_plan, uniform_plan)
@@ -43,6 +48,8 @@ class QuantizeOptions:
     quantize_bias: bool = False
     pow2: Pow2 = DEFAULT_POW2
     rounding: str = "nearest_even"
+    weight_granularity: str = "tensor"  # or "channel": one format per output channel (dfp, pow2)
+    range_rule: str = "max"  # dfp: max (thesis eq. 5.2), percentile:P or mse
     calib_size: int = 500
     score_size: int = 300
     batch_size: int = 64
@@ -61,6 +68,15 @@ class QuantizeOptions:
                 raise RistrettoError(f"--{name.replace('_', '-')} must be between 2 and 32, got {v}")
         if self.format is None and self.scheme != "pow2" and None in (self.weight_bits_, self.act_bits_):
             raise RistrettoError(f"--scheme {self.scheme} needs --bits (or both --weight-bits and --act-bits)")
+        if self.weight_granularity not in ("tensor", "channel"):
+            raise RistrettoError(f"--weight-granularity must be tensor or channel, not {self.weight_granularity!r}")
+        if self.weight_granularity == "channel" and (self.format is not None or self.scheme not in ("dfp", "pow2")):
+            what = "--format" if self.format is not None else f"--scheme {self.scheme}"
+            raise RistrettoError(f"per-channel weights need --scheme dfp or pow2; {what} has one format per "
+                                 f"group{' (minifloat has no per-channel form)' if self.scheme == 'minifloat' else ''}")
+        check_rule(self.range_rule)
+        if self.range_rule != "max" and (self.format is not None or self.scheme != "dfp"):
+            raise RistrettoError(f"--range-rule {self.range_rule} applies to --scheme dfp only")
         for name in ("calib_size", "score_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise RistrettoError(f"--{name.replace('_', '-')} must be positive")
@@ -159,10 +175,12 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     ranges: dict[str, RangeStats] = {}
     search: tuple[SplitScore, ...] = ()
 
+    per_channel = options.weight_granularity == "channel"
+    channels = channel_ranges(prepared.float_model, layers) if per_channel else None
     if options.format is not None:
         plan = uniform_plan(groups, options.format, quantize_bias=options.quantize_bias)
     elif options.scheme == "pow2":
-        plan = pow2_plan(groups, options.pow2, quantize_bias=options.quantize_bias)
+        plan = pow2_plan(groups, options.pow2, quantize_bias=options.quantize_bias, channels=channels)
     else:
         if calib is None:
             raise RistrettoError(f"--scheme {options.scheme} needs calibration data (--calib)")
@@ -171,12 +189,15 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
             raise RistrettoError("the calibration data is empty")
         calib_set = calib.subset(n, options.seed)
         t = time.perf_counter()
-        ranges = group_ranges(prepared.float_model, layers, calib_set,
-                              batch_size=options.batch_size, threads=threads)
+        bounds = clip_bounds(prepared.float_model, layers)
+        ranges = group_ranges(prepared.float_model, layers, calib_set, batch_size=options.batch_size,
+                              threads=threads, measure={gid: b.tensor for gid, b in bounds.items()})
         seconds["calibrate"] = time.perf_counter() - t
         kw = dict(weight_bits=wbits, act_bits=abits, quantize_bias=options.quantize_bias)
         if options.scheme == "dfp":
-            plan = dfp_plan(groups, ranges, **kw)
+            tied = tie_ranges(ranges, concat_ties(prepared.float_model, layers))
+            plan = dfp_plan(groups, tied, range_rule=options.range_rule, channels=channels,
+                            bounded=frozenset(bounds), **kw)
         elif options.scheme == "minifloat":
             plan = minifloat_plan(groups, ranges, **kw)
         else:

@@ -3,19 +3,22 @@
 Each function maps the groups of the selected layers (and their measured ranges) to a plan:
 group id -> format, or ``None`` for float. Biases stay float unless ``quantize_bias``.
 
-* ``dfp``: every group its own fractional length from its range (thesis eq. 5.2), layer outputs
-  one integer bit fewer;
+* ``dfp``: every group its own fractional length from its range (thesis eq. 5.2, layer outputs
+  one integer bit fewer, or another range rule), optionally per output channel for weights;
 * ``fixed``: one integer length for the whole network (thesis ch. 4), chosen by the caller among
   :func:`fixed_candidates`;
 * ``minifloat``: one shared format whose exponent bits follow eq. 6.2 on the largest range;
-* ``pow2``: weights only, one exponent window (thesis ch. 7: ``pow2:-8:-1``).
+* ``pow2``: weights only, one exponent window (thesis ch. 7: ``pow2:-8:-1``), or one window of
+  that width per output channel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Collection, Iterable, Mapping
 
-from ristretto_onnx.formats import Fixed, Format, Pow2, dfp_format, integer_bits, minifloat_format
+from ristretto_onnx.formats import Fixed, Format, PerChannel, Pow2, integer_bits, minifloat_format
+from ristretto_onnx.range_rules import frac_bits
 
 SCHEMES = ("fixed", "dfp", "minifloat", "pow2")
 DEFAULT_POW2 = Pow2(-8, -1)
@@ -30,20 +33,55 @@ def uniform_plan(groups: Iterable, fmt: Format, *, quantize_bias: bool = False) 
     return {g.id: (fmt if g.role != "bias" or quantize_bias else None) for g in groups}
 
 
-def pow2_plan(groups: Iterable, pow2: Pow2 = DEFAULT_POW2, *, quantize_bias: bool = False) -> dict[str, Format | None]:
-    """Power-of-two weights, everything else float (thesis fig. 7.2)."""
-    return {g.id: (pow2 if g.role == "weights" else None) for g in groups}
+def pow2_plan(groups: Iterable, pow2: Pow2 = DEFAULT_POW2, *, quantize_bias: bool = False,
+              channels: Mapping | None = None) -> dict[str, Format | None]:
+    """Power-of-two weights, everything else float (thesis fig. 7.2).
+
+    With ``channels`` (weights group id -> (axis, per-channel ranges)), each output channel gets
+    a window as wide as ``pow2`` with its top at that channel's largest magnitude.
+    """
+    plan: dict[str, Format | None] = {}
+    for g in groups:
+        if g.role != "weights":
+            plan[g.id] = None
+        elif channels and g.id in channels:
+            axis, stats = channels[g.id]
+            plan[g.id] = PerChannel(tuple(pow2_window(s.max_abs, pow2) for s in stats), axis)
+        else:
+            plan[g.id] = pow2
+    return plan
+
+
+def pow2_window(max_abs: float, like: Pow2) -> Pow2:
+    """A window of ``like``'s width whose top exponent is nearest to ``max_abs`` (``like`` for 0)."""
+    if not max_abs > 0:
+        return like
+    width = like.exp_max - like.exp_min
+    top = int(min(max(round(math.log2(max_abs)), -125 + width), 126))
+    return Pow2(top - width, top)
 
 
 def dfp_plan(groups: Iterable, ranges: Mapping, *, weight_bits: int, act_bits: int,
-             quantize_bias: bool = False) -> dict[str, Format | None]:
+             quantize_bias: bool = False, range_rule: str = "max",
+             channels: Mapping | None = None, bounded: Collection[str] = ()) -> dict[str, Format | None]:
+    """Dynamic fixed point: each group's fractional length by ``range_rule`` on its range.
+
+    With ``channels`` (weights group id -> (axis, per-channel ranges)) those weights get one
+    fractional length per output channel, by the same rule. Layer outputs in ``bounded`` (read
+    by a Clip such as ReLU6) keep their integer bit (see passes.clip_bounds).
+    """
     plan: dict[str, Format | None] = {}
     for g in groups:
         if g.role == "bias" and not quantize_bias:
             plan[g.id] = None
             continue
         bits = _bits_for(g.role, weight_bits, act_bits)
-        plan[g.id] = dfp_format(ranges[g.id].max_abs, bits, layer_output=g.role == "outputs")
+        if channels and g.id in channels:
+            axis, stats = channels[g.id]
+            plan[g.id] = PerChannel(tuple(Fixed(bits, frac_bits(s, bits, range_rule)) for s in stats), axis)
+        else:
+            layer_output = g.role == "outputs" and g.id not in bounded
+            plan[g.id] = Fixed(bits, frac_bits(ranges[g.id], bits, range_rule, layer_output=layer_output))
     return plan
 
 

@@ -33,8 +33,9 @@ def compress_command(
                                                   "or layer (a width per layer's weights)."),
     weight_granularity: str = typer.Option("tensor", help="tensor (thesis) or channel (one scale per output "
                                                           "channel; dfp and pow2)."),
-    range_rule: str = typer.Option("max", help="dfp fractional lengths: max (thesis eq. 5.2), "
-                                               "percentile:P (e.g. percentile:99.99) or mse."),
+    range_rule: str = typer.Option("mse", help="dfp fractional lengths: mse (least squared error on the "
+                                               "calibration histogram), max (thesis eq. 5.2, no saturation) "
+                                               "or percentile:P (e.g. percentile:99.99)."),
     min_bits: int = typer.Option(None, help="Smallest width the search may choose."),
     max_bits: int = typer.Option(None, help="Largest width the search may choose (default 16; pow2: 6)."),
     exp_min: int = typer.Option(None, help="pow2: fixed smallest exponent (with --exp-max)."),

@@ -13,7 +13,7 @@ from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import open_calibration, resolve_input, split_patterns
 from ristretto_onnx.data import DATA_OPTION_HELP
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import Pow2, parse_format
+from ristretto_onnx.formats import PerChannel, Pow2, parse_format
 
 
 @app.command("quantize")
@@ -38,6 +38,13 @@ def quantize_command(
     quantize_bias: bool = typer.Option(False, "--quantize-bias", help="Quantize biases too (weight bits)."),
     exp_min: int = typer.Option(-8, help="pow2: smallest weight exponent."),
     exp_max: int = typer.Option(-1, help="pow2: largest weight exponent."),
+    weight_granularity: str = typer.Option("tensor", "--weight-granularity",
+                                           help="tensor (one format per layer's weights, as the thesis) or "
+                                                "channel (one per output channel: dfp fractional lengths, "
+                                                "pow2 windows of --exp-min..--exp-max's width)."),
+    range_rule: str = typer.Option("max", "--range-rule",
+                                   help="dfp: max (no saturation, eq. 5.2), percentile:P (e.g. "
+                                        "percentile:99.99) or mse (least squared error)."),
     report: Path = typer.Option(None, "--report", help="JSON sidecar path (default: OUT with .json)."),
     batch_size: int = typer.Option(64, help="Images per onnxruntime run."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
@@ -71,6 +78,7 @@ def quantize_command(
         format=parse_format(format) if format else None,
         layers=split_patterns(layers), exclude=split_patterns(exclude), fold_bn=not no_fold_bn,
         quantize_bias=quantize_bias, pow2=Pow2(exp_min, exp_max), calib_size=calib_size,
+        weight_granularity=weight_granularity.lower(), range_rule=range_rule.lower(),
         score_size=score_size, batch_size=batch_size, seed=seed,
     )
     data = None
@@ -85,7 +93,8 @@ def quantize_command(
     write_text_atomic(report_path, json.dumps(sidecar, indent=2) + "\n")
 
     quantized = {g: f for g, f in result.plan.items() if f is not None}
-    counts = Counter(str(f) for f in quantized.values())
+    counts = Counter(f"{f.base_kind}:{f.bits}-bit per channel" if isinstance(f, PerChannel) else str(f)
+                     for f in quantized.values())
     top = ", ".join(f"{f} x{n}" for f, n in counts.most_common(4)) + (" ..." if len(counts) > 4 else "")
     typer.echo(f"{len(result.selected)} of {len(result.layers)} layers, {len(quantized)} of "
                f"{len(result.layers.group_ids)} groups quantized: {top or 'none'}")
