@@ -128,14 +128,14 @@ class BitSearch:
             return results[bits][0]
 
         lo, hi = self.min_bits, self.max_bits
-        if not ok(hi):
-            return CategoryChoice(category, None, None, self.scorer.drop(results[hi][1].value), len(groups))
-        while lo < hi:
+        while lo < hi:  # the widest width is only scored if nothing narrower holds
             mid = (lo + hi) // 2
             if ok(mid):
                 hi = mid
             else:
                 lo = mid + 1
+        if not ok(hi):
+            return CategoryChoice(category, None, None, self.scorer.drop(results[hi][1].value), len(groups))
         _, s, v = results[hi]
         return CategoryChoice(category, hi, v, self.scorer.drop(s.value), len(groups))
 
