@@ -159,10 +159,33 @@ def compress_table(results: dict, scheme: str) -> str:
     if rows:
         text += "\n\n" + md_table(["network", "formats found", "searched: top-1 (Δ)", "table set: top-1 (Δ)",
                                    "weights"], rows)
+    notes = compress_notes(results, scheme)
+    if notes:
+        text += "\n\n" + notes
     if skipped:
         text += (f"\n\nNot run for {', '.join(skipped)}: left out to keep the run under 30 minutes "
                  "(its cost per evaluation is in the performance section).")
     return text
+
+
+def compress_notes(results: dict, scheme: str) -> str:
+    """What a reader should not miss in a compress table: categories the search left in float,
+    and plans whose drop on the table set exceeds the tolerance met on the (smaller) search set."""
+    notes = []
+    for name, r in _nets(results):
+        run = r["compress"].get(scheme)
+        if run is None:
+            continue
+        floats = [CATEGORY_NAMES.get(c, c) for c, v in run["categories"].items() if v["bits"] is None]
+        if floats:
+            notes.append(f"{_label(r)}: {' and '.join(floats)} stay float (the search found no width up to "
+                         f"the scheme's maximum that held the tolerance).")
+        drop = r["fp32"] - run["table_accuracy"]
+        if drop > run["tolerance"] + 1e-9:
+            notes.append(f"{_label(r)}: on the table set the drop is {100 * drop:.2f} points, more than the "
+                         f"{100 * run['tolerance']:.0f} point the search held on its {run['search_images']} images "
+                         "(their sampling noise is about ±" + f"{100 * _se(r['fp32'], run['search_images']):.1f} points).")
+    return " ".join(notes)
 
 
 TEXT_5_2 = """\
@@ -256,8 +279,8 @@ TEXT_7_1 = """\
 Weights rounded to ±2^e with e in [-8, -1] (thesis 7.2: 4 bits per weight), layer outputs in float
 (thesis fig. 7.2), on the table set. The window's top, 2^-1, suits weights below about 0.75; the
 column "above 2^-0.5" counts layers whose largest weight would round to 2^0 or more and is clipped
-(ResNet-20's weights have BatchNormalization folded in). The Ristretto blog reports LeNet 99.15 % -> 99.15 % and AlexNet 56.90 % -> 53.18 % with
-multiplier-free arithmetic."""
+(ResNet-20's weights have BatchNormalization folded in). The Ristretto blog reports LeNet 99.15 %
+-> 99.15 % and AlexNet 56.90 % -> 53.18 % with multiplier-free arithmetic."""
 
 
 def section_7_1(results: dict) -> str:
@@ -278,11 +301,12 @@ def section_7_1(results: dict) -> str:
 TEXT_FIG = """\
 All parts (layer outputs, conv and fc weights) at the same width, without fine-tuning, as in the
 thesis's chapter 8: static fixed point with the best split at each width (chosen on the same set,
-as in table 4.1), dynamic fixed point by eq. 5.2, minifloat with the histogram rule's exponent width
-(see table 6.1). Widths go down
-from 16 bits and a scheme stops once its accuracy is within 2 points of chance: lower widths are
-not measured (shown as ·). Fixed and dynamic fixed point are on the sweep set, minifloat on the
-minifloat set."""
+as in table 4.1), dynamic fixed point by eq. 5.2, minifloat with the histogram rule's exponent
+width (see table 6.1). Widths go down from 16 bits and a scheme stops once its accuracy is within
+2 points of chance: lower widths are not measured (shown as ·, as are widths left out of a
+scheme's list for time: SqueezeNet's minifloat line has 12, 8, 6, 5 and 4 bits). "any split": all
+integer lengths tried were at chance. Fixed and dynamic fixed point are on the sweep set, minifloat
+on the minifloat set."""
 
 
 def _sweep_sets(r: dict) -> str:
@@ -297,7 +321,13 @@ def plot_sweep(r: dict, path: Path) -> Path:
         label, color, marker = SCHEME_STYLE[scheme]
         ax.plot([p["bits"] for p in pts], [100 * p["accuracy"] for p in pts], marker=marker, color=color,
                 label=f"{label} (ours)")
-    ax.axhline(100 * r["fp32_on"]["sweep"], color="gray", linestyle="--", linewidth=1, label="FP32 (ours)")
+    fp_sweep, fp_mini = r["fp32_on"]["sweep"], r["fp32_on"]["minifloat"]
+    two_sets = r["n"]["sweep"] != r["n"]["minifloat"]
+    ax.axhline(100 * fp_sweep, color="gray", linestyle="--", linewidth=1,
+               label=f"FP32 (ours, {r['n']['sweep']} images)" if two_sets else "FP32 (ours)")
+    if two_sets:
+        ax.axhline(100 * fp_mini, color="tab:green", linestyle=":", linewidth=1,
+                   label=f"FP32 (ours, the {r['n']['minifloat']} minifloat images)")
     quoted = [(b, v) for net, _, b, v, _ in thesis.FIGURE_8_TEXT if net == r["spec"]["thesis"] and v is not None]
     if quoted:
         ax.scatter([b for b, _ in quoted], [100 * v for _, v in quoted], facecolors="none", edgecolors="black",
@@ -308,7 +338,7 @@ def plot_sweep(r: dict, path: Path) -> Path:
     ax.set_xticks(sorted({p["bits"] for pts in r["sweep"].values() for p in pts}))
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -366,9 +396,9 @@ How the two differ, which the diagnosis tables below measure where ours loses:
    of a multiplication: the point of dynamic fixed point).
 2. **Signed codes after ReLU:** onnxruntime drops a ReLU that follows a convolution and quantizes
    the convolution's output as uint8 over [0, max] instead (its quantized ResNet-20 has no ReLU
-   node left): one rounding per tensor, all 256 codes on values that survive the ReLU. Ours quantizes the layer output before the ReLU (signed, the thesis's fig. 2.9 data
-   path) and the next layer's input again; for non-negative tensors half of the signed codes are
-   never used.
+   node left): one rounding per tensor, all 256 codes on values that survive the ReLU. Ours
+   quantizes the layer output before the ReLU (signed, the thesis's fig. 2.9 data path) and the
+   next layer's input again; for non-negative tensors half of the signed codes are never used.
 3. **Ranges:** eq. 5.2 takes the integer length from the largest calibration value (layer outputs one
    bit fewer, while the next layer's input gets the full length: a value is rounded twice with
    different steps). One outlier can thus cost every other value a bit; the MSE rule and
