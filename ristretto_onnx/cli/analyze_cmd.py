@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
+from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
 from ristretto_onnx.cli.calib_options import open_calibration, resolve_input, split_patterns
-from ristretto_onnx.data import DATA_OPTION_HELP
 from ristretto_onnx.errors import RistrettoError
 
 
@@ -27,11 +27,11 @@ def analyze_command(
     no_fold_bn: bool = typer.Option(False, "--no-fold-bn", help="Analyze with BatchNormalization unfolded."),
     batch_size: int = typer.Option(64, help="Images per onnxruntime run."),
     seed: int = typer.Option(0, help="Seed of the subset."),
-    scale: str = typer.Option(None, help=DATA_OPTION_HELP["scale"]),
-    mean: str = typer.Option(None, help=DATA_OPTION_HELP["mean"]),
-    std: str = typer.Option(None, help=DATA_OPTION_HELP["std"]),
-    resize: str = typer.Option(None, help=DATA_OPTION_HELP["resize"]),
-    crop: str = typer.Option(None, help=DATA_OPTION_HELP["crop"]),
+    scale: ScaleOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    resize: ResizeOption = None,
+    crop: CropOption = None,
 ) -> None:
     """Per layer and group (weights, inputs, outputs): min, max, |x| percentiles, log2 histogram
     and the integer length needed, measured on calibration data in one pass."""

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
 
-from ristretto_onnx.data import Dataset, load_dataset, preprocess_from_cli
+import typer
+
+from ristretto_onnx.data import DATA_OPTION_HELP, Dataset, load_dataset, preprocess_from_cli
 from ristretto_onnx.errors import RistrettoError
+
+
+# The preprocessing flags every data-reading command takes, declared once:
+# ``scale: ScaleOption = None`` in a command's signature.
+ScaleOption = Annotated[Optional[str], typer.Option("--scale", help=DATA_OPTION_HELP["scale"])]
+MeanOption = Annotated[Optional[str], typer.Option("--mean", help=DATA_OPTION_HELP["mean"])]
+StdOption = Annotated[Optional[str], typer.Option("--std", help=DATA_OPTION_HELP["std"])]
+ResizeOption = Annotated[Optional[str], typer.Option("--resize", help=DATA_OPTION_HELP["resize"])]
+CropOption = Annotated[Optional[str], typer.Option("--crop", help=DATA_OPTION_HELP["crop"])]
 
 
 def resolve_input(spec: str) -> Path:

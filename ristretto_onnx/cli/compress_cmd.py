@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
+from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
 from ristretto_onnx.cli.calib_options import open_split, split_patterns
 from ristretto_onnx.compress import CompressOptions, compress
-from ristretto_onnx.data import DATA_OPTION_HELP
 from ristretto_onnx.errors import RistrettoError
 
 
@@ -49,11 +49,11 @@ def compress_command(
                                          help="Score every candidate on the full data."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final table."),
-    scale: str = typer.Option(None, help=DATA_OPTION_HELP["scale"]),
-    mean: str = typer.Option(None, help=DATA_OPTION_HELP["mean"]),
-    std: str = typer.Option(None, help=DATA_OPTION_HELP["std"]),
-    resize: str = typer.Option(None, help=DATA_OPTION_HELP["resize"]),
-    crop: str = typer.Option(None, help=DATA_OPTION_HELP["crop"]),
+    scale: ScaleOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    resize: ResizeOption = None,
+    crop: CropOption = None,
 ) -> None:
     """Find the smallest number formats that keep accuracy within a tolerance; write the model.
 

@@ -7,7 +7,8 @@ import json
 import typer
 
 from ristretto_onnx.cli.app import app, state
-from ristretto_onnx.data import DATA_OPTION_HELP, load_dataset, preprocess_from_cli
+from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
+from ristretto_onnx.data import load_dataset, preprocess_from_cli
 from ristretto_onnx.errors import RistrettoError
 
 
@@ -28,11 +29,11 @@ def eval_command(
                                                             "zoo:NAME)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object keyed by metric name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    scale: str = typer.Option(None, "--scale", help=DATA_OPTION_HELP["scale"]),
-    mean: str = typer.Option(None, "--mean", help=DATA_OPTION_HELP["mean"]),
-    std: str = typer.Option(None, "--std", help=DATA_OPTION_HELP["std"]),
-    resize: str = typer.Option(None, "--resize", help=DATA_OPTION_HELP["resize"]),
-    crop: str = typer.Option(None, "--crop", help=DATA_OPTION_HELP["crop"]),
+    scale: ScaleOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    resize: ResizeOption = None,
+    crop: CropOption = None,
 ) -> None:
     """Print the metric(s) and images/s of MODEL on --data."""
     from ristretto_onnx import zoo

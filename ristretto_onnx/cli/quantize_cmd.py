@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
+from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
 from ristretto_onnx.cli.calib_options import open_calibration, resolve_input, split_patterns
-from ristretto_onnx.data import DATA_OPTION_HELP
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import PerChannel, Pow2, parse_format
 
@@ -48,11 +48,11 @@ def quantize_command(
     report: Path = typer.Option(None, "--report", help="JSON sidecar path (default: OUT with .json)."),
     batch_size: int = typer.Option(64, help="Images per onnxruntime run."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
-    scale: str = typer.Option(None, help=DATA_OPTION_HELP["scale"]),
-    mean: str = typer.Option(None, help=DATA_OPTION_HELP["mean"]),
-    std: str = typer.Option(None, help=DATA_OPTION_HELP["std"]),
-    resize: str = typer.Option(None, help=DATA_OPTION_HELP["resize"]),
-    crop: str = typer.Option(None, help=DATA_OPTION_HELP["crop"]),
+    scale: ScaleOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    resize: ResizeOption = None,
+    crop: CropOption = None,
 ) -> None:
     """Write OUT.onnx: IN with QuantizeSim on the inputs, weights and outputs of every Conv,
     ConvTranspose, Gemm and MatMul (the thesis data path), and OUT.json with every group's format.
