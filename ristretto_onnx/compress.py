@@ -338,7 +338,7 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
 
 def compress(
     model: str | os.PathLike | ModelProto,
-    data,
+    data=None,
     *,
     calib=None,
     test=None,
@@ -360,6 +360,8 @@ def compress(
         opts = CompressOptions(**{**asdict(options), **kwargs})
     log = log or (lambda msg: None)
     t0 = time.perf_counter()
+    if context is None and data is None:
+        raise RistrettoError("compress needs evaluation data (or a context from build_context)")
     ctx = context or build_context(model, data, calib=calib, options=opts, metric_fn=metric_fn, log=log)
     seconds = dict(ctx.seconds) if context is None else {}
     prepared, ranges, scorer, input_name = ctx.prepared, ctx.ranges, ctx.scorer, ctx.input_name
