@@ -16,9 +16,11 @@ from ristretto_onnx.errors import RistrettoError
 
 @app.command("compress")
 def compress_command(
-    paths: list[str] = typer.Argument(..., metavar="[IN.onnx] OUT.onnx",
-                                      help="Input model (a path or zoo:NAME; default: the embedded "
-                                           "digits CNN) and the output path."),
+    model_spec: str = typer.Argument(..., metavar="IN.onnx",
+                                     help="Input model: a path or zoo:NAME (zoo:digits-cnn is the "
+                                          "embedded default). Never modified."),
+    out: str = typer.Argument(..., metavar="OUT.onnx", help="Output model path (must not exist unless --force)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT (and its report) if they exist."),
     scheme: str = typer.Option("dfp", help="fixed, dfp, minifloat, pow2, or auto (all; keep the smallest)."),
     tolerance: float = typer.Option(0.01, help="Largest allowed metric drop (0.01 = 1 point of top-1)."),
     tolerance_mode: str = typer.Option("absolute", help="absolute, or relative (divided by the baseline)."),
@@ -63,18 +65,16 @@ def compress_command(
     """
     from ristretto_onnx import zoo
 
-    if len(paths) == 1:
-        model_spec, out = f"zoo:{zoo.default_model().name}", paths[0]
-    elif len(paths) == 2:
-        model_spec, out = paths
-    else:
-        raise typer.BadParameter("give [IN.onnx] OUT.onnx", param_hint="paths")
     out_path = Path(out)
     if out_path.suffix != ".onnx":
         raise RistrettoError(f"the output path must end in .onnx: {out}")
     model_path = zoo.resolve_model(model_spec)
     if out_path.resolve() == Path(model_path).resolve():
-        raise RistrettoError("the output path is the input model: refusing to overwrite the input")
+        raise typer.BadParameter("OUT is the input model: refusing to overwrite the input", param_hint="OUT.onnx")
+    report_path = report if report is not None else out_path.with_suffix(".json")
+    for existing in (out_path, report_path):
+        if existing.exists() and not force:
+            raise typer.BadParameter(f"{existing} exists; pass --force to overwrite it", param_hint="OUT.onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
     dataset = open_split(data, model_spec, "test", **flags)

@@ -97,11 +97,39 @@ def test_bad_options_are_clear_errors(digits):
 
 def test_cli_main_command_runs_on_the_embedded_default(tmp_path):
     out = tmp_path / "out" / "digits.onnx"
-    r = subprocess.run([sys.executable, "-m", "ristretto_onnx", "compress", str(out), "-q"],
+    r = subprocess.run([sys.executable, "-m", "ristretto_onnx", "compress", "zoo:digits-cnn", str(out), "-q"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert out.is_file() and out.with_suffix(".json").is_file()
     assert "scheme dfp: top1 0.9840 ->" in r.stdout
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_one_argument_is_a_usage_error_and_never_touches_the_file(tmp_path):
+    """Issue 10: ``compress victim.onnx`` once overwrote the user's model with the digits CNN."""
+    victim = tmp_path / "victim.onnx"
+    victim.write_bytes(zoo.resolve_model("zoo:digits-cnn").read_bytes())
+    before = _sha256(victim)
+    r = subprocess.run([sys.executable, "-m", "ristretto_onnx", "compress", str(victim)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert _sha256(victim) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.onnx"]
+
+
+def test_cli_existing_output_needs_force(tmp_path):
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"precious")
+    args = [sys.executable, "-m", "ristretto_onnx", "compress", "zoo:digits-cnn", str(out), "-q"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 2 and "--force" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_bytes() == b"precious" and not out.with_suffix(".json").exists()
+    r = subprocess.run(args + ["--force"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() != b"precious"
 
 
 def test_cli_bad_input_leaves_no_output(tmp_path):
