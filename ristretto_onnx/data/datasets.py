@@ -81,7 +81,12 @@ class Dataset(abc.ABC):
         labels = self._all_labels
         for start in range(0, len(self._indices), int(batch_size)):
             idx = self._indices[start:start + int(batch_size)]
-            yield self._read(idx), (None if labels is None else labels[idx])
+            x = self._read(idx)
+            if not np.isfinite(x).all():  # float input data; uint8 tables are always finite
+                bad = int(np.count_nonzero(~np.isfinite(x)))
+                raise RistrettoError(f"{self.name}: items {start} to {start + len(idx) - 1} contain "
+                                     f"{bad} NaN or Inf values after preprocessing")
+            yield x, (None if labels is None else labels[idx])
 
     def subset(self, n: int, seed: int = 0) -> Dataset:
         """A seeded random subset of ``n`` items (kept in dataset order, for locality)."""
@@ -190,6 +195,8 @@ class ArrayDataset(Dataset):
             channels = shape[3] if len(shape) == 4 else 1
         elif len(shape) == 3 and pre.add_channel_axis:
             channels = 1
+        elif len(shape) == 4 and pre.channels_last:
+            channels = shape[3]
         else:
             channels = shape[1] if len(shape) >= 3 else 1
         pre.check_channels(channels, f"{self.name} (shape {shape})")

@@ -105,6 +105,7 @@ class Preprocess:
     resize: int | None = None
     crop: int | None = None
     add_channel_axis: bool = False
+    channels_last: bool = False  # float data given as (N,H,W,C): transposed to the model's NCHW
 
     def __post_init__(self) -> None:
         if self.scale is not None:
@@ -131,6 +132,7 @@ class Preprocess:
                                          f"got {value!r}")
                 object.__setattr__(self, field, int(value))
         object.__setattr__(self, "add_channel_axis", bool(self.add_channel_axis))
+        object.__setattr__(self, "channels_last", bool(self.channels_last))
 
     # ---- string form
 
@@ -146,8 +148,9 @@ class Preprocess:
             value = getattr(self, field)
             if value is not None:
                 parts.append(f"{field}={value}")
-        if self.add_channel_axis:
-            parts.append("add_channel_axis")
+        for flag in ("add_channel_axis", "channels_last"):
+            if getattr(self, flag):
+                parts.append(flag)
         return ";".join(parts) if parts else "none"
 
     @classmethod
@@ -160,15 +163,15 @@ class Preprocess:
         for item in text.replace(";", " ").split():
             key, sep, value = item.partition("=")
             key = key.strip().replace("-", "_")
-            if key == "add_channel_axis" and (not sep or value.lower() in ("1", "true", "yes")):
+            if key in ("add_channel_axis", "channels_last") and (not sep or value.lower() in ("1", "true", "yes")):
                 fields[key] = True
-            elif key == "add_channel_axis" and value.lower() in ("0", "false", "no"):
+            elif key in ("add_channel_axis", "channels_last") and value.lower() in ("0", "false", "no"):
                 fields[key] = False
             elif key in ("scale", "mean", "std", "resize", "crop") and sep:
                 fields[key] = value
             else:
                 raise RistrettoError(f"preprocess: cannot read {item!r} in {text!r} (expected "
-                                     "scale=, mean=, std=, resize=, crop= or add_channel_axis)")
+                                     "scale=, mean=, std=, resize=, crop=, add_channel_axis or channels_last)")
         return preprocess_from_cli(**fields)
 
     # ---- checks
@@ -274,6 +277,8 @@ class Preprocess:
                                  "is float, taken to be preprocessed already")
         if x.ndim == 3 and self.add_channel_axis:
             x = x[:, None]
+        if x.ndim == 4 and self.channels_last:
+            x = x.transpose(0, 3, 1, 2)
         if self.scale is None and self.mean is None and self.std is None:
             return np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim < 2:
@@ -310,7 +315,7 @@ def _lookup_table(pre: Preprocess, channels: int) -> np.ndarray:
 def preprocess_from_cli(*, scale: str | float | None = None, mean: str | Sequence[float] | None = None,
                         std: str | Sequence[float] | None = None, resize: str | int | None = None,
                         crop: str | int | None = None, add_channel_axis: bool | None = None,
-                        base: Preprocess | None = None) -> Preprocess:
+                        channels_last: bool | None = None, base: Preprocess | None = None) -> Preprocess:
     """Build a :class:`Preprocess` from command-line strings, on top of ``base``.
 
     Options left ``None`` keep ``base``'s value (e.g. a zoo model's preprocessing), the text
@@ -341,4 +346,6 @@ def preprocess_from_cli(*, scale: str | float | None = None, mean: str | Sequenc
             changes[name] = int(number)
     if add_channel_axis is not None:
         changes["add_channel_axis"] = bool(add_channel_axis)
+    if channels_last is not None:
+        changes["channels_last"] = bool(channels_last)
     return dataclasses.replace(base if base is not None else Preprocess(), **changes)
