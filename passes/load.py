@@ -22,6 +22,7 @@ from onnx import ModelProto, version_converter
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.ops import MIN_OPSET, default_opset
 from ristretto_onnx.passes import save as _save
+from ristretto_onnx.validate import validate
 
 #: Default-domain opsets accepted as input.
 MIN_INPUT_OPSET = 11
@@ -74,6 +75,7 @@ def _opset(model: ModelProto) -> int:
 
 
 def _checked_and_inferred(model: ModelProto) -> ModelProto:
+    validate(model)  # what onnx.checker leaves to onnxruntime (corrupt initializers, no outputs ...)
     if _save.needs_external_data(model):
         return _checked_and_inferred_on_disk(model)
     try:

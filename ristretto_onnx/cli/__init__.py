@@ -128,7 +128,18 @@ def _run(args: list[str], debug: bool, command: str) -> int:
     except Exception as e:  # noqa: BLE001 - the CLI contract is "never a traceback"
         if debug:
             raise
+        if _from_onnxruntime(e):  # the model passed our checks but onnxruntime refuses it
+            return _fail(f"onnxruntime cannot run this model: {_first_line(e)}", 1)
         return _fail(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)", 1)
+
+
+def _from_onnxruntime(e: BaseException) -> bool:
+    return type(e).__module__.startswith("onnxruntime")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)[:300]
 
 
 def _exit(code: int, argv: list[str] | None) -> int:
