@@ -84,16 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     command = next((a for a in args if not a.startswith("-")), "")
     events.last = None
-    previous = None
-    try:  # SIGTERM (docker stop, a CI timeout) unwinds like Ctrl-C: finally blocks remove temp files
-        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    except ValueError:  # not the main thread (an embedding application): leave signals alone
-        pass
+    previous = {}
+    # Ctrl-C and SIGTERM (docker stop, a CI timeout) raise Interrupted, which click does not turn
+    # into a silent exit; finally blocks on the way out remove temporary files.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, _raise_interrupted)
+        except ValueError:  # not the main thread (an embedding application): leave signals alone
+            pass
     try:
         code = _run(args, debug, command)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return _exit(code, argv)
 
 

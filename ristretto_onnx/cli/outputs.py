@@ -41,8 +41,9 @@ def check_outputs(outputs: Iterable[Path | str | None], inputs: Iterable[Path | 
                 raise UsageError(f"{out} is an input of this command: refusing to overwrite an input")
         if out.is_dir():
             raise UsageError(f"{out} is a folder; give a file name")
-        if (out.exists() or out.is_symlink()) and not force:
-            raise UsageError(f"{out} exists; pass --force to overwrite it")
+        for existing in (out, out.with_name(out.name + ".data")) if out.suffix == ".onnx" else (out,):
+            if (existing.exists() or existing.is_symlink()) and not force:  # .data: external weights
+                raise UsageError(f"{existing} exists; pass --force to overwrite it")
         folder = out.parent if str(out.parent) else Path(".")
         if not folder.is_dir():
             raise RistrettoError(f"output folder {folder} does not exist (create it first)")

@@ -88,6 +88,11 @@ def quantize_command(
         if data is None:
             raise UsageError(f"--scheme {options.scheme} needs calibration data: give --calib")
     result = quantize(in_path, options, data)
+    if data is None and model_in.startswith("zoo:"):  # no calibration data: record the zoo's recipe
+        from ristretto_onnx import zoo
+        from ristretto_onnx.data.metadata import record
+
+        record(result.model, zoo.get_model(model_in).preprocess)
     sidecar = result.sidecar(input=str(model_in), output=str(model_out),
                              calib=None if data is None else data.name)
     save_model(result.model, model_out)
