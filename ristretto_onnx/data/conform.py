@@ -64,7 +64,14 @@ def conform(dataset: Dataset, model: ModelProto) -> Dataset:
 
 
 def _fit_shape(dataset: Dataset, name: str, expected: tuple[int | None, ...]) -> Dataset:
-    item = dataset.sample_shape
+    try:
+        item = dataset.sample_shape
+    except RistrettoError:
+        if not dataset.preprocess.add_channel_axis:
+            raise
+        # a grayscale recipe (recorded in the model) on colour data: report the data's real shape
+        dataset = dataset.with_preprocess(dataclasses.replace(dataset.preprocess, add_channel_axis=False))
+        item = dataset.sample_shape
     if _fits(item, expected):
         return dataset
     pre = dataset.preprocess
