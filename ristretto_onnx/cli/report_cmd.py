@@ -1,0 +1,54 @@
+"""``ristretto-onnx report``: the hardware view of a simulated model (formats, MACs, memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ristretto_onnx.cli.app import app
+from ristretto_onnx.errors import RistrettoError
+
+
+@app.command("report")
+def report_command(
+    sim: Path = typer.Argument(..., metavar="SIM.onnx", help="Simulated model (from quantize or compress)."),
+    sram_kib: float = typer.Option(None, "--sram-kib", min=0, help="On-chip SRAM in KiB: do the weights and "
+                                                                   "the largest activation buffer fit?"),
+    json_path: Path = typer.Option(None, "--json", help="Write the report as JSON here."),
+    plot: Path = typer.Option(None, "--plot", help="Write a PNG chart here (MACs and memory per layer)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),
+) -> None:
+    """Per layer and in total: formats, bits, fractional lengths / exponent windows; MACs by
+    operand widths; multiplier area and accumulator width; memory vs FP32; SRAM fit; accuracy."""
+    import onnx
+
+    from ristretto_onnx.export.hw_report import hardware_report
+    from ristretto_onnx.export.hw_report_render import to_markdown, write_json, write_plot
+
+    if not sim.is_file():
+        raise RistrettoError(f"model file not found: {sim}")
+    for path, option in ((json_path, "--json"), (plot, "--plot")):
+        if path is None:
+            continue
+        if path.resolve() == sim.resolve():
+            raise RistrettoError(f"{option} is the input model: refusing to overwrite it")
+        if path.exists() and not force:
+            raise typer.BadParameter(f"{path} exists; pass --force to overwrite it", param_hint=option)
+        if not path.parent.is_dir():
+            raise RistrettoError(f"{option}: folder {path.parent} does not exist")
+    try:
+        model = onnx.load(str(sim), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and the like
+        raise RistrettoError(f"cannot read ONNX model {sim}: {' '.join(str(e).split())[:200]}") from None
+    report = hardware_report(model, sram_kib=sram_kib, name=sim.stem)
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(to_markdown(report)))
+    if json_path is not None:
+        write_json(report, json_path)
+        typer.echo(f"wrote {json_path}")
+    if plot is not None:
+        write_plot(report, plot)
+        typer.echo(f"wrote {plot}")
