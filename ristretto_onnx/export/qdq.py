@@ -13,6 +13,9 @@ requires) and both ``x / scale`` and ``q * scale`` are exact in float32. What ea
   6-bit group in int8) a Clip to the format's bounds comes first; clipping to integer bounds
   commutes with round-half-even, so Clip + Q equals the simulation's round-then-saturate.
   Per-channel formats get the scale vector and ``axis``; their clip is a broadcast Max/Min.
+  Before an int4 QuantizeLinear the clip is written as Max + Min: onnxruntime 1.32's
+  ClipQuantFusion optimizer fails session creation on a Clip followed by an int4 QuantizeLinear
+  ("Unexpected data type for QuantizeLinear input y_zero_point of 22").
 * **weights and biases** (constant inputs), fixed point: the integers themselves as an int8
   (int4/int16 where the opset already allows them, else int32) initializer and one
   ``DequantizeLinear`` (per-channel on the weights' output-channel axis): TensorRT's explicit
@@ -63,8 +66,9 @@ def export_qdq(sim: ModelProto) -> ModelProto:
     taken |= {t.name for t in graph.initializer} | {i.name for i in graph.input}
     replaced: dict[int, list[NodeProto]] = {}
     kept: list[str] = []
+    chained = _chained(graph, info.quantizers)
     for q in info.quantizers:
-        nodes = _replace(q, graph, taken, opset)
+        nodes = _replace(q, graph, taken, opset, q.node in chained)
         if nodes is None:
             kept.append(f"{q.node}: {q.format} ({q.rounding})")
         else:
@@ -114,7 +118,30 @@ def _axis(q: Quantizer) -> int:
     return axis + q.rank if axis < 0 and q.rank is not None else axis
 
 
-def _replace(q: Quantizer, graph: onnx.GraphProto, taken: set[str], opset: int) -> list[NodeProto] | None:
+def _chained(graph: onnx.GraphProto, quantizers) -> set[str]:
+    """Activation quantizers that read another Q/DQ-exported quantizer's output (through Identity).
+
+    onnxruntime's DoubleQDQPairsRemover (a basic optimization, on even with QDQ fusion disabled)
+    merges Q1 -> DQ1 -> Q2 -> DQ2 into one pair, which drops a rounding step: the simulation rounds
+    to the first grid and then to the second, and that double rounding differs at ties. A guard
+    op between the pairs (the format's lower bound as Max, a no-op on the values) keeps both.
+    """
+    by_output = {n.output[0]: n for n in graph.node if n.output}
+    exported = {q.output: q for q in quantizers if _activation_type(q) is not None}
+    out = set()
+    for q in quantizers:
+        if _activation_type(q) is None:
+            continue
+        name = q.input
+        while name in by_output and by_output[name].op_type == "Identity" and name not in exported:
+            name = by_output[name].input[0]
+        if name in exported:
+            out.add(q.node)
+    return out
+
+
+def _replace(q: Quantizer, graph: onnx.GraphProto, taken: set[str], opset: int,
+             chained: bool = False) -> list[NodeProto] | None:
     params = _fixed_params(q.format)
     if q.rounding != "nearest_even":
         return None
@@ -126,7 +153,7 @@ def _replace(q: Quantizer, graph: onnx.GraphProto, taken: set[str], opset: int) 
     dtype = _activation_type(q)
     if dtype is None:
         return None
-    return _activation_qdq(q, params, dtype, graph, taken)
+    return _activation_qdq(q, params, dtype, graph, taken, chained)
 
 
 def _scale_and_zero(q: Quantizer, frac: np.ndarray, dtype: int, graph, taken, stem: str):
@@ -158,21 +185,34 @@ def _int_tensor(name: str, k: np.ndarray, dtype: int) -> TensorProto:
     return numpy_helper.from_array(ints.astype(np_type), name)
 
 
-def _activation_qdq(q: Quantizer, params, dtype: int, graph, taken: set[str]) -> list[NodeProto]:
+def _activation_qdq(q: Quantizer, params, dtype: int, graph, taken: set[str],
+                    chained: bool = False) -> list[NodeProto]:
     bits, frac = params
     stem = q.output
     nodes: list[NodeProto] = []
     source = q.input
+    if chained and bits == _width(dtype):  # see _chained
+        lo = (-(2.0 ** (bits - 1)) * np.ldexp(1.0, -frac)).astype(np.float32)
+        shape = () if frac.ndim == 0 else (frac.size,) + (1,) * (-q.format.axis - 1)
+        lo_name = _add_init(graph, lo.reshape(shape), unique_name(f"{stem}_guard_lo", taken))
+        guarded = unique_name(f"{stem}_guarded", taken)
+        nodes.append(helper.make_node("Max", [source, lo_name], [guarded], name=f"{q.node}:guard"))
+        source = guarded
     if bits < _width(dtype):
         lo = -(2.0 ** (bits - 1)) * np.ldexp(1.0, -frac)
         hi = (2.0 ** (bits - 1) - 1) * np.ldexp(1.0, -frac)
         clipped = unique_name(f"{stem}_clipped", taken)
-        if frac.ndim == 0:
+        if frac.ndim == 0 and dtype != TensorProto.INT4:
             lo_name = _add_init(graph, np.float32(lo), unique_name(f"{stem}_clip_lo", taken))
             hi_name = _add_init(graph, np.float32(hi), unique_name(f"{stem}_clip_hi", taken))
             nodes.append(helper.make_node("Clip", [source, lo_name, hi_name], [clipped], name=f"{q.node}:clip"))
-        else:  # Clip takes scalar bounds only: per-channel bounds broadcast through Max/Min
-            shape = q.format.broadcast_shape(q.rank) if q.rank is not None else (frac.size,) + (1,) * (-q.format.axis - 1)
+        else:  # per-channel bounds (Clip takes scalars only) and int4 (see _CLIP_INT4) use Max/Min
+            if frac.ndim == 0:
+                shape = ()
+            elif q.rank is not None:
+                shape = q.format.broadcast_shape(q.rank)
+            else:
+                shape = (frac.size,) + (1,) * (-q.format.axis - 1)
             lo_name = _add_init(graph, lo.reshape(shape).astype(np.float32), unique_name(f"{stem}_clip_lo", taken))
             hi_name = _add_init(graph, hi.reshape(shape).astype(np.float32), unique_name(f"{stem}_clip_hi", taken))
             low = unique_name(f"{stem}_clip_low", taken)
