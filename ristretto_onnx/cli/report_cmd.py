@@ -21,10 +21,9 @@ def report_command(
 ) -> None:
     """Per layer and in total: formats, bits, fractional lengths / exponent windows; MACs by
     operand widths; multiplier area and accumulator width; memory vs FP32; SRAM fit; accuracy."""
-    import onnx
-
     from ristretto_onnx.export.hw_report import hardware_report
     from ristretto_onnx.export.hw_report_render import to_markdown, write_json, write_plot
+    from ristretto_onnx.passes.load import load_model
 
     if not sim.is_file():
         raise RistrettoError(f"model file not found: {sim}")
@@ -37,10 +36,7 @@ def report_command(
             raise typer.BadParameter(f"{path} exists; pass --force to overwrite it", param_hint=option)
         if not path.parent.is_dir():
             raise RistrettoError(f"{option}: folder {path.parent} does not exist")
-    try:
-        model = onnx.load(str(sim), load_external_data=False)
-    except Exception as e:  # protobuf DecodeError and the like
-        raise RistrettoError(f"cannot read ONNX model {sim}: {' '.join(str(e).split())[:200]}") from None
+    model = load_model(sim, check=False)
     report = hardware_report(model, sram_kib=sram_kib, name=sim.stem)
     from rich.console import Console
     from rich.markdown import Markdown
