@@ -41,8 +41,9 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.export.sim_graph import Quantizer, read_sim
-from ristretto_onnx.formats import Fixed, Minifloat, PerChannel, Pow2
+from ristretto_onnx.formats import Fixed, Minifloat, PerChannel
 from ristretto_onnx.ops import DOMAIN, MIN_IR_VERSION, OP_TYPE, attach_functions, default_opset
 from ristretto_onnx.passes.graph_index import unique_name
 from ristretto_onnx.passes.slots import SLOTS_KEY, set_metadata
@@ -250,7 +251,11 @@ def _finish(model: ModelProto, opset: int, keeps_quantize_sim: bool) -> ModelPro
         from onnx import version_converter
 
         metadata = [(p.key, p.value) for p in model.metadata_props]
-        model = version_converter.convert_version(model, opset)  # drops the local functions
+        try:
+            model = version_converter.convert_version(model, opset)  # drops the local functions
+        except Exception as e:  # the converter raises bare RuntimeErrors with C++ text
+            raise RistrettoError(f"int4/int16 Q/DQ need opset {opset}; converting the model failed: "
+                                 f"{' '.join(str(e).split())[:200]}") from None
         del model.metadata_props[:]
         for key, value in metadata:
             set_metadata(model, key, value)

@@ -33,7 +33,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from ristretto_onnx.export.qdq import EXPORT_KEY, _drop_metadata, _drop_unused_initializers
 from ristretto_onnx.export.sim_graph import Quantizer, read_sim
 from ristretto_onnx.formats import Fixed, Minifloat, PerChannel
-from ristretto_onnx.ops import DOMAIN, MIN_IR_VERSION, OP_TYPE, attach_functions
+from ristretto_onnx.ops import DOMAIN, MIN_IR_VERSION, attach_functions
 from ristretto_onnx.passes.graph_index import unique_name
 from ristretto_onnx.passes.slots import SLOTS_KEY, set_metadata
 
