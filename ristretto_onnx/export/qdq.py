@@ -42,11 +42,12 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.export.rewrite import rewrite_quantizers
 from ristretto_onnx.export.sim_graph import Quantizer, read_sim
 from ristretto_onnx.formats import Fixed, Minifloat, PerChannel
 from ristretto_onnx.ops import DOMAIN, MIN_IR_VERSION, OP_TYPE, attach_functions, default_opset
 from ristretto_onnx.passes.graph_index import unique_name
-from ristretto_onnx.passes.slots import SLOTS_KEY, set_metadata
+from ristretto_onnx.passes.slots import set_metadata
 
 EXPORT_KEY = "ristretto.export"
 #: Opset where QuantizeLinear/DequantizeLinear accept int4 and int16.
@@ -60,26 +61,9 @@ def export_qdq(sim: ModelProto) -> ModelProto:
     opset = default_opset(sim)
     if any(_activation_type(q) in (TensorProto.INT4, TensorProto.INT16) for q in info.quantizers):
         opset = max(opset, OPSET_NARROW_TYPES)
-    out = ModelProto()
-    out.CopyFrom(sim)
-    graph = out.graph
-    taken = {n for node in graph.node for n in (*node.input, *node.output)}
-    taken |= {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    replaced: dict[int, list[NodeProto]] = {}
-    kept: list[str] = []
-    chained = _chained(graph, info.quantizers)
-    for q in info.quantizers:
-        nodes = _replace(q, graph, taken, opset, q.node in chained)
-        if nodes is None:
-            kept.append(f"{q.node}: {q.format} ({q.rounding})")
-        else:
-            replaced[q.index] = nodes
-    new_nodes: list[NodeProto] = []
-    for i, node in enumerate(graph.node):
-        new_nodes.extend(replaced.get(i, [node]))
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    _drop_unused_initializers(graph)
+    chained = _chained(info.model.graph, info.quantizers)
+    out, kept = rewrite_quantizers(
+        info, lambda q, graph, taken: _replace(q, graph, taken, opset, q.node in chained))
     out = _finish(out, opset, bool(kept))
     set_metadata(out, EXPORT_KEY, json.dumps({"to": "qdq", "kept_quantize_sim": kept}, separators=(",", ":")))
     return out
@@ -234,17 +218,6 @@ def _add_init(graph: onnx.GraphProto, value, name: str) -> str:
     return name
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used]
-    dropped = {t.name for t in graph.initializer} - {t.name for t in keep}
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    inputs = [i for i in graph.input if i.name not in dropped]
-    del graph.input[:]
-    graph.input.extend(inputs)
-
-
 def _finish(model: ModelProto, opset: int, keeps_quantize_sim: bool) -> ModelProto:
     """Raise the opset where int4/int16 need it, then re-attach or drop the QuantizeSim bodies."""
     if opset > default_opset(model):
@@ -268,16 +241,8 @@ def _finish(model: ModelProto, opset: int, keeps_quantize_sim: bool) -> ModelPro
         imports = [i for i in model.opset_import if i.domain != DOMAIN]
         del model.opset_import[:]
         model.opset_import.extend(imports)
-    _drop_metadata(model, SLOTS_KEY)  # the slot nodes are gone: the table would point nowhere
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
     return model
-
-
-def _drop_metadata(model: ModelProto, key: str) -> None:
-    keep = [(p.key, p.value) for p in model.metadata_props if p.key != key]
-    del model.metadata_props[:]
-    for k, v in keep:
-        set_metadata(model, k, v)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,14 +28,16 @@ import json
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from ristretto_onnx.export.qdq import EXPORT_KEY, _drop_metadata, _drop_unused_initializers
+from ristretto_onnx.export.qdq import EXPORT_KEY
+from ristretto_onnx.export.rewrite import rewrite_quantizers
 from ristretto_onnx.export.sim_graph import Quantizer, read_sim
 from ristretto_onnx.formats import Fixed, Minifloat, PerChannel
 from ristretto_onnx.ops import DOMAIN, MIN_IR_VERSION, attach_functions
 from ristretto_onnx.passes.graph_index import unique_name
-from ristretto_onnx.passes.slots import SLOTS_KEY, set_metadata
+from ristretto_onnx.passes.slots import set_metadata
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 
@@ -43,25 +45,7 @@ QONNX_DOMAIN = "qonnx.custom_op.general"
 def export_qonnx(sim: ModelProto) -> ModelProto:
     """The QONNX model of ``sim`` (see the module docstring); ``sim`` is not modified."""
     info = read_sim(sim)
-    out = ModelProto()
-    out.CopyFrom(sim)
-    graph = out.graph
-    taken = {n for node in graph.node for n in (*node.input, *node.output)}
-    taken |= {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    replaced: dict[int, list[NodeProto]] = {}
-    inlined: list[str] = []
-    for q in info.quantizers:
-        nodes = _replace(q, graph, taken)
-        if nodes is None:
-            inlined.append(f"{q.node}: {q.format} ({q.rounding})")
-        else:
-            replaced[q.index] = nodes
-    new_nodes: list[NodeProto] = []
-    for i, node in enumerate(graph.node):
-        new_nodes.extend(replaced.get(i, [node]))
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    _drop_unused_initializers(graph)
+    out, inlined = rewrite_quantizers(info, _replace)
     if inlined:
         out = onnx.inliner.inline_local_functions(attach_functions(out))
     del out.functions[:]
@@ -69,7 +53,6 @@ def export_qonnx(sim: ModelProto) -> ModelProto:
     imports.append(helper.make_opsetid(QONNX_DOMAIN, 1))
     del out.opset_import[:]
     out.opset_import.extend(imports)
-    _drop_metadata(out, SLOTS_KEY)
     set_metadata(out, EXPORT_KEY, json.dumps({"to": "qonnx", "inlined_quantize_sim": inlined},
                                              separators=(",", ":")))
     out.ir_version = max(out.ir_version, MIN_IR_VERSION)

@@ -85,3 +85,18 @@ def test_minifloat_is_floatquant_without_subnormals_then_a_flush():
         assert (scale, e, m, bias, top) == (1.0, fmt.exp_bits, fmt.mant_bits, fmt.bias, fmt.max_value)
         flush = [n for n in exported.graph.node if n.name == node.name.replace(":floatquant", ":flush_cmp")]
         assert float(inits[flush[0].input[1]]) == fmt.smallest_positive == 2.0**fmt.emin
+
+
+def test_what_qonnx_cannot_express_is_inlined_as_standard_ops():
+    from ristretto_onnx.passes.pipeline import prepare, simulate
+    from tests.passes import synth
+
+    prepared = prepare(synth.conv_relu_conv())
+    plan = {g: "fixed:8:4" for g in prepared.layers.group_ids if g.endswith("/inputs")}
+    plan["conv1/outputs"] = "pow2:-4:2"  # a power-of-two activation: no QONNX equivalent
+    exported = export_qonnx(simulate(prepared, plan))
+    ops = {n.op_type for n in exported.graph.node}
+    assert "Quant" in ops and {"Log", "Gather", "Sign"} <= ops
+    assert not [n for n in exported.graph.node if n.domain == DOMAIN] and not exported.functions
+    x = sample("conv_relu_conv", batch=4)
+    assert np.array_equal(execute_qonnx(exported, x), run(simulate(prepared, plan), x))
