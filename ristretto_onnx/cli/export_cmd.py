@@ -8,13 +8,15 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
-from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.cli.outputs import check_outputs, onnx_output
+from ristretto_onnx.errors import RistrettoError, UsageError
 
 
 @app.command("export")
 def export_command(
     sim: Path = typer.Argument(..., metavar="SIM.onnx", help="Simulated model (from quantize or compress)."),
-    out: Path = typer.Argument(..., metavar="OUT", help="OUT.onnx (qdq, qonnx, integer) or a folder (c)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="OUT.onnx (qdq, qonnx, integer) or a folder (c); "
+                                                        "must not exist unless --force."),
     to: str = typer.Option(..., "--to", help="qdq, qonnx, integer or c."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
@@ -25,25 +27,33 @@ def export_command(
     from ristretto_onnx.passes.save import save_model
 
     start = time.perf_counter()
-    exporter = get_exporter(to)
+    try:
+        exporter = get_exporter(to)
+    except RistrettoError as e:
+        raise UsageError(str(e)) from None
     if not sim.is_file():
         raise RistrettoError(f"model file not found: {sim}")
-    if out.exists() and out.resolve() == sim.resolve():
-        raise RistrettoError("OUT is the input model: refusing to overwrite the input")
-    if out.exists() and not force:
-        raise typer.BadParameter(f"{out} exists; pass --force to overwrite it", param_hint="OUT")
-    folder = out if exporter.writes == "folder" else out.parent
     if exporter.writes == "model":
-        if out.suffix != ".onnx":
-            raise RistrettoError(f"the output path must end in .onnx: {out}")
-        if not (out.parent if str(out.parent) else Path(".")).is_dir():
-            raise RistrettoError(f"output folder {out.parent} does not exist")
-    elif out.exists() and not out.is_dir():
-        raise RistrettoError(f"--to {exporter.name} writes a folder and {out} is a file")
+        check_outputs([onnx_output(out)], [sim], force=force)
+    else:
+        _check_folder(out, sim, force)
     function = exporter.load()
     model = load_model(sim, check=False)
     if exporter.writes == "model":
         save_model(function(model), out)
     else:
-        function(model, folder)
+        function(model, out)
     typer.echo(f"wrote {out} (--to {exporter.name}: {exporter.summary}) in {time.perf_counter() - start:.1f}s")
+
+
+def _check_folder(out: Path, sim: Path, force: bool) -> None:
+    """OUTDIR for a folder export: not a file, not the input's folder, new unless --force."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; --to c writes a folder")
+    if out.exists() and out.resolve() == sim.resolve().parent:
+        raise UsageError(f"{out} holds the input model: give a folder of its own")
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise RistrettoError(f"output folder {parent} does not exist (create it first)")

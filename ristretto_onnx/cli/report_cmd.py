@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
+from ristretto_onnx.cli.outputs import check_outputs
 from ristretto_onnx.errors import RistrettoError
 
 
@@ -27,15 +28,7 @@ def report_command(
 
     if not sim.is_file():
         raise RistrettoError(f"model file not found: {sim}")
-    for path, option in ((json_path, "--json"), (plot, "--plot")):
-        if path is None:
-            continue
-        if path.resolve() == sim.resolve():
-            raise RistrettoError(f"{option} is the input model: refusing to overwrite it")
-        if path.exists() and not force:
-            raise typer.BadParameter(f"{path} exists; pass --force to overwrite it", param_hint=option)
-        if not path.parent.is_dir():
-            raise RistrettoError(f"{option}: folder {path.parent} does not exist")
+    check_outputs([json_path, plot], [sim], force=force)
     model = load_model(sim, check=False)
     report = hardware_report(model, sram_kib=sram_kib, name=sim.stem)
     from rich.console import Console

@@ -53,10 +53,13 @@ def test_export_writes_the_model_and_needs_force_to_overwrite(sim_path, tmp_path
 
 
 @pytest.mark.parametrize("args, code, text", [
-    (["{sim}", "{tmp}/o.onnx", "--to", "tflite"], 1, "unknown export target 'tflite'"),
+    (["{sim}", "{tmp}/o.onnx", "--to", "tflite"], 2, "unknown export target 'tflite'"),
     (["{tmp}/missing.onnx", "{tmp}/o.onnx", "--to", "qdq"], 1, "model file not found"),
-    (["{sim}", "{tmp}/o.txt", "--to", "qdq"], 1, "must end in .onnx"),
-    (["{sim}", "{sim}", "--to", "qdq", "--force"], 1, "refusing to overwrite the input"),
+    (["{sim}", "{tmp}/o.txt", "--to", "qdq"], 2, "must end in .onnx"),
+    (["{sim}", "{sim}", "--to", "qdq", "--force"], 2, "refusing to overwrite an input"),
+    (["{sim}", "{sim}", "--to", "c", "--force"], 2, "is a file; --to c writes a folder"),
+    (["{sim}", "{tmp}", "--to", "c", "--force"], 2, "holds the input model"),
+    (["{sim}", "{tmp}/no/such/o.onnx", "--to", "qdq"], 1, "does not exist"),
     (["{float}", "{tmp}/o.onnx", "--to", "qdq"], 1, "has no QuantizeSim node"),
 ])
 def test_export_errors_are_one_line_and_write_nothing(sim_path, tmp_path, args, code, text, capsys):
