@@ -33,12 +33,13 @@ from ristretto_onnx.cli import main as cli
 
 
 def _session(path: Path, kind: str) -> ort.InferenceSession:
-    from ristretto_onnx.runtime.session import create_session
+    from ristretto_onnx.runtime.session import available_cpus, create_session
 
     if kind == "project":
         return create_session(path, providers=["CPUExecutionProvider"])
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.intra_op_num_threads = available_cpus()
     if kind == "disable_all":
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

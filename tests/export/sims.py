@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.quantize import QuantizeOptions, quantize
-from ristretto_onnx.runtime.session import create_session
+from ristretto_onnx.runtime.session import available_cpus, create_session
 from tests.passes import synth
 
 MODELS = ("conv_relu_conv", "residual_block", "inception", "depthwise_grouped", "option_a_shortcut",
@@ -45,6 +45,7 @@ def run(model: onnx.ModelProto, x: np.ndarray, *, level: str = "project") -> np.
         return create_session(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.intra_op_num_threads = available_cpus()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]

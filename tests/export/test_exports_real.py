@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from ristretto_onnx.cli import main
-from ristretto_onnx.runtime.session import create_session
+from ristretto_onnx.runtime.session import available_cpus, create_session
 from tests.export.independent import macs_per_image, weight_bits
 
 pytestmark = pytest.mark.slow
@@ -51,6 +51,7 @@ def test_resnet20_qdq_is_identical_to_the_simulation_on_2000_images(sims, tmp_pa
     ref = _run(create_session(sim), x)
     assert np.array_equal(_run(create_session(out), x), ref)  # all optimizations, QDQ fusion off
     plain = ort.SessionOptions()
+    plain.intra_op_num_threads = available_cpus()
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(out), plain, providers=["CPUExecutionProvider"])
     assert np.array_equal(_run(session, x[:500]), ref[:500])  # no optimization at all (slow: 500)
