@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from ristretto_onnx.data import load_dataset
+from ristretto_onnx.formats import Fixed
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import available_cpus, create_session
 from tests.passes import synth
@@ -23,9 +24,12 @@ CONFIGS = {
     "dfp6-channel-bias": dict(scheme="dfp", bits=6, weight_granularity="channel", quantize_bias=True),
     "minifloat8": dict(scheme="minifloat", bits=8),
     "pow2-channel": dict(scheme="pow2", weight_granularity="channel"),
+    "fixed24": dict(format=Fixed(24, 12)),  # wider than int16: int32 weights, QuantizeSim activations
 }
-#: Configurations whose activations stay float: outputs are float sums, exact only kernel for kernel.
-FLOAT_ACTIVATIONS = {"pow2-channel"}
+#: Configurations whose activations are float or as fine as float32 (24 bits): their outputs are
+#: float32 sums rounded no coarser than float32 itself, so they are equal only kernel for kernel
+#: (summation order), not across executors.
+FLOAT_ACTIVATIONS = {"pow2-channel", "fixed24"}
 
 
 def sample(name: str, batch: int = 16) -> np.ndarray:

@@ -107,3 +107,12 @@ def test_stochastic_rounding_stays_a_quantize_sim_node():
     assert not _nodes(qdq, "QuantizeLinear")
     assert len([n for n in qdq.graph.node if n.domain == DOMAIN]) >= 4
     assert qdq.functions
+
+
+def test_fixed_point_wider_than_int16_keeps_activations_in_quantize_sim():
+    qdq = export_qdq(sim_model("conv_relu_conv", "fixed24"))
+    inits = _inits(qdq)
+    assert not _nodes(qdq, "QuantizeLinear")
+    weight_dq = _nodes(qdq, "DequantizeLinear")
+    assert len(weight_dq) == 2 and {inits[n.input[0]].data_type for n in weight_dq} == {TensorProto.INT32}
+    assert len([n for n in qdq.graph.node if n.domain == DOMAIN]) == 4 and qdq.functions

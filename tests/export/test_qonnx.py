@@ -44,8 +44,9 @@ def test_qonnx_executor_reproduces_the_simulation(name, config):
     assert not [n for n in exported.graph.node if n.domain == DOMAIN] and not exported.functions
     x = sample(name, batch=4)
     got, ref = execute_qonnx(exported, x), run(sim, x)
-    if config in FLOAT_ACTIVATIONS:  # float sums, computed node by node by qonnx: kernel order differs
-        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    if config in FLOAT_ACTIVATIONS:  # float-precision sums, computed node by node by qonnx: order differs
+        # pow2 weights: float outputs within float32 noise; fixed:24:12: at most one output step
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2.0**-12 if config == "fixed24" else 1e-5)
     else:
         assert np.array_equal(got, ref), float(np.abs(got - ref).max())
 
