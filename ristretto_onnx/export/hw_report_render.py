@@ -33,7 +33,9 @@ def to_markdown(report: HardwareReport) -> str:
             cells.append("-" if t is None else (f"float" if t.format == "float" else f"{t.kind} {t.bits}b, {t.window}"))
         lines.append(f"| {layer.name} | {layer.op_type} | " + " | ".join(cells) + " |")
     lines += ["", "## Arithmetic per layer (per image)", "",
-              "| layer | MACs | m x n | K | multiplier area (vs 32x32) | accumulator bits | weights+bias | activations in/out |",
+              "m x n: layer input bits x weight bits; area: multiplier area / 32x32; acc: accumulator "
+              "bits m+n+ceil(log2 K); params: weights + biases; acts: input / output buffer.", "",
+              "| layer | MACs | m x n | K | area | acc | params | acts in/out |",
               "|---|---:|---|---:|---:|---:|---:|---:|"]
     for layer in report.layers:
         lines.append(_layer_row(layer))
@@ -45,7 +47,7 @@ def to_markdown(report: HardwareReport) -> str:
 def _layer_row(layer: LayerReport) -> str:
     acc = "-" if layer.accumulator_bits is None else str(layer.accumulator_bits)
     params = layer.memory_bits(("weights", "bias")) / 8
-    acts = "/".join(_kib(layer.memory_bits((r,)) / 8) for r in ("inputs", "outputs"))
+    acts = " / ".join(f"{layer.memory_bits((r,)) / 8 / 1024:,.1f}" for r in ("inputs", "outputs")) + " KiB"
     area = "shift" if layer.shift_only else f"{layer.multiplier_area:.4f}"
     return (f"| {layer.name} | {layer.macs:,} | {layer.mac_bucket} | {layer.accumulation_length} | {area} | "
             f"{acc} | {_kib(params)} | {acts} |")
