@@ -101,8 +101,14 @@ def _checked_and_inferred_on_disk(model: ModelProto) -> ModelProto:
             onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
         except Exception as e:
             raise RistrettoError(f"shape inference failed: {_first_line(e)}") from None
-        out = onnx.load(str(inferred), load_external_data=True)
-    return out
+        # Take only the inferred types, not a second copy of the weights (peak memory: bench/
+        # external_data.py): the shapes land in value_info and the graph outputs.
+        header = onnx.load(str(inferred), load_external_data=False)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(header.graph.value_info)
+    for out, typed in zip(model.graph.output, header.graph.output):
+        out.CopyFrom(typed)
+    return model
 
 
 def _first_line(e: BaseException) -> str:

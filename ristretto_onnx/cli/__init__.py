@@ -76,8 +76,8 @@ def _raise_interrupted(signum, frame) -> None:
 
 def _interrupted_line(signum: int, command: str) -> str:
     name = signal.Signals(signum).name
-    doing = f" during {events.last.describe()}" if events.last is not None else ""
-    return f"interrupted by {name}: {command or 'ristretto-onnx'}{doing} stopped; no output was written"
+    doing = f" ({events.last.describe()})" if events.last is not None else ""
+    return f"interrupted by {name} during {command or 'ristretto-onnx'}{doing}; no output was written"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ def test_interrupt_mid_search_exits_cleanly(tmp_path, big_digits, signum, code):
     assert proc.wait(timeout=60) == code, "".join(lines) + rest
     last = rest.strip().splitlines()[-1]
     name = signal.Signals(signum).name
-    assert last.startswith(f"ristretto-onnx: error: interrupted by {name}: compress during search dfp, ")
+    assert last.startswith(f"ristretto-onnx: error: interrupted by {name} during compress (search dfp, ")
     assert "plans scored" in last and last.endswith("no output was written")
     assert "Traceback" not in rest
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary file
