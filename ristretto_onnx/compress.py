@@ -309,7 +309,7 @@ class SearchContext:
 def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
                   metric_fn: Callable | None = None, log: Log | None = None) -> SearchContext:
     opts = options or CompressOptions()
-    log = log or (lambda msg: None)
+    log = log if log is not None else (lambda msg: None)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     emit(log, ProgressEvent("prepare", "checking and preparing the model"))
@@ -369,7 +369,7 @@ def compress(
     opts = options or CompressOptions(**kwargs)
     if options is not None and kwargs:
         opts = CompressOptions(**{**asdict(options), **kwargs})
-    log = log or (lambda msg: None)
+    log = log if log is not None else (lambda msg: None)
     t0 = time.perf_counter()
     if context is None and data is None:
         raise RistrettoError("compress needs evaluation data (or a context from build_context)")
