@@ -67,10 +67,10 @@ def build_model(folder: Path) -> tuple[Path, int]:
 
 def run(argv: list[str]) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True)
-    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     result = json.loads(last) if last.startswith("{") else {"code": proc.returncode}
     if result.get("code") != 0:
-        result["stderr"] = proc.stderr.strip()[-500:]
+        result["stderr"] = f"returncode {proc.returncode}; " + proc.stderr.strip()[-500:]
     return result
 
 
@@ -78,13 +78,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folder", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="Keep the scratch folder.")
+    ap.add_argument("--only", choices=("quantize", "compress"), help="Run one command only.")
+    ap.add_argument("--model", type=Path, help="Reuse a model written by an earlier --keep run.")
     args = ap.parse_args()
     folder = args.folder or Path(tempfile.mkdtemp(prefix="ristretto-big-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
         t = time.perf_counter()
-        model, weight_bytes = build_model(folder)
-        print(f"model: {weight_bytes / 1e9:.2f} GB of weights, written in {time.perf_counter() - t:.0f} s")
+        if args.model:
+            model = args.model
+            weight_bytes = sum(int(np.prod(t.dims)) * 4 for t in onnx.load(str(model), load_external_data=False).graph.initializer)
+        else:
+            model, weight_bytes = build_model(folder)
+        print(f"model: {weight_bytes / 1e9:.2f} GB of weights, ready in {time.perf_counter() - t:.0f} s", flush=True)
         rng = np.random.default_rng(1)
         np.savez(folder / "data.npz", images=rng.integers(0, 256, (32, 8, 8), dtype=np.uint8),
                  labels=rng.integers(0, 10, 32))
@@ -96,6 +102,8 @@ def main() -> None:
                          "--min-bits", "8", "--max-bits", "8", "-q", "--scale", "1/255"],
         }
         for name, argv in runs.items():
+            if args.only and name != args.only:
+                continue
             r = run(argv)
             if r.get("code") != 0:
                 print(f"{name}: FAILED (exit {r.get('code')}): {r.get('stderr', '')}")
@@ -104,7 +112,7 @@ def main() -> None:
             data_file = out.with_name(out.name + ".data")
             print(f"{name}: peak {r['peak_bytes'] / 1e9:.2f} GB = {r['peak_bytes'] / weight_bytes:.2f}x the model "
                   f"(goal < 2x), {r['seconds']:.0f} s; wrote {out.name} + {data_file.name} "
-                  f"({data_file.stat().st_size / 1e9:.2f} GB)" if data_file.exists() else "")
+                  f"({data_file.stat().st_size / 1e9:.2f} GB)" if data_file.exists() else "", flush=True)
             for p in (out, data_file, out.with_suffix(".json")):
                 p.unlink(missing_ok=True)
     finally:
