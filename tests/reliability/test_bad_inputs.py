@@ -59,6 +59,10 @@ def _opset(v):
     return lambda m: setattr(m.opset_import[0], "version", v)
 
 
+def _fixed_batch(m):
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+
+
 def _foreign_domain(m):
     m.graph.node[1].domain = "com.example"
 
@@ -76,6 +80,7 @@ CASES = {
     "no quantizable layer": (C, _model(_no_layers), None, 1, "no Conv, ConvTranspose, Gemm or MatMul"),
     "unsupported opset": (C, _model(_opset(99)), None, 1, "supported are opsets 11 to 21"),
     "opset too old to convert": (C, _model(_opset(5)), None, 1, "supported are opsets 11 to 21"),
+    "fixed batch dimension": (C, _model(_fixed_batch), None, 1, "has a fixed batch dimension of 3"),
     "missing data": (C, None, "MISSING", 1, "dataset not found"),
     "unreadable data": (C, None, b"PK\x03\x04 not a zip", 1, "cannot read"),
     "wrong shape": (C, None, _data(images=lambda x: np.zeros((64, 9, 9), np.uint8)), 1,
