@@ -69,6 +69,7 @@ def compress_command(
     memory, evaluations, time per stage).
     """
     from ristretto_onnx import zoo
+    from ristretto_onnx.range_rules import check_rule
     from ristretto_onnx.runtime.metrics import accumulator, load_metric
 
     out_path = onnx_output(out)
@@ -89,6 +90,12 @@ def compress_command(
         )
         flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         check_flags(**flags)
+        check_rule(range_rule)
+        if weight_granularity not in ("tensor", "channel"):
+            raise UsageError(f"--weight-granularity must be tensor or channel, not {weight_granularity!r}")
+        for name, value in (("--batch-size", batch_size), ("--min-bits", min_bits), ("--max-bits", max_bits)):
+            if value is not None and value < (1 if name == "--batch-size" else 2):
+                raise UsageError(f"{name} is too small: {value}")
     model_path = zoo.resolve_model(model_spec)
     check_outputs([out_path, report_path], [model_path, data, calib, test], force=force)
     dataset = open_split(data, model_spec, "test", **flags)
