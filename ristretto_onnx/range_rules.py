@@ -7,7 +7,7 @@
   expected squared quantization error over the measured distribution: rounding error
   (step²/12 per value that is not clipped, x² for values that round to zero) plus clipping error
   ((|x| − max)² per saturated value), evaluated on the range histogram of
-  :class:`~ristretto_onnx.runtime.calibrate.RangeStats` at its bin centers.
+  :class:`~ristretto_onnx.stats.RangeStats` at its bin centers.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import Fixed, dfp_frac_bits
-from ristretto_onnx.runtime.calibrate import RangeStats, bin_centers
+from ristretto_onnx.formats import Fixed, Minifloat, dfp_frac_bits
+from ristretto_onnx.stats import RangeStats, bin_centers
 
 RULES = ("max", "percentile", "mse")
 
@@ -65,8 +65,6 @@ def minifloat_exp_bits_mse(stats_list, bits: int) -> int:
     weights below the smallest normal (flushed to zero). Here every legal split is scored on the
     histograms of all groups sharing the format, each group's error relative to its mean square.
     """
-    from ristretto_onnx.formats import Minifloat
-
     best, best_err = None, np.inf
     for e in range(1, min(bits - 1, 7) + 1):
         if bits - 1 - e > 23:
@@ -82,7 +80,7 @@ def minifloat_exp_bits_mse(stats_list, bits: int) -> int:
     return best if best is not None else 1
 
 
-def frac_bits(stats: RangeStats, bits: int, rule: str = "max", *, layer_output: bool = False) -> int:
+def frac_bits(stats: RangeStats, bits: int, rule: str, *, layer_output: bool = False) -> int:
     """The fractional length of a ``bits``-bit group under ``rule`` (see the module docstring)."""
     name, _, arg = check_rule(rule).partition(":")
     if name == "max" or stats.max_abs <= 0:

@@ -21,8 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ristretto_onnx.formats import Format
-from ristretto_onnx.policies import GroupRange, Scheme, category_groups
+from ristretto_onnx.schemes import Scheme
 from ristretto_onnx.scoring import Score, Scorer
+from ristretto_onnx.stats import GroupRange, category_groups
 
 Log = Callable[[str], None]
 

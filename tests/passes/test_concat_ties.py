@@ -13,7 +13,7 @@ from ristretto_onnx.passes.concat_ties import concat_ties
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.ranges import tie_ranges
-from ristretto_onnx.runtime.calibrate import RangeStats
+from ristretto_onnx.stats import RangeStats
 
 from . import synth
 

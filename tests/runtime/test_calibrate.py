@@ -10,7 +10,8 @@ from ristretto_onnx.data import load_dataset
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.passes.load import load_model
 from ristretto_onnx.runtime import calibrate as calibrate_module
-from ristretto_onnx.runtime.calibrate import BINS_PER_OCTAVE, RangeAccumulator, RangeStats, calibrate
+from ristretto_onnx.runtime.calibrate import calibrate
+from ristretto_onnx.stats import BINS_PER_OCTAVE, RangeAccumulator, RangeStats
 from ristretto_onnx.runtime.session import create_session
 from tests.passes import synth
 
