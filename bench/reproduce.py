@@ -37,7 +37,8 @@ from bench.common import (  # noqa: E402
 )
 from ristretto_onnx.compress import compress  # noqa: E402
 from ristretto_onnx.errors import RistrettoError  # noqa: E402
-from ristretto_onnx.formats import Fixed, Minifloat, dfp_format, integer_bits, minifloat_exp_bits  # noqa: E402
+from ristretto_onnx.formats import Fixed, Minifloat  # noqa: E402
+from ristretto_onnx.range_rules import dfp_format, integer_bits, minifloat_exp_bits  # noqa: E402
 from ristretto_onnx.passes.pipeline import simulate  # noqa: E402
 from ristretto_onnx.schemes import make_scheme, plan_for
 from ristretto_onnx.stats import CATEGORIES  # noqa: E402

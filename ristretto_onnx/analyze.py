@@ -22,8 +22,8 @@ from typing import Any
 
 from onnx import ModelProto
 
-from ristretto_onnx.formats import dfp_format, integer_bits
 from ristretto_onnx.passes.pipeline import prepare
+from ristretto_onnx.range_rules import dfp_format, integer_bits
 from ristretto_onnx.ranges import measure_groups
 from ristretto_onnx.stats import DEFAULT_PERCENTILES, RangeStats
 

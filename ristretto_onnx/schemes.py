@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, dfp_frac_bits, integer_bits, minifloat_exp_bits
-from ristretto_onnx.range_rules import check_rule, frac_bits, minifloat_exp_bits_mse
+from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2
+from ristretto_onnx.range_rules import (check_rule, dfp_frac_bits, frac_bits, integer_bits, minifloat_exp_bits,
+                                        minifloat_exp_bits_mse)
 from ristretto_onnx.stats import CATEGORIES, GroupRange, RangeStats, category_groups
 
 SCHEMES = ("dfp", "fixed", "minifloat", "pow2")

@@ -8,7 +8,8 @@ import pytest
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.compress import CompressOptions, build_context
-from ristretto_onnx.formats import Fixed, Minifloat, Pow2, dfp_format
+from ristretto_onnx.formats import Fixed, Minifloat, Pow2
+from ristretto_onnx.range_rules import dfp_format
 from ristretto_onnx.passes.load import load_model
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.quantize import QuantizeOptions, quantize

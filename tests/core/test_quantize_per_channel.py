@@ -11,7 +11,8 @@ import pytest
 from ristretto_onnx.cli import main
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import Fixed, PerChannel, Pow2, dfp_format
+from ristretto_onnx.formats import Fixed, PerChannel, Pow2
+from ristretto_onnx.range_rules import dfp_format
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.range_rules import frac_bits
