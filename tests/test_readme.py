@@ -27,7 +27,7 @@ SKIPPED = {
     r"^pip install": "installs the package; these tests run in the installed package",
     r"^python -m pytest": "runs this test suite (it would run itself)",
     r"compress zoo:resnet20-cifar10": "a full search on 10,000 CIFAR-10 images, about 10 minutes on 2 "
-                                      "cores; tests/search/test_compress.py covers compress on zoo models",
+                                      "cores; tests/core/test_compress.py covers compress on zoo models",
 }
 
 #: Zoo names that ship inside the package (no shared zoo needed, fast).
