@@ -27,7 +27,10 @@ from onnx import ModelProto
 
 from ristretto_onnx import __version__
 from ristretto_onnx.context import SearchContext, as_dataset, build_context, load_batches
+from ristretto_onnx.data.metadata import record as record_preprocess
+from ristretto_onnx.data.zoo_inputs import zoo_inputs
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.events import ProgressEvent, emit, search_log
 from ristretto_onnx.options import CompressOptions
 from ristretto_onnx.passes.pipeline import simulate
 from ristretto_onnx.passes.slots import set_metadata
@@ -61,6 +64,7 @@ def compress(
     Options are :class:`CompressOptions` fields, as ``options=`` or keywords. A ``context`` from
     :func:`build_context` skips preparation, calibration and the baseline.
     """
+    spec, (model, data, calib) = model, zoo_inputs(model, data, calib)  # "zoo:NAME" as on the CLI
     opts = options or CompressOptions(**kwargs)
     if options is not None and kwargs:
         opts = CompressOptions(**{**asdict(options), **kwargs})
@@ -83,6 +87,8 @@ def compress(
         log(f"searching {name}")
         search = BitSearch(scorer, opts.scheme_named(name), ranges, tolerance, min_bits=opts.min_bits,
                            max_bits=opts.max_bits, log=log)
+        search.log = search_log(log, scorer, search, name)
+        emit(log, ProgressEvent("search", f"searching {name}", name, scorer.plans_scored, scorer.evaluations))
         outcomes[name] = search.run(opts.granularity)
     seconds["search"] = time.perf_counter() - t
 
@@ -96,6 +102,7 @@ def compress(
     plan = outcome.plan
 
     t = time.perf_counter()
+    emit(log, ProgressEvent("write", "building the simulated model", chosen))
     final_model = simulate(prepared, plan)
     seconds["write"] = time.perf_counter() - t
 
@@ -114,7 +121,7 @@ def compress(
               "screened_out": scorer.screened_out - screened0,
               "sessions_built": (ctx.runner.sessions_built - sessions0) if ctx.runner is not None else 0}
     report = compress_report(
-        model=str(model) if not isinstance(model, ModelProto) else (model.graph.name or "<ModelProto>"),
+        model=str(spec) if not isinstance(spec, ModelProto) else (spec.graph.name or "<ModelProto>"),
         scheme=chosen, options=opts, plan=plan, ranges=ranges, baseline=scorer.baseline, outcome=outcome,
         n_images=scorer.n, test=test_result, counts=counts, seconds=seconds,
         schemes_tried={n: {"weight_bytes": weight_bytes(o.plan, ranges), "final": o.final.value, "holds": holds(o)}
@@ -125,4 +132,6 @@ def compress(
                "weight_bytes": report.weight_bytes, "weight_bytes_fp32": report.weight_bytes_fp32,
                "tool": f"ristretto-onnx {__version__}"}
     set_metadata(final_model, "ristretto.compress", json.dumps(summary, separators=(",", ":")))
+    if ctx.preprocess is not None:
+        record_preprocess(final_model, ctx.preprocess)
     return CompressResult(final_model, report, plan)

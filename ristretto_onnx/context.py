@@ -21,7 +21,9 @@ import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx.data import Dataset, load_dataset
+from ristretto_onnx.data.conform import conform
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.options import CompressOptions
 from ristretto_onnx.passes.pipeline import Prepared, prepare
 from ristretto_onnx.passes.plan import plan_to_dict
@@ -112,6 +114,7 @@ class SearchContext:
     run_float: Callable[[np.ndarray], np.ndarray]
     seconds: dict[str, float]
     runner: Any = None
+    preprocess: Any = None  # the evaluation data's Preprocess, recorded in the written model
 
 
 def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
@@ -120,6 +123,7 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     log = log or (lambda msg: None)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
+    emit(log, ProgressEvent("prepare", "checking and preparing the model"))
     prepared = model if isinstance(model, Prepared) else prepare(model, fold_bn=opts.fold_bn)
     layers = prepared.layers.select(opts.layers, opts.exclude)
     if not layers:
@@ -127,16 +131,20 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     input_name = model_input(prepared.float_model)
     seconds["prepare"] = time.perf_counter() - t
 
-    ds = as_dataset(data, "evaluation")
-    calib_ds = as_dataset(calib, "calibration") if calib is not None else ds.subset(min(opts.calib_size, len(ds)), opts.seed)
+    ds = conform(as_dataset(data, "evaluation"), prepared.float_model)
+    calib_ds = conform(as_dataset(calib, "calibration"), prepared.float_model) if calib is not None else ds
+    calib_ds = calib_ds.subset(min(opts.calib_size, len(calib_ds)), opts.seed)  # CLI and API: same default
     t = time.perf_counter()
+    emit(log, ProgressEvent("ranges", f"range analysis on {len(calib_ds)} calibration images"))
     ranges = measure_groups(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64))
     seconds["ranges"] = time.perf_counter() - t
     log(f"ranges of {len(ranges)} groups in {len(layers)} layers from {len(calib_ds)} calibration images")
 
     t = time.perf_counter()
+    emit(log, ProgressEvent("baseline", f"FP32 baseline on {len(ds)} images"))
     scorer, runner, run_float = plan_scorer(prepared, load_batches(ds, opts.batch_size), metric=opts.metric,
                                             metric_fn=metric_fn, early_reject=opts.early_reject)
     seconds["baseline"] = time.perf_counter() - t
     log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
-    return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner)
+    return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner,
+                         preprocess=ds.preprocess)

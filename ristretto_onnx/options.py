@@ -85,7 +85,7 @@ class QuantizeOptions:
     range_rule: str = DEFAULT_RANGE_RULE  # dfp: mse, max (thesis eq. 5.2) or percentile:P
     calib_size: int = 500
     score_size: int = 300
-    batch_size: int = 64
+    batch_size: int = 256
     seed: int = 0
 
     def __post_init__(self) -> None:

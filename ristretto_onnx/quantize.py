@@ -20,6 +20,10 @@ from dataclasses import replace
 from onnx import ModelProto
 
 from ristretto_onnx.context import load_batches, plan_scorer
+from ristretto_onnx.data import Dataset, load_dataset
+from ristretto_onnx.data.conform import conform
+from ristretto_onnx.data.metadata import record as record_preprocess
+from ristretto_onnx.data.zoo_inputs import is_zoo, zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
 from ristretto_onnx.options import QuantizeOptions
@@ -43,7 +47,11 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     """The simulated model of ``source`` for ``options`` (``calib``: a Dataset, when needed)."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
+    if is_zoo(source):  # "zoo:NAME" as on the command line, with its calibration split
+        source, _, calib = zoo_inputs(source, (), calib)
     prepared = source if isinstance(source, Prepared) else prepare(source, fold_bn=options.fold_bn)
+    if calib is not None:
+        calib = conform(calib if isinstance(calib, Dataset) else load_dataset(calib), prepared.float_model)
     seconds["prepare"] = time.perf_counter() - t
     layers = prepared.layers.select(options.layers, options.exclude)
     ranges: list[GroupRange] = []
@@ -76,6 +84,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     t = time.perf_counter()
     model = simulate(prepared, plan, rounding=options.rounding)
     seconds["simulate"] = time.perf_counter() - t
+    if calib is not None:
+        record_preprocess(model, calib.preprocess)
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
                           measured, search, metric, seconds)
