@@ -1,11 +1,12 @@
 """Every command block of the README runs, as onnx-graphsurgeon's tests run its examples.
 
 The blocks are read from README.md when the tests are collected, so a new block is tested
-without touching this file. Illustrative file names are mapped to real small files in a fresh
-folder per command: ``in.onnx`` is the embedded digits CNN, ``val.npz``/``train.npz`` its test
-and calibration images, preprocessed; ``out.onnx`` exists (a simulated digits model) only for the
-commands that read it. Commands on zoo models other than the embedded one need the shared zoo
-and are marked slow; the few that cannot run here are listed in :data:`SKIPPED` with the reason.
+without touching this file. Each block runs top to bottom in a fresh folder, as a reader would
+type it. Illustrative file names are real small files there: ``in.onnx`` is the embedded digits
+CNN, ``val.npz``/``train.npz`` its test and calibration images, preprocessed; ``out.onnx`` exists
+(a simulated digits model) only in blocks that read it first. Blocks on zoo models other than
+the embedded one need the shared zoo and are marked slow; the few commands that cannot run here
+are listed in :data:`SKIPPED` with the reason (and the others of their block still run).
 """
 
 from __future__ import annotations
@@ -49,17 +50,18 @@ def _blocks(text: str) -> list[tuple[str, int, str]]:
     return out
 
 
-def _commands() -> list[tuple[int, str]]:
-    """Every shell command of the README's bash blocks, comments removed, ``&&`` split."""
+def _commands(code: str) -> list[str]:
+    """The shell commands of one block, comments removed, ``&&`` chains split."""
     cmds = []
-    for lang, start, code in _blocks(README.read_text()):
-        if lang not in ("bash", "sh", "shell", "console"):
-            continue
-        for k, line in enumerate(code.splitlines()):
-            line = re.sub(r"(^|\s)#.*$", "", line).strip()
-            for part in filter(None, (p.strip() for p in line.split("&&"))):
-                cmds.append((start + k, part))
+    for line in code.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", line).strip()
+        cmds += [p.strip() for p in line.split("&&") if p.strip()]
     return cmds
+
+
+def _shell_blocks() -> list[tuple[int, list[str]]]:
+    return [(start, _commands(code)) for lang, start, code in _blocks(README.read_text())
+            if lang in ("bash", "sh", "shell", "console")]
 
 
 def _python_blocks() -> list[tuple[int, str]]:
@@ -72,17 +74,20 @@ def _is_slow(command: str) -> bool:
     return any(n not in EMBEDDED for n in names) or bool(named and f"zoo:{named.group(2)}" not in EMBEDDED)
 
 
-def _params(items, text_of):
+def _skip_reason(command: str) -> str | None:
+    return next((why for pattern, why in SKIPPED.items() if re.search(pattern, command)), None)
+
+
+def _block_params():
     params = []
-    for line, item in items:
-        text = text_of(item)
+    for line, commands in _shell_blocks():
+        run = [c for c in commands if not _skip_reason(c)]
         marks = []
-        reason = next((why for pattern, why in SKIPPED.items() if re.search(pattern, text)), None)
-        if reason:
-            marks.append(pytest.mark.skip(reason=reason))
-        elif _is_slow(text):
+        if not run:
+            marks.append(pytest.mark.skip(reason="; ".join(dict.fromkeys(map(_skip_reason, commands)))))
+        elif any(_is_slow(c) for c in run):
             marks.append(pytest.mark.slow)
-        params.append(pytest.param(text if isinstance(item, str) else item, id=f"README:{line}", marks=marks))
+        params.append(pytest.param(commands, id=f"README:{line}", marks=marks))
     return params
 
 
@@ -114,18 +119,41 @@ def _workdir(tmp_path: Path, placeholders: Path, reads_out: bool) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("command", _params(_commands(), lambda c: c))
-def test_readme_command(command: str, tmp_path, placeholders, monkeypatch, request):
-    if _is_slow(command):
+def _reads_out_first(commands: list[str]) -> bool:
+    """Whether the block reads ``out.onnx`` (``eval out.onnx``) before any command writes it."""
+    for c in commands:
+        args = shlex.split(c)
+        if "out.onnx" in args:
+            return len(args) > 1 and args[1] == "eval"
+    return False
+
+
+@pytest.mark.parametrize("commands", _block_params())
+def test_readme_block_runs_top_to_bottom(commands: list[str], tmp_path, placeholders, monkeypatch, request):
+    """One fresh folder per block; its commands run in order, as a reader would type them."""
+    if any(_is_slow(c) for c in commands if not _skip_reason(c)):
         request.getfixturevalue("zoo_env")
-    args = shlex.split(command)
-    assert args[0] == "ristretto-onnx", f"README command not run by this test: {command!r} (map or skip it)"
-    reads_out = args[1] == "eval" and "out.onnx" in args
-    monkeypatch.chdir(_workdir(tmp_path, placeholders, reads_out))
-    assert main(args[1:]) == 0, command
-    outputs = [a for a in args[2:] if a.endswith((".onnx", ".json", ".png")) and not a.startswith("zoo:")]
-    for path in outputs:
-        assert Path(path).is_file(), f"{command}: {path} was not written"
+    monkeypatch.chdir(_workdir(tmp_path, placeholders, _reads_out_first(commands)))
+    for command in commands:
+        if _skip_reason(command):
+            continue
+        args = shlex.split(command)
+        if args[:2] == ["mkdir", "-p"]:
+            for folder in args[2:]:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            continue
+        assert args[0] == "ristretto-onnx", f"README command not run by this test: {command!r} (map or skip it)"
+        assert main(args[1:]) == 0, command
+        outputs = [a for a in args[2:] if a.endswith((".onnx", ".json", ".png")) and not a.startswith("zoo:")]
+        for path in outputs:
+            assert Path(path).is_file(), f"{command}: {path} was not written"
+
+
+def test_every_skipped_command_is_still_in_the_readme():
+    """The skip list names real commands (a README edit must not leave a stale excuse)."""
+    commands = [c for _, block in _shell_blocks() for c in block]
+    for pattern in SKIPPED:
+        assert any(re.search(pattern, c) for c in commands), pattern
 
 
 def _quantize_sim_model():
@@ -140,7 +168,7 @@ def _quantize_sim_model():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("code", _params(_python_blocks(), lambda c: c))
+@pytest.mark.parametrize("code", [pytest.param(code, id=f"README:{line}") for line, code in _python_blocks()])
 def test_readme_python_block(code: str, tmp_path, placeholders, monkeypatch):
     monkeypatch.chdir(_workdir(tmp_path, placeholders, reads_out=False))
     namespace = {"model_with_quantize_sim_nodes": _quantize_sim_model(), "print": lambda *a, **k: None}
@@ -160,6 +188,6 @@ def test_readme_python_block(code: str, tmp_path, placeholders, monkeypatch):
 
 def test_every_readme_block_is_collected():
     """The parser sees the README's blocks (a broken fence would silently drop them)."""
-    commands = [c for _, c in _commands()]
+    commands = [c for _, block in _shell_blocks() for c in block]
     assert any(c.startswith("ristretto-onnx compress zoo:digits-cnn") for c in commands)
     assert len(_python_blocks()) >= 2 and len(commands) >= 12
