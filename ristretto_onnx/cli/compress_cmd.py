@@ -14,6 +14,7 @@ from ristretto_onnx.cli.progress import Reporter
 from ristretto_onnx.compress import CompressOptions, compress
 from ristretto_onnx.errors import UsageError
 from ristretto_onnx.events import ProgressEvent, emit
+from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
 
 
 @app.command("compress")
@@ -38,7 +39,7 @@ def compress_command(
                                                   "or layer (a width per layer's weights)."),
     weight_granularity: str = typer.Option("tensor", help="tensor (thesis) or channel (one scale per output "
                                                           "channel; dfp and pow2)."),
-    range_rule: str = typer.Option("mse", help="dfp fractional lengths: mse (least squared error on the "
+    range_rule: str = typer.Option(DEFAULT_RANGE_RULE, help="dfp fractional lengths: mse (least squared error on the "
                                                "calibration histogram), max (thesis eq. 5.2, no saturation) "
                                                "or percentile:P (e.g. percentile:99.99)."),
     min_bits: int = typer.Option(None, help="Smallest width the search may choose."),
