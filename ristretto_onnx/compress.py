@@ -32,8 +32,8 @@ from ristretto_onnx.passes.plan import plan_to_dict
 from ristretto_onnx.passes.save import save_model, write_text_atomic
 from ristretto_onnx.passes.slots import set_metadata
 from ristretto_onnx.policies import SCHEMES, GroupRange, make_scheme
-from ristretto_onnx.passes.clip_bounds import clip_bounds
-from ristretto_onnx.passes.concat_ties import concat_ties
+from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
+from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.ranges import activation_ranges, channel_ranges, parameter_ranges, tie_ranges
 from ristretto_onnx.runtime.session import create_session
 from ristretto_onnx.runtime.simulator import Simulator
@@ -238,7 +238,7 @@ def _group_ranges(prepared: Prepared, layers, calib: Dataset, batch_size: int) -
 
     Layer outputs that fill one Concat buffer are tied: each gets the range of the widest of
     them (:func:`~ristretto_onnx.ranges.tie_ranges`), so every rule gives them one format. A
-    layer output bounded by a Clip (ReLU6) is measured after the Clip (passes.clip_bounds).
+    layer output bounded by a Clip (ReLU6) is measured after the Clip (passes.analysis.clip_bounds).
     """
     params = parameter_ranges(prepared.float_model, layers)
     bounds = clip_bounds(prepared.float_model, layers)

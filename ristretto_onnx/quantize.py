@@ -24,8 +24,8 @@ from ristretto_onnx.formats import Format, Pow2, integer_bits, parse_format
 from ristretto_onnx.passes.layers import Group, LayerSet
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import GroupFormat, plan_to_dict
-from ristretto_onnx.passes.clip_bounds import clip_bounds
-from ristretto_onnx.passes.concat_ties import concat_ties
+from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
+from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.range_rules import check_rule
 from ristretto_onnx.ranges import channel_ranges, group_ranges, tie_ranges
 from ristretto_onnx.runtime.calibrate import RangeStats, session_any_size

@@ -68,7 +68,7 @@ def dfp_plan(groups: Iterable, ranges: Mapping, *, weight_bits: int, act_bits: i
 
     With ``channels`` (weights group id -> (axis, per-channel ranges)) those weights get one
     fractional length per output channel, by the same rule. Layer outputs in ``bounded`` (read
-    by a Clip such as ReLU6) keep their integer bit (see passes.clip_bounds).
+    by a Clip such as ReLU6) keep their integer bit (see passes.analysis.clip_bounds).
     """
     plan: dict[str, Format | None] = {}
     for g in groups:

@@ -19,7 +19,7 @@ same formats written into its ``QuantizeSim`` attributes (:meth:`Simulator.model
 model), which the tests check across format changes.
 
 Formats are addressed by group id (``conv1/weights``) for models annotated by
-:func:`~ristretto_onnx.passes.insert_quantizers.insert_quantizers`, and by ``QuantizeSim`` node
+:func:`~ristretto_onnx.passes.transforms.insert_quantizers.insert_quantizers`, and by ``QuantizeSim`` node
 name for any model with such nodes.
 """
 
@@ -156,7 +156,7 @@ class Simulator:
     def model(self) -> ModelProto:
         """The plain simulated model for the current formats (runs in any onnxruntime)."""
         if self._slots is not None:
-            from ristretto_onnx.passes.set_formats import set_formats
+            from ristretto_onnx.passes.transforms.set_formats import set_formats
 
             return set_formats(self._base, self._formats, rounding=self._rounding)
         out = ModelProto()

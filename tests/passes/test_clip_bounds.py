@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from onnx import helper
 
-from ristretto_onnx.passes.clip_bounds import clip_bounds
+from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
 from ristretto_onnx.passes.pipeline import prepare
 
 from . import synth

@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.passes.find_layers import find_layers
-from ristretto_onnx.passes.insert_quantizers import insert_quantizers
+from ristretto_onnx.passes.analysis.find_layers import find_layers
+from ristretto_onnx.passes.transforms.insert_quantizers import insert_quantizers
 from ristretto_onnx.passes.layers import LayerSet
 from ristretto_onnx.passes.load import load_model
 from ristretto_onnx.passes.slots import read_layers, read_slots
