@@ -37,7 +37,11 @@ from onnx import ModelProto, helper
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
 from ristretto_onnx.ops import attach_functions, is_quantize_sim, make_quantize_node, node_format
-from ristretto_onnx.runtime.lowering import PARAM_PREFIX, Lowered, WeightCache, lower
+from ristretto_onnx.passes.graph import import_graph, runtime_inputs
+from ristretto_onnx.passes.plan import format_of
+from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_slots
+from ristretto_onnx.passes.transforms.set_formats import SetFormats, set_formats
+from ristretto_onnx.runtime.lowering import PARAM_PREFIX, Lowered, WeightCache, lower, lower_graph
 from ristretto_onnx.runtime.session import create_session
 
 FormatValue = Format | str | None
@@ -54,12 +58,6 @@ def load_model(model: ModelProto | str | os.PathLike) -> ModelProto:
         return onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - protobuf errors are long and technical
         raise RistrettoError(f"cannot read {path} as an ONNX model: {' '.join(str(e).split())[:200]}") from None
-
-
-def _format_of(value: FormatValue) -> Format | None:
-    from ristretto_onnx.passes.plan import format_of
-
-    return format_of(value)
 
 
 class Simulator:
@@ -80,8 +78,6 @@ class Simulator:
         blocked_layout: bool = True,
         spinning: bool = False,
     ) -> None:
-        from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_slots
-
         self._base = load_model(model)
         self.parametric = parametric
         self.providers = providers
@@ -112,8 +108,7 @@ class Simulator:
                     self._formats[node.name] = fmt
                     self._roundings[node.name] = rounding
             self._alias = {}
-        inits = {i.name for i in self._base.graph.initializer}
-        self.input_names = [i.name for i in self._base.graph.input if i.name not in inits]
+        self.input_names = runtime_inputs(self._base)
         if not self.input_names:
             raise RistrettoError("the model has no inputs to feed")
 
@@ -146,7 +141,7 @@ class Simulator:
                 known = next(iter(self._formats), "-")
                 raise RistrettoError(f"unknown quantizer {key!r}: this model has {len(self._formats)} "
                                      f"quantizer(s), named like {known!r}")
-            new[name] = _format_of(value)
+            new[name] = format_of(value)
         if new != self._formats:
             self._formats = new
             self._lowered = None
@@ -156,8 +151,6 @@ class Simulator:
     def model(self) -> ModelProto:
         """The plain simulated model for the current formats (runs in any onnxruntime)."""
         if self._slots is not None:
-            from ristretto_onnx.passes.transforms.set_formats import set_formats
-
             return set_formats(self._base, self._formats, rounding=self._rounding)
         out = ModelProto()
         out.CopyFrom(self._base)
@@ -175,7 +168,13 @@ class Simulator:
     def lowered(self) -> Lowered:
         """The lowered graph for the current formats (computed once per format change)."""
         if self._lowered is None:
-            self._lowered = lower(self.model(), parametric=self.parametric, weights=self._weights)
+            if self._slots is None:
+                self._lowered = lower(self.model(), parametric=self.parametric, weights=self._weights)
+            else:  # one import, set formats and lower on the graph, one export
+                graph = import_graph(self._base)
+                SetFormats(self._slots, self._formats, self._rounding)(graph)
+                self._lowered = lower_graph(graph, self._base, parametric=self.parametric,
+                                            weights=self._weights)
         return self._lowered
 
     def session(self):
