@@ -52,8 +52,9 @@ def import_graph(model: ModelProto) -> gs.Graph:
     return graph
 
 
-def export_model(graph: gs.Graph, source: ModelProto) -> ModelProto:
-    """``graph`` as a ModelProto with the model-level fields and tensor order of ``source``."""
+def export_model(graph: gs.Graph, source: ModelProto, *, keep_order: bool = True) -> ModelProto:
+    """``graph`` as a ModelProto with the model-level fields of ``source`` and, with
+    ``keep_order``, its order of initializers and value_info (off for internal graphs)."""
     # graphsurgeon names tensor attributes by writing into the source proto ("" included).
     unnamed = [(node, key, value._values.tensor) for node in graph.nodes
                for key, value in node.attrs.items()
@@ -82,8 +83,9 @@ def export_model(graph: gs.Graph, source: ModelProto) -> ModelProto:
     for field in ("opset_import", "metadata_props", "functions"):
         getattr(out, field).clear()
         getattr(out, field).extend(getattr(source, field))
-    _keep_order(g.initializer, source.graph.initializer)
-    _keep_order(g.value_info, source.graph.value_info)
+    if keep_order:
+        _keep_order(g.initializer, source.graph.initializer)
+        _keep_order(g.value_info, source.graph.value_info)
     _restore_initializer_inputs(g, source.graph)
     return out
 
@@ -181,9 +183,50 @@ def unique_name(stem: str, taken: set[str]) -> str:
 
 def remove_node(graph: gs.Graph, node: gs.Node) -> None:
     """Take ``node`` out of ``graph`` and of its tensors' producer/consumer lists."""
-    node.inputs.clear()
-    node.outputs.clear()
-    graph.nodes.remove(node)
+    remove_nodes(graph, [node])
+
+
+def remove_nodes(graph: gs.Graph, nodes: Iterable[gs.Node]) -> None:
+    """Take ``nodes`` out of ``graph`` and of their tensors' producer/consumer lists."""
+    gone = set()
+    for node in nodes:
+        set_inputs(node, [])
+        _unlink(node.outputs, "inputs", node)
+        gone.add(id(node))
+    graph.nodes = [n for n in graph.nodes if id(n) not in gone]
+
+
+def set_inputs(node: gs.Node, tensors: Iterable[gs.Tensor]) -> None:
+    """Make ``tensors`` the inputs of ``node``, keeping the tensors' consumer lists in step.
+
+    graphsurgeon's own list operations find a node in a tensor's consumer list with
+    ``Node.__eq__``, which compares structure; this finds it by identity (measured: the
+    lowering's largest cost otherwise).
+    """
+    _unlink(node.inputs, "outputs", node)
+    for t in tensors:
+        list.append(node.inputs, t)
+        list.append(t.outputs, node)
+
+
+def _unlink(tensors: list, field: str, node: gs.Node) -> None:
+    for t in tensors:
+        users = getattr(t, field)
+        for k, other in enumerate(users):
+            if other is node:
+                list.__delitem__(users, k)
+                break
+    list.clear(tensors)
+
+
+def copy_graph(graph: gs.Graph) -> gs.Graph:
+    """An independent copy of ``graph`` (constant values shared), node extras included;
+    cheaper than importing the model again."""
+    out = graph.copy()
+    for node, new in zip(graph.nodes, out.nodes):
+        if getattr(node, "overload", "") or getattr(node, "doc_string", ""):
+            new.overload, new.doc_string = node.overload, node.doc_string
+    return out
 
 
 def tensors_read(nodes: Iterable[gs.Node]) -> set[str]:

@@ -37,7 +37,7 @@ from onnx import ModelProto, helper
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
 from ristretto_onnx.ops import attach_functions, is_quantize_sim, make_quantize_node, node_format
-from ristretto_onnx.passes.graph import import_graph, runtime_inputs
+from ristretto_onnx.passes.graph import copy_graph, import_graph, runtime_inputs
 from ristretto_onnx.passes.plan import format_of
 from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_slots
 from ristretto_onnx.passes.transforms.set_formats import SetFormats, set_formats
@@ -89,6 +89,7 @@ class Simulator:
         self._weights = WeightCache()
         self.sessions_built = 0
         self._lowered: Lowered | None = None
+        self._template = None  # the annotated graph, imported once
 
         if has_slots(self._base):
             self._slots = read_slots(self._base)
@@ -171,7 +172,9 @@ class Simulator:
             if self._slots is None:
                 self._lowered = lower(self.model(), parametric=self.parametric, weights=self._weights)
             else:  # one import, set formats and lower on the graph, one export
-                graph = import_graph(self._base)
+                if self._template is None:
+                    self._template = import_graph(self._base)
+                graph = copy_graph(self._template)
                 SetFormats(self._slots, self._formats, self._rounding)(graph)
                 self._lowered = lower_graph(graph, self._base, parametric=self.parametric,
                                             weights=self._weights)

@@ -14,7 +14,7 @@ from ristretto_onnx.quantize import QuantizeOptions, SplitScore, quantize
 from ristretto_onnx.ranges import group_ranges
 from ristretto_onnx.runtime.calibrate import RangeStats
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 @pytest.fixture(scope="module")

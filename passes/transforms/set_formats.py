@@ -26,7 +26,7 @@ from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import ROUNDINGS, Format, parse_format
 from ristretto_onnx.ops import DOMAIN, OP_TYPE, attach_functions, make_quantize_node
 from ristretto_onnx.passes.contract import PassResult, Transformation
-from ristretto_onnx.passes.graph import export_model, import_graph
+from ristretto_onnx.passes.graph import export_model, import_graph, set_inputs
 from ristretto_onnx.passes.plan import GroupFormat, format_of
 from ristretto_onnx.passes.slots import Slot, read_slots, write_plan
 
@@ -119,8 +119,7 @@ def quantizer_format(node: gs.Node) -> tuple[Format, str]:
 def _become_identity(node: gs.Node, source: gs.Tensor) -> None:
     node.op, node.domain, node.attrs = "Identity", None, OrderedDict()
     node.overload = ""
-    node.inputs.clear()
-    node.inputs.append(source)
+    set_inputs(node, [source])
 
 
 def _become_quantizer(node: gs.Node, source: gs.Tensor, fmt: Format, rounding: str,
@@ -129,8 +128,7 @@ def _become_quantizer(node: gs.Node, source: gs.Tensor, fmt: Format, rounding: s
                                name=node.name, rank=rank)
     node.op, node.domain, node.overload = proto.op_type, proto.domain, proto.overload
     node.attrs = OrderedDict((a.name, _attr_value(a)) for a in proto.attribute)
-    node.inputs.clear()
-    node.inputs.append(source)
+    set_inputs(node, [source])
 
 
 def _attr_value(attr):

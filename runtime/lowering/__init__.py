@@ -57,7 +57,7 @@ def lower_graph(graph: gs.Graph, source: ModelProto, *, parametric: bool = True,
     lower_quantizers(graph, params, weights or WeightCache())
     RewriteRules(params, STRUCTURAL_RULES if parametric else STRUCTURAL_RULES + VALUE_RULES)(graph)
     feeds = params.publish()
-    out = export_model(graph, source)
+    out = export_model(graph, source, keep_order=False)
     del out.metadata_props[:]  # the plan is recorded there; it must not split the cache
     del out.functions[:]
     if any(is_quantizer(n) for n in graph.nodes):

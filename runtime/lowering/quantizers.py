@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from ristretto_onnx.formats import Fixed, quantize
-from ristretto_onnx.passes.graph import constant_value, is_op, remove_node, subgraph_inputs
+from ristretto_onnx.passes.graph import constant_value, is_op, remove_nodes, subgraph_inputs
 from ristretto_onnx.passes.transforms.set_formats import is_quantizer, quantizer_format
 from ristretto_onnx.runtime.lowering.params import Params
 
@@ -43,12 +43,15 @@ class WeightCache:
 
 def constants_to_initializers(graph: gs.Graph) -> None:
     """``Constant`` nodes with a tensor value become constants, so weights are recognized."""
-    for node in [n for n in graph.nodes if is_op(n, "Constant")]:
-        value = node.attrs.get("value")
+    done = []
+    for node in graph.nodes:
+        value = node.attrs.get("value") if is_op(node, "Constant") else None
         if len(node.attrs) == 1 and isinstance(value, gs.Constant):
             out = node.outputs[0]
-            remove_node(graph, node)
+            node.outputs.clear()
             out.to_constant(value._values)
+            done.append(node)
+    remove_nodes(graph, done)
 
 
 def drop_identities(graph: gs.Graph) -> None:
@@ -57,6 +60,7 @@ def drop_identities(graph: gs.Graph) -> None:
     nested: set[str] = set()
     for node in graph.nodes:
         nested |= subgraph_inputs(node)
+    dropped = []
     for node in [n for n in graph.nodes if is_op(n, "Identity")]:
         out = node.outputs[0]
         if out.name in outputs or out.name in nested:
@@ -66,7 +70,8 @@ def drop_identities(graph: gs.Graph) -> None:
             for k, t in enumerate(user.inputs):
                 if t is out:
                     user.inputs[k] = src
-        remove_node(graph, node)
+        dropped.append(node)
+    remove_nodes(graph, dropped)
 
 
 def lower_quantizers(graph: gs.Graph, params: Params, weights: WeightCache) -> None:

@@ -10,7 +10,7 @@ from ristretto_onnx.formats import PerChannel, dfp_channel_format, parse_format,
 from ristretto_onnx.ops import attach_functions, make_quantize_node, node_format
 from ristretto_onnx.runtime.session import create_session
 
-from .opmodel import same_bits
+from tests.builders import same_bits
 
 
 def run_one(fmt, x: np.ndarray, *, as_initializer: bool = False, rounding="nearest_even") -> np.ndarray:

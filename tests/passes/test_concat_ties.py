@@ -15,7 +15,7 @@ from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.ranges import tie_ranges
 from ristretto_onnx.runtime.calibrate import RangeStats
 
-from . import synth
+from tests import builders as synth
 
 FIRE = ("expand1x1/outputs", "expand3x3/outputs")
 

@@ -7,7 +7,7 @@ from onnx import helper, numpy_helper
 
 from ristretto_onnx.passes.transforms.fold_batchnorm import fold_batchnorm
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 def _run(m, x):

@@ -16,7 +16,7 @@ from ristretto_onnx.passes.load import load_model
 from ristretto_onnx.passes.transforms.set_formats import set_formats
 from ristretto_onnx.passes.slots import read_plan, read_slots
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 def _annotated(pattern: str, **kw):

@@ -12,7 +12,7 @@ from ristretto_onnx.passes.load import load_model
 from ristretto_onnx.runtime import calibrate as calibrate_module
 from ristretto_onnx.runtime.calibrate import BINS_PER_OCTAVE, RangeAccumulator, RangeStats, calibrate
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 def _values(n=20000, seed=0):

@@ -10,7 +10,7 @@ from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.runtime import baseline as baseline_mod
 from ristretto_onnx.runtime.evaluate import EvalResult, evaluate
 from ristretto_onnx.runtime.session import create_session
-from tests.runtime.tiny_models import annotate, classifier_data, residual_cnn
+from tests.builders import annotate, classifier_data, residual_cnn
 
 
 def numpy_scores(model, x):

@@ -11,7 +11,7 @@ from ristretto_onnx.formats import quantize
 from ristretto_onnx.runtime.lowering import PARAM_PREFIX, lower
 from ristretto_onnx.runtime.session import create_session
 from ristretto_onnx.runtime.simulator import Simulator
-from tests.runtime.tiny_models import annotate, images, residual_cnn
+from tests.builders import annotate, images, residual_cnn
 
 
 def ops(model) -> Counter:

@@ -21,7 +21,7 @@ from ristretto_onnx.policies import CATEGORIES, DynamicFixedPoint, plan_for
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
 
-from .mobilenet_synth import mobilenet_like, random_inputs
+from tests.builders import mobilenet_like, random_inputs
 
 
 @pytest.fixture(scope="module")
