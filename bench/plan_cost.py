@@ -6,7 +6,9 @@ plan sequence mimics a layer-wise search: every plan narrows one weights group b
 (a new session in parametric mode) and moves the activation formats (a reused session).
 
 Both implementations run in worker processes launched alternately in ONE run, so they share the
-machine's load; the script prints the median per plan of each and the ratio new/old::
+machine's load; the script prints the median per plan of each and the ratios new/old, of the
+process CPU time (onnxruntime's threads included; robust when other jobs share the cores) and
+of the wall time, for the whole plan and for the lowering alone (apply plan + lower)::
 
     git worktree add /tmp/ristretto-main main
     python bench/plan_cost.py --old /tmp/ristretto-main --model squeezenet1.1-imagenet
@@ -49,14 +51,19 @@ def worker(model: str, plans: int, batch: int, rounds: int) -> dict:
         plan = {g.id: (Fixed(bits[g.id], bits[g.id] - 2) if g.role == "weights"
                        else Fixed(8, 4 - k % 3)) for g in groups if g.role != "bias"}
         sequence.append(plan)
-    times = [[] for _ in sequence]
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    times = {f"{part}_{c}": [[] for _ in sequence] for part in ("plan", "lower") for c in clocks}
     for _ in range(rounds):
         for k, plan in enumerate(sequence):
-            t0 = time.perf_counter()
+            t0 = {c: f() for c, f in clocks.items()}
             sim.set_formats(plan, replace=True)
+            sim.lowered()
+            t1 = {c: f() for c, f in clocks.items()}
             sim.run(x)
-            times[k].append(time.perf_counter() - t0)
-    return {"per_plan": [statistics.median(t) for t in times], "sessions": sim.sessions_built}
+            for c, f in clocks.items():
+                times[f"plan_{c}"][k].append(f() - t0[c])
+                times[f"lower_{c}"][k].append(t1[c] - t0[c])
+    return {key: [statistics.median(t) for t in per_plan] for key, per_plan in times.items()}
 
 
 def run_worker(tree: Path | None, args) -> dict:
@@ -93,15 +100,19 @@ def main() -> None:
     if args.worker:
         Path(args.worker).write_text(json.dumps(worker(args.model, args.plans, args.batch, args.rounds)))
         return
-    runs: dict[str, list[list[float]]] = {"old": [], "new": []}
+    runs: dict[str, list[dict]] = {"old": [], "new": []}
     for _ in range(args.repeats):
         for label, tree in (("old", args.old), ("new", None)):
-            runs[label].append(run_worker(tree, args)["per_plan"])
-    med = {k: [statistics.median(col) for col in zip(*v)] for k, v in runs.items()}
-    total = {k: sum(v) for k, v in med.items()}
-    print(f"{args.model}: {args.plans} plans, batch {args.batch}; median ms per plan "
-          f"old {1e3 * total['old'] / args.plans:.1f}, new {1e3 * total['new'] / args.plans:.1f}; "
-          f"ratio new/old {total['new'] / total['old']:.3f}")
+            runs[label].append(run_worker(tree, args))
+    print(f"{args.model}: {args.plans} plans x {args.rounds} rounds x {args.repeats} workers, "
+          f"batch {args.batch}; median ms per plan")
+    for key in ("plan_cpu", "plan_wall", "lower_cpu", "lower_wall"):
+        total = {}
+        for label, results in runs.items():
+            per_plan = [statistics.median(col) for col in zip(*(r[key] for r in results))]
+            total[label] = sum(per_plan) / len(per_plan)
+        print(f"  {key:<10} old {1e3 * total['old']:8.1f}  new {1e3 * total['new']:8.1f}  "
+              f"ratio new/old {total['new'] / total['old']:.3f}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
+from ristretto_onnx.errors import RistrettoError
 from onnx import GraphProto, ModelProto, NodeProto, OperatorSetIdProto, helper, numpy_helper
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -345,3 +346,12 @@ def constant_lookup(model: ModelProto | gs.Graph):
         return None if tensor is None else constant_value(tensor, memo)
 
     return value
+
+
+def single_input(model: ModelProto | gs.Graph, what: str) -> str:
+    """The name of the model's one runtime input; ``what`` (e.g. "compress") needs exactly one."""
+    names = runtime_inputs(model)
+    if len(names) != 1:
+        raise RistrettoError(f"{what} needs a model with one input; this one has {len(names)}"
+                             + (f": {', '.join(names)}" if names else ""))
+    return names[0]

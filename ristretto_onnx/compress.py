@@ -27,6 +27,7 @@ from ristretto_onnx import __version__
 from ristretto_onnx.data import Dataset, load_dataset
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2
+from ristretto_onnx.passes.graph import single_input
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import plan_to_dict
 from ristretto_onnx.passes.save import save_model, write_text_atomic
@@ -197,11 +198,7 @@ def _as_dataset(data, what: str) -> Dataset:
 
 
 def _model_input(model: ModelProto) -> str:
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise RistrettoError(f"compress needs a model with one input; this one has {len(inputs)}: {inputs}")
-    return inputs[0]
+    return single_input(model, "compress")
 
 
 def _load_batches(ds: Dataset, batch_size: int) -> list[tuple[np.ndarray, np.ndarray | None]]:

@@ -22,6 +22,7 @@ from onnx import ModelProto
 from ristretto_onnx.errors import FormatError, RistrettoError
 from ristretto_onnx.formats import Format, Pow2, integer_bits, parse_format
 from ristretto_onnx.passes.layers import Group, LayerSet
+from ristretto_onnx.passes.graph import single_input
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import GroupFormat, plan_to_dict
 from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
@@ -264,11 +265,7 @@ class _Scorer:
     """Scoring images held in memory with the FP32 model's outputs for them."""
 
     def __init__(self, float_model: ModelProto, data, batch_size: int, threads: int | None) -> None:
-        initializers = {t.name for t in float_model.graph.initializer}
-        inputs = [i.name for i in float_model.graph.input if i.name not in initializers]
-        if len(inputs) != 1:
-            raise RistrettoError(f"scoring needs a model with one input, this one has {len(inputs)}")
-        self.input = inputs[0]
+        self.input = single_input(float_model, "scoring")
         self.threads = threads
         self.batches = [(np.ascontiguousarray(x, dtype=np.float32), y) for x, y in data.batches(batch_size)]
         self.labels = (None if any(y is None for _, y in self.batches)

@@ -220,14 +220,6 @@ class Simulator:
     def __call__(self, x):
         return self.run(x)
 
-    def evaluate(self, dataset, metrics=("top1",), *, batch_size: int = 256, reference=None,
-                 progress=None):
-        """:func:`ristretto_onnx.runtime.evaluate.evaluate` with this simulator's current formats."""
-        from ristretto_onnx.runtime.evaluate import evaluate
-
-        return evaluate(self, dataset, metrics, batch_size=batch_size, reference=reference,
-                        progress=progress)
-
 
 def is_param_input(name: str) -> bool:
     return name.startswith(PARAM_PREFIX)
