@@ -242,14 +242,18 @@ def tensors_read(nodes: Iterable[gs.Node]) -> set[str]:
 # ---- constants --------------------------------------------------------------------------------
 
 def constant_value(tensor: gs.Tensor, memo: dict | None = None) -> np.ndarray | None:
-    """The value of a constant tensor (see the module docstring), else ``None``."""
+    """The value of a constant tensor (see the module docstring), else ``None``.
+
+    ``memo`` (one dict per graph) keeps values by tensor between calls; it holds the tensors too,
+    so an id is never reused while its entry lives.
+    """
     memo = {} if memo is None else memo
-    key = id(tensor)
-    if key in memo:
-        return memo[key]
-    memo[key] = None  # guards against cycles in malformed graphs
+    hit = memo.get(id(tensor))
+    if hit is not None and hit[0] is tensor:
+        return hit[1]
+    memo[id(tensor)] = (tensor, None)  # guards against cycles in malformed graphs
     value = _evaluate(tensor, memo)
-    memo[key] = value
+    memo[id(tensor)] = (tensor, value)
     return value
 
 
@@ -321,7 +325,8 @@ def elem_type(tensor: gs.Tensor, memo: dict | None = None) -> int | None:
         return helper.np_dtype_to_tensor_dtype(np.asarray(tensor.values).dtype)
     if tensor.dtype is not None:
         return dtype_to_onnx(tensor.dtype)
-    value = (memo or {}).get(id(tensor))
+    hit = (memo or {}).get(id(tensor))
+    value = hit[1] if hit is not None and hit[0] is tensor else None
     return None if value is None else helper.np_dtype_to_tensor_dtype(value.dtype)
 
 

@@ -24,11 +24,12 @@ import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
 from ristretto_onnx.ops import attach_functions
+from ristretto_onnx.passes.contract import run_pipeline
 from ristretto_onnx.passes.graph import export_model, import_graph
 from ristretto_onnx.passes.transforms.set_formats import is_quantizer
 from ristretto_onnx.runtime.lowering.params import PARAM_PREFIX, Params
 from ristretto_onnx.runtime.lowering.quantizers import (
-    WeightCache, constants_to_initializers, drop_identities, lower_quantizers,
+    ConstantsToInitializers, DropIdentities, LowerQuantizers, WeightCache,
 )
 from ristretto_onnx.runtime.lowering.rules import STRUCTURAL_RULES, VALUE_RULES, RewriteRules
 
@@ -52,10 +53,14 @@ def lower_graph(graph: gs.Graph, source: ModelProto, *, parametric: bool = True,
                 weights: WeightCache | None = None) -> Lowered:
     """Lower the simulated ``graph`` (imported from, or derived from, ``source``) and export it."""
     params = Params(graph, parametric)
-    constants_to_initializers(graph)
-    drop_identities(graph)
-    lower_quantizers(graph, params, weights or WeightCache())
-    RewriteRules(params, STRUCTURAL_RULES if parametric else STRUCTURAL_RULES + VALUE_RULES)(graph)
+    # Rules that depend on format values would multiply the structures (sessions) in parametric mode.
+    rules = STRUCTURAL_RULES if parametric else STRUCTURAL_RULES + VALUE_RULES
+    run_pipeline(graph, [
+        ConstantsToInitializers(),
+        DropIdentities(),
+        LowerQuantizers(params, weights or WeightCache()),
+        RewriteRules(params, rules),
+    ])
     feeds = params.publish()
     out = export_model(graph, source, keep_order=False)
     del out.metadata_props[:]  # the plan is recorded there; it must not split the cache

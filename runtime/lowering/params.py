@@ -24,19 +24,20 @@ class Params:
         self.graph = graph
         self.parametric = parametric
         self.outputs = {t.name for t in graph.outputs}
-        self._values: dict[int, tuple[float, int]] = {}  # id(Variable) -> (value, dtype)
+        # id -> (tensor, value, dtype); the tensor is kept so that its id is never reused
+        self._values: dict[int, tuple[gs.Variable, float, int]] = {}
         self._zero: gs.Constant | None = None
         self._n = 0
 
     def new(self, stem: str, value: float, dtype: int = TensorProto.FLOAT) -> gs.Variable:
         self._n += 1
         tensor = gs.Variable(f"{PARAM_PREFIX}{stem}#{self._n}")
-        self._values[id(tensor)] = (float(value), dtype)
+        self._values[id(tensor)] = (tensor, float(value), dtype)
         return tensor
 
     def value(self, tensor: gs.Tensor) -> float | None:
         entry = self._values.get(id(tensor))
-        return None if entry is None else entry[0]
+        return None if entry is None or entry[0] is not tensor else entry[1]
 
     def int8_zero(self) -> gs.Constant:
         if self._zero is None:
@@ -58,7 +59,7 @@ class Params:
                     order.append(t)
         feeds: dict[str, np.ndarray] = {}
         for k, tensor in enumerate(order):
-            value, dtype = self._values[id(tensor)]
+            _, value, dtype = self._values[id(tensor)]
             array = np.array(value, helper.tensor_dtype_to_np_dtype(dtype))
             if self.parametric:
                 tensor.name = f"{PARAM_PREFIX}{k}"

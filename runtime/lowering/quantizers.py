@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from ristretto_onnx.formats import Fixed, quantize
+from ristretto_onnx.passes.contract import PassResult, Transformation
 from ristretto_onnx.passes.graph import constant_value, is_op, remove_nodes, subgraph_inputs
 from ristretto_onnx.passes.transforms.set_formats import is_quantizer, quantizer_format
 from ristretto_onnx.runtime.lowering.params import Params
@@ -41,8 +42,37 @@ class WeightCache:
         return hit
 
 
-def constants_to_initializers(graph: gs.Graph) -> None:
+class ConstantsToInitializers(Transformation):
     """``Constant`` nodes with a tensor value become constants, so weights are recognized."""
+
+    name = "constants_to_initializers"
+
+    def apply(self, graph: gs.Graph) -> PassResult:
+        return PassResult(graph, constants_to_initializers(graph))
+
+
+class DropIdentities(Transformation):
+    """Bypass ``Identity`` nodes (float slots) so the rules see the data path itself."""
+
+    name = "drop_identities"
+
+    def apply(self, graph: gs.Graph) -> PassResult:
+        return PassResult(graph, drop_identities(graph))
+
+
+class LowerQuantizers(Transformation):
+    """Every ``QuantizeSim`` node becomes a baked constant or standard ops (module docstring)."""
+
+    name = "lower_quantizers"
+
+    def __init__(self, params: Params, weights: WeightCache) -> None:
+        self.params, self.weights = params, weights
+
+    def apply(self, graph: gs.Graph) -> PassResult:
+        return PassResult(graph, lower_quantizers(graph, self.params, self.weights))
+
+
+def constants_to_initializers(graph: gs.Graph) -> bool:
     done = []
     for node in graph.nodes:
         value = node.attrs.get("value") if is_op(node, "Constant") else None
@@ -52,10 +82,10 @@ def constants_to_initializers(graph: gs.Graph) -> None:
             out.to_constant(value._values)
             done.append(node)
     remove_nodes(graph, done)
+    return bool(done)
 
 
-def drop_identities(graph: gs.Graph) -> None:
-    """Bypass ``Identity`` nodes (float slots) so the patterns see through them."""
+def drop_identities(graph: gs.Graph) -> bool:
     outputs = {t.name for t in graph.outputs}
     nested: set[str] = set()
     for node in graph.nodes:
@@ -72,10 +102,12 @@ def drop_identities(graph: gs.Graph) -> None:
                     user.inputs[k] = src
         dropped.append(node)
     remove_nodes(graph, dropped)
+    return bool(dropped)
 
 
-def lower_quantizers(graph: gs.Graph, params: Params, weights: WeightCache) -> None:
+def lower_quantizers(graph: gs.Graph, params: Params, weights: WeightCache) -> bool:
     sign_free = sign_free_outputs(graph)
+    before = len(graph.nodes)
     overridable = {id(t) for t in graph.inputs}
     nodes: list[gs.Node] = []
     for node in graph.nodes:
@@ -125,7 +157,9 @@ def lower_quantizers(graph: gs.Graph, params: Params, weights: WeightCache) -> N
             gs.Node("Round", f"{base}/Round", inputs=[clipped], outputs=[ints]),
             gs.Node("Mul", f"{base}/Step", inputs=[ints, b], outputs=[y]),
         ]
+    changed = len(nodes) != before or any(a is not b for a, b in zip(nodes, graph.nodes))
     graph.nodes = nodes
+    return changed
 
 
 #: Ops through which a zero's sign cannot turn into a different value (sums, products, maxima,

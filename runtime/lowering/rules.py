@@ -74,10 +74,6 @@ def _scale(p: Params, node: gs.Node) -> int | None:
     return None
 
 
-def _bypass(graph: gs.Graph, node: gs.Node) -> None:
-    remove_node(graph, node)
-
-
 # ---- Mul(2^a) -> [Relu] -> Mul(2^b)  ==>  [Relu] -> Mul(2^(a+b)) ------------------------------
 
 def _match_merge_scales(p: Params, first: gs.Node):
@@ -103,7 +99,7 @@ def _merge_scales(p: Params, found) -> None:
     first, relu, nxt, e = found
     (relu or nxt).inputs[0] = first.inputs[0]
     nxt.inputs[1] = p.new("merged", 2.0**e)
-    _bypass(p.graph, first)
+    remove_node(p.graph, first)
 
 
 # ---- Relu -> Mul(2^a) -> Clip(lo, hi)  ==>  Mul(2^a) -> Clip(0, hi) ----------------------------
@@ -133,7 +129,7 @@ def _relu_into_clip(p: Params, found) -> None:
     relu, mul, clip = found
     mul.inputs[0] = relu.inputs[0]
     clip.inputs[1] = p.new("relu_lo", 0.0)
-    _bypass(p.graph, relu)
+    remove_node(p.graph, relu)
 
 
 # ---- Relu -> QuantizeLinear -> [Clip] -> DequantizeLinear: the ReLU becomes a clip at 0 --------
@@ -168,7 +164,7 @@ def _relu_into_quantize(p: Params, found) -> None:
         p.graph.nodes.insert(p.graph.nodes.index(nxt), clip)
         nxt.inputs[0] = clipped
     q.inputs[0] = relu.inputs[0]
-    _bypass(p.graph, relu)
+    remove_node(p.graph, relu)
 
 
 # ---- Round -> Mul(2^k) -> Clip(lo, hi) -> Round, k >= 0: the second Round goes -----------------
@@ -203,7 +199,7 @@ def _drop_double_round(p: Params, found) -> None:
         for k, t in enumerate(node.inputs):
             if t is out:
                 node.inputs[k] = clip.outputs[0]
-    _bypass(p.graph, second)
+    remove_node(p.graph, second)
 
 
 # ---- Mul(2^-f) -> Conv/Gemm/MatMul with constant weights: scale the weights instead -------------
@@ -242,7 +238,7 @@ def _scale_into_weights(p: Params, found) -> None:
     mul, layer, scaled, name = found
     layer.inputs[1] = gs.Constant(name, scaled)
     layer.inputs[0] = mul.inputs[0]
-    _bypass(p.graph, mul)
+    remove_node(p.graph, mul)
 
 
 MERGE_SCALES = Rule("merge_scales", _match_merge_scales, _merge_scales)
