@@ -1,7 +1,7 @@
 """The pass pipeline, top to bottom: load -> fold BN -> find layers -> insert slots -> set formats.
 
 :func:`prepare` runs the steps that depend only on the model, once: it imports the loaded model
-into the graph layer once, runs :data:`FLOAT_PASSES`, exports the FP32 reference, finds the
+into the graph layer once, runs :func:`float_passes`, exports the FP32 reference, finds the
 layers (a read-only analysis) and exports the annotated model with one slot per group.
 :func:`simulate` applies a format plan to the prepared model and is cheap enough to call in a
 search loop (it rewrites the slot nodes of a copy, nothing else)::
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from onnx import ModelProto
 
 from ristretto_onnx.passes.analysis.find_layers import find_layers
-from ristretto_onnx.passes.contract import run_pipeline
+from ristretto_onnx.passes.contract import Transformation, run_pipeline
 from ristretto_onnx.passes.graph import export_model, import_graph
 from ristretto_onnx.passes.layers import LayerSet
 from ristretto_onnx.passes.load import load_model
@@ -27,8 +27,10 @@ from ristretto_onnx.passes.transforms.fold_batchnorm import FoldBatchNorm
 from ristretto_onnx.passes.transforms.insert_quantizers import annotate
 from ristretto_onnx.passes.transforms.set_formats import set_formats
 
-#: The transformations that make the FP32 reference, in order (BN folding is optional).
-FLOAT_PASSES = (FoldBatchNorm,)
+
+def float_passes(fold_bn: bool = True) -> list[Transformation]:
+    """The transformations that make the FP32 reference from the loaded model, in order."""
+    return [FoldBatchNorm()] if fold_bn else []
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,10 +48,11 @@ class Prepared:
 
 
 def prepare(source: str | os.PathLike | ModelProto, *, fold_bn: bool = True) -> Prepared:
+    """Load ``source`` and run every step that does not depend on a format plan (see above)."""
     loaded = load_model(source)
     graph = import_graph(loaded)
-    passes = [p() for p in FLOAT_PASSES if fold_bn or p is not FoldBatchNorm]
-    model = export_model(graph, loaded) if run_pipeline(graph, passes).changed else loaded
+    changed = run_pipeline(graph, float_passes(fold_bn)).changed
+    model = export_model(graph, loaded) if changed else loaded
     layers = find_layers(graph)
     annotated = annotate(graph, model, layers)
     return Prepared(model, annotated, layers)

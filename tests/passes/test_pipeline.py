@@ -13,7 +13,7 @@ from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.passes.save import save_model
 from ristretto_onnx.runtime.session import create_session
 from tests import builders as synth
-from tests.passes.test_insert_quantizers import PATTERNS
+from tests.passes.transforms.test_insert_quantizers import PATTERNS
 
 
 def _run(m, x):

@@ -1,4 +1,4 @@
-"""Per-output-channel weight formats on a synthetic MobileNet-style network (see mobilenet_synth).
+"""Per-output-channel weight formats on a synthetic MobileNet-style network (see tests.builders.mobilenet_like).
 
 Fidelity is agreement of the top-1 class with the FP32 network (BN folded) on random inputs.
 """
