@@ -56,15 +56,21 @@ def import_graph(model: ModelProto) -> gs.Graph:
 def export_model(graph: gs.Graph, source: ModelProto, *, keep_order: bool = True) -> ModelProto:
     """``graph`` as a ModelProto with the model-level fields of ``source`` and, with
     ``keep_order``, its order of initializers and value_info (off for internal graphs)."""
-    # graphsurgeon names tensor attributes by writing into the source proto ("" included).
-    unnamed = [(node, key, value._values.tensor) for node in graph.nodes
-               for key, value in node.attrs.items()
+    # graphsurgeon exports a constant read from the source by renaming the source's own
+    # TensorProto (an attribute tensor gets "", a Constant node turned initializer its output's
+    # name): remember the names and put them back, so the source is never modified.
+    lazy = [v._values.tensor for v in _lazy_constants(graph)]
+    names = [(t, t.HasField("name"), t.name) for t in lazy]
+    unnamed = [(node, key) for node in graph.nodes for key, value in node.attrs.items()
                if isinstance(value, gs.Constant) and isinstance(value._values, gs.ir.tensor.LazyValues)
                and not value._values.tensor.HasField("name")]
     out = gs.export_onnx(graph, do_type_check=False)
-    for _, _, tensor in unnamed:
-        tensor.ClearField("name")
-    unnamed_attrs = {(id(node), key) for node, key, _ in unnamed}
+    for tensor, had, name in names:
+        if not had:
+            tensor.ClearField("name")
+        elif tensor.name != name:
+            tensor.name = name
+    unnamed_attrs = {(id(node), key) for node, key in unnamed}
     g = out.graph
     for node, proto in zip(graph.nodes, g.node):  # node fields graphsurgeon does not model
         if getattr(node, "overload", ""):
@@ -89,6 +95,18 @@ def export_model(graph: gs.Graph, source: ModelProto, *, keep_order: bool = True
         _keep_order(g.value_info, source.graph.value_info)
     _restore_initializer_inputs(g, source.graph)
     return out
+
+
+def _lazy_constants(graph: gs.Graph):
+    """Constants whose values are still the source model's TensorProto (initializers and
+    tensor attributes of the top-level graph)."""
+    for value in graph.tensors().values():
+        if isinstance(value, gs.Constant) and isinstance(value._values, gs.ir.tensor.LazyValues):
+            yield value
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Constant) and isinstance(value._values, gs.ir.tensor.LazyValues):
+                yield value
 
 
 def _keep_order(items, like) -> None:
