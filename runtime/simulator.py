@@ -32,16 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import ModelProto, helper
+import onnx_graphsurgeon as gs
+from onnx import ModelProto
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
-from ristretto_onnx.ops import attach_functions, is_quantize_sim, make_quantize_node, node_format
-from ristretto_onnx.passes.graph import copy_graph, import_graph, runtime_inputs
+from ristretto_onnx.ops import attach_functions, is_quantize_sim, node_format
+from ristretto_onnx.passes.graph import copy_graph, export_model, import_graph, runtime_inputs
 from ristretto_onnx.passes.plan import format_of
 from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_slots
-from ristretto_onnx.passes.transforms.set_formats import SetFormats, set_formats
-from ristretto_onnx.runtime.lowering import PARAM_PREFIX, Lowered, WeightCache, lower, lower_graph
+from ristretto_onnx.passes.transforms.set_formats import SetFormats, SetNodeFormats, set_formats
+from ristretto_onnx.runtime.lowering import PARAM_PREFIX, Lowered, WeightCache, lower_graph
 from ristretto_onnx.runtime.session import create_session
 
 FormatValue = Format | str | None
@@ -153,31 +154,25 @@ class Simulator:
         """The plain simulated model for the current formats (runs in any onnxruntime)."""
         if self._slots is not None:
             return set_formats(self._base, self._formats, rounding=self._rounding)
-        out = ModelProto()
-        out.CopyFrom(self._base)
-        for node in out.graph.node:
-            if node.name in self._formats and (is_quantize_sim(node) or node.op_type == "Identity"):
-                fmt = self._formats[node.name]
-                source, output, name = node.input[0], node.output[0], node.name
-                if fmt is None:
-                    node.CopyFrom(helper.make_node("Identity", [source], [output], name=name))
-                else:
-                    node.CopyFrom(make_quantize_node(source, output, fmt, rounding=self._roundings[name],
-                                                     name=name))
-        return attach_functions(out)
+        return attach_functions(export_model(self._graph(), self._base))
+
+    def _graph(self) -> gs.Graph:
+        """A copy of the model's graph (imported once) with the current formats set."""
+        if self._template is None:
+            self._template = import_graph(self._base)
+        graph = copy_graph(self._template)
+        if self._slots is not None:
+            SetFormats(self._slots, self._formats, self._rounding)(graph)
+        else:
+            SetNodeFormats(self._formats, self._roundings)(graph)
+        return graph
 
     def lowered(self) -> Lowered:
-        """The lowered graph for the current formats (computed once per format change)."""
+        """The lowered graph for the current formats (computed once per format change): one
+        graph copy, formats set and lowered on it, one export."""
         if self._lowered is None:
-            if self._slots is None:
-                self._lowered = lower(self.model(), parametric=self.parametric, weights=self._weights)
-            else:  # one import, set formats and lower on the graph, one export
-                if self._template is None:
-                    self._template = import_graph(self._base)
-                graph = copy_graph(self._template)
-                SetFormats(self._slots, self._formats, self._rounding)(graph)
-                self._lowered = lower_graph(graph, self._base, parametric=self.parametric,
-                                            weights=self._weights)
+            self._lowered = lower_graph(self._graph(), self._base, parametric=self.parametric,
+                                        weights=self._weights)
         return self._lowered
 
     def session(self):

@@ -70,6 +70,28 @@ class SetFormats(Transformation):
         return PassResult(graph, True)
 
 
+class SetNodeFormats(Transformation):
+    """Give named ``QuantizeSim`` (or ``Identity``) nodes a format (``None``: ``Identity``), for
+    models with quantizers but no slot table; ``roundings`` gives each node's rounding."""
+
+    name = "set_node_formats"
+
+    def __init__(self, formats: Mapping[str, GroupFormat], roundings: Mapping[str, str]) -> None:
+        self.formats, self.roundings = formats, roundings
+
+    def apply(self, graph: gs.Graph) -> PassResult:
+        changed = False
+        for node in graph.nodes:
+            if node.name in self.formats and (is_quantizer(node) or node.op == "Identity"):
+                fmt, source = self.formats[node.name], node.inputs[0]
+                if fmt is None:
+                    _become_identity(node, source)
+                else:
+                    _become_quantizer(node, source, fmt, self.roundings[node.name], None)
+                changed = True
+        return PassResult(graph, changed)
+
+
 def check_plan(model: ModelProto, plan: Mapping[str, object],
                rounding: str) -> tuple[tuple[Slot, ...], dict[str, GroupFormat]]:
     """The slot table of ``model`` and ``plan`` normalized to every group (one-line errors)."""
