@@ -11,7 +11,7 @@ from ristretto_onnx.range_rules import dfp_channel_format
 from ristretto_onnx.ops import attach_functions, make_quantize_node, node_format
 from ristretto_onnx.runtime.session import create_session
 
-from .opmodel import same_bits
+from tests.builders import same_bits
 
 
 def run_one(fmt, x: np.ndarray, *, as_initializer: bool = False, rounding="nearest_even") -> np.ndarray:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ristretto_onnx.runtime.session import create_session
 from ristretto_onnx.runtime.simulator import Simulator
-from tests.runtime.tiny_models import annotate, images, residual_cnn
+from tests.builders import annotate, images, residual_cnn
 
 _MODEL = annotate(residual_cnn())
 _X = images(24)

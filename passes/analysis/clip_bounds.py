@@ -18,9 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
-from ristretto_onnx.passes.graph_index import GraphIndex
+from ristretto_onnx.passes.graph import constant_value, import_graph, is_op, output_names, sole_consumer
 from ristretto_onnx.passes.layers import Layer, group_id
 
 
@@ -37,30 +38,33 @@ class ClipBound:
         return max(abs(v) for v in (self.lo, self.hi) if v is not None)
 
 
-def clip_bounds(model: ModelProto, layers: Iterable[Layer]) -> dict[str, ClipBound]:
+def clip_bounds(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[str, ClipBound]:
     """``{outputs group id: ClipBound}`` for each layer output read only by a bounded Clip."""
-    index = GraphIndex(model.graph)
+    graph = model if isinstance(model, gs.Graph) else import_graph(model)
+    tensors = graph.tensors()
+    outputs = output_names(graph)
     out: dict[str, ClipBound] = {}
     for layer in layers:
-        node = index.sole_consumer(layer.output)
-        if node is None or node.op_type != "Clip" or node.domain not in ("", "ai.onnx"):
+        tensor = tensors.get(layer.output)
+        node = None if tensor is None else sole_consumer(tensor, outputs)
+        if node is None or not is_op(node, "Clip"):
             continue
-        bound = _bounds(index, node)
+        bound = _bounds(node)
         if bound is not None and (bound[0] is not None or bound[1] is not None):
-            out[group_id(layer.name, "outputs")] = ClipBound(node.output[0], *bound)
+            out[group_id(layer.name, "outputs")] = ClipBound(node.outputs[0].name, *bound)
     return out
 
 
-def _bounds(index: GraphIndex, node) -> tuple[float | None, float | None] | None:
+def _bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
     """(lo, hi) of a Clip from its constant inputs (opset >= 11, the oldest we load); None if
     a bound is computed at run time."""
     values: list[float | None] = []
     for i in (1, 2):
-        name = node.input[i] if len(node.input) > i else ""
-        if not name:
+        tensor = node.inputs[i] if len(node.inputs) > i else None
+        if tensor is None or not tensor.name:
             values.append(None)
             continue
-        v = index.constant_value(name)
+        v = constant_value(tensor)
         if v is None or v.size != 1:
             return None
         values.append(float(np.asarray(v).ravel()[0]))

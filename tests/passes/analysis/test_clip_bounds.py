@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from onnx import helper
 
-from ristretto_onnx.passes.clip_bounds import clip_bounds
+from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
 from ristretto_onnx.passes.pipeline import prepare
 
-from . import synth
+from tests import builders as synth
 
 
 def conv_then(act_nodes, extra_inits=()):

@@ -11,12 +11,12 @@ from onnx import helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Fixed, PerChannel, parse_format, quantize
-from ristretto_onnx.passes.insert_quantizers import insert_quantizers
+from ristretto_onnx.passes.transforms.insert_quantizers import insert_quantizers
 from ristretto_onnx.passes.load import load_model
-from ristretto_onnx.passes.set_formats import set_formats
+from ristretto_onnx.passes.transforms.set_formats import set_formats
 from ristretto_onnx.passes.slots import read_plan, read_slots
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 def _annotated(pattern: str, **kw):

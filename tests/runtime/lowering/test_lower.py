@@ -11,7 +11,7 @@ from ristretto_onnx.formats import quantize
 from ristretto_onnx.runtime.lowering import PARAM_PREFIX, lower
 from ristretto_onnx.runtime.session import create_session
 from ristretto_onnx.runtime.simulator import Simulator
-from tests.runtime.tiny_models import annotate, images, residual_cnn
+from tests.builders import annotate, images, residual_cnn
 
 
 def ops(model) -> Counter:
@@ -84,3 +84,20 @@ def test_double_rounding_is_dropped_only_when_exact():
     x = images(32)
     for sim in (finer, coarser):
         assert np.array_equal(sim.run(x).view(np.uint32), run(sim.model(), x).view(np.uint32))
+
+
+def test_lowering_never_modifies_the_model_it_reads():
+    """graphsurgeon renames the source's own TensorProtos on export; a Constant node turned
+    initializer once left its output's name in the annotated model (found by byte comparison)."""
+    from ristretto_onnx.passes.pipeline import prepare
+    from tests import builders
+
+    model = builders.option_a_shortcut()
+    model.graph.node[2].attribute[0].t.ClearField("name")  # as the PyTorch exporter writes it
+    prepared = prepare(model)
+    before = prepared.annotated.SerializeToString()
+    sim = Simulator(prepared.annotated)
+    sim.set_formats({g.id: "fixed:8:4" for layer in prepared.layers for g in layer.groups})
+    sim.lowered()
+    lower(prepared.annotated, parametric=False)
+    assert prepared.annotated.SerializeToString() == before

@@ -6,11 +6,11 @@ import pytest
 from onnx import helper
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.passes.find_layers import find_layers
-from ristretto_onnx.passes.fold_batchnorm import fold_batchnorm
+from ristretto_onnx.passes.analysis.find_layers import find_layers
+from ristretto_onnx.passes.transforms.fold_batchnorm import fold_batchnorm
 from ristretto_onnx.passes.layers import Layer, LayerSet, split_group_id
 from ristretto_onnx.passes.load import load_model
-from tests.passes import synth
+from tests import builders as synth
 
 
 def _by_name(m):

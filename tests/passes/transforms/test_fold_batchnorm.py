@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
-from ristretto_onnx.passes.fold_batchnorm import fold_batchnorm
+from ristretto_onnx.passes.transforms.fold_batchnorm import fold_batchnorm
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 def _run(m, x):

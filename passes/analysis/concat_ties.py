@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
-from ristretto_onnx.passes.graph_index import GraphIndex
+from ristretto_onnx.passes.graph import DEFAULT_DOMAINS, import_graph, is_op, producer
 from ristretto_onnx.passes.layers import Layer, group_id
 
 #: Elementwise, shape-preserving ops that keep values on the grid of their (quantized) input:
@@ -27,21 +28,21 @@ from ristretto_onnx.passes.layers import Layer, group_id
 PASS_THROUGH_OPS = frozenset({"Relu", "Clip", "Identity", "Dropout"})
 
 
-def concat_ties(model: ModelProto, layers: Iterable[Layer]) -> dict[str, tuple[str, ...]]:
+def concat_ties(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[str, tuple[str, ...]]:
     """``{outputs group id: all outputs group ids tied with it}`` for every Concat of layer outputs.
 
     Only groups with at least one partner appear; each tie tuple is in graph order and shared by
     all its members. ``model`` is the float model the layers were found on.
     """
     layers = list(layers)
-    index = GraphIndex(model.graph)
+    graph = model if isinstance(model, gs.Graph) else import_graph(model)
     by_output = {layer.output: layer for layer in layers}
     ties: list[list[str]] = []
     member_of: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
+    for node in graph.nodes:
+        if not is_op(node, "Concat"):
             continue
-        groups = [g for name in node.input if name for g in _sources(index, name, by_output)]
+        groups = [g for t in node.inputs if t.name for g in _sources(t, by_output)]
         groups = list(dict.fromkeys(groups))
         if len(groups) < 2:
             continue
@@ -69,26 +70,26 @@ def concat_ties(model: ModelProto, layers: Iterable[Layer]) -> dict[str, tuple[s
     return out
 
 
-def _sources(index: GraphIndex, tensor: str, by_output: dict[str, Layer]) -> list[str]:
+def _sources(tensor: gs.Tensor, by_output: dict[str, Layer]) -> list[str]:
     """The outputs groups whose values fill ``tensor`` (one Concat input), looking upstream
     through pass-through ops and nested Concats."""
     seen: set[str] = set()
     found: list[str] = []
     stack = [tensor]
     while stack:
-        name = stack.pop()
-        if name in seen:
+        t = stack.pop()
+        if t.name in seen:
             continue
-        seen.add(name)
-        layer = by_output.get(name)
+        seen.add(t.name)
+        layer = by_output.get(t.name)
         if layer is not None:
             found.append(group_id(layer.name, "outputs"))
             continue
-        node = index.producer.get(name)
-        if node is None or node.domain not in ("", "ai.onnx"):
+        node = producer(t)
+        if node is None or (node.domain or "") not in DEFAULT_DOMAINS:
             continue
-        if node.op_type in PASS_THROUGH_OPS and node.input:
-            stack.append(node.input[0])
-        elif node.op_type == "Concat":
-            stack.extend(reversed([i for i in node.input if i]))
+        if node.op in PASS_THROUGH_OPS and node.inputs:
+            stack.append(node.inputs[0])
+        elif node.op == "Concat":
+            stack.extend(reversed([i for i in node.inputs if i.name]))
     return found

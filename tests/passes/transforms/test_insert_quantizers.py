@@ -7,13 +7,13 @@ import onnx
 import pytest
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.passes.find_layers import find_layers
-from ristretto_onnx.passes.insert_quantizers import insert_quantizers
+from ristretto_onnx.passes.analysis.find_layers import find_layers
+from ristretto_onnx.passes.transforms.insert_quantizers import insert_quantizers
 from ristretto_onnx.passes.layers import LayerSet
 from ristretto_onnx.passes.load import load_model
 from ristretto_onnx.passes.slots import read_layers, read_slots
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 PATTERNS = ["conv_relu_conv", "conv_conv", "residual_block", "inception", "depthwise_grouped",
             "option_a_shortcut", "flatten_gemm", "matmul_add", "shared_weights", "constant_weights",
