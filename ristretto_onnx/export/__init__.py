@@ -1,0 +1,1 @@
+"""Exports of a simulated model for deployment and hardware (issue 13)."""
