@@ -233,18 +233,15 @@ def maxpool(lw, node, ins) -> Tensor:
 
 
 def avgpool(lw, node, ins) -> Tensor:
-    x = _int_input(lw, node, ins[0], "input")
+    x = _int_input(lw, node, ins[0], "input", nodiv=False)
     a = _attrs(node)
     kernel = list(a["kernel_shape"]) if node.op_type == "AveragePool" else list(x.shape[1:])
     win = _window(node, x, a, kernel)
     if any(win["pads"]) and not a.get("count_include_pad", 0):
         raise _fail(node, "padded average pooling needs count_include_pad=1 (one divisor for all windows)")
     count = kernel[0] * kernel[1]
-    frac, div = x.scalar_frac, x.div
-    if count & (count - 1) == 0:
-        frac += count.bit_length() - 1
-    else:
-        div *= count
+    twos = (count & -count).bit_length() - 1  # count = 2**twos * odd: the power of two is a shift
+    frac, div = x.scalar_frac + twos, x.div * (count >> twos)
     lo, hi = min(x.lo, 0) * count, max(x.hi, 0) * count
     out = lw.new_tensor(node.output[0], win.pop("shape"), frac, lo, hi, div=div)
     lw.emit("sumpool", [x.name], out, node.name, **win)
@@ -275,30 +272,35 @@ def add(lw, node, ins):
             note.bias = "exact" if exact else "rounded"
             lw.notes[out.name] = note
         return out
-    a = _int_input(lw, node, ins[0], "first input")
-    b = _int_input(lw, node, ins[1], "second input")
+    a = _int_input(lw, node, ins[0], "first input", nodiv=False)
+    b = _int_input(lw, node, ins[1], "second input", nodiv=False)
     if a.shape != b.shape:
         raise _fail(node, f"broadcasting Add of {a.shape} and {b.shape} is not supported")
-    frac = max(a.scalar_frac, b.scalar_frac)
-    la, lb = 1 << (frac - a.scalar_frac), 1 << (frac - b.scalar_frac)
-    out = lw.new_tensor(node.output[0], a.shape, frac, a.lo * la + b.lo * lb, a.hi * la + b.hi * lb)
+    frac, div, (la, lb) = _align([a, b])
+    out = lw.new_tensor(node.output[0], a.shape, frac, a.lo * la + b.lo * lb, a.hi * la + b.hi * lb, div=div)
     lw.emit("add", [a.name, b.name], out, node.name, la=la, lb=lb)
     return out
 
 
+def _align(xs: list[Tensor]) -> tuple[int, int, list[int]]:
+    """Common fraction and divisor of tensors and each one's exact integer multiplier."""
+    frac = max(x.scalar_frac for x in xs)
+    div = math.lcm(*(x.div for x in xs))
+    return frac, div, [(1 << (frac - x.scalar_frac)) * (div // x.div) for x in xs]
+
+
 def concat(lw, node, ins) -> Tensor:
-    xs = [_int_input(lw, node, s, f"input {i}") for i, s in enumerate(ins)]
+    xs = [_int_input(lw, node, s, f"input {i}", nodiv=False) for i, s in enumerate(ins)]
     axis = int(_attrs(node)["axis"])
     rank = len(xs[0].shape) + 1
     axis = axis + rank if axis < 0 else axis
     if axis < 1:
         raise _fail(node, "concatenation along the batch axis is not supported")
-    frac = max(x.scalar_frac for x in xs)
-    mults = [1 << (frac - x.scalar_frac) for x in xs]
+    frac, div, mults = _align(xs)
     shape = list(xs[0].shape)
     shape[axis - 1] = sum(x.shape[axis - 1] for x in xs)
     out = lw.new_tensor(node.output[0], shape, frac, min(x.lo * m for x, m in zip(xs, mults)),
-                        max(x.hi * m for x, m in zip(xs, mults)))
+                        max(x.hi * m for x, m in zip(xs, mults)), div=div)
     lw.emit("concat", [x.name for x in xs], out, node.name, axis=axis - 1, mults=mults)
     return out
 
