@@ -43,10 +43,10 @@ int main(int argc, char **argv)
     if (!out)
         return fail("cannot open for writing", argv[2], in, NULL, NULL);
     for (;;) {
-        size_t got = fread(bytes, 4, RM_INPUT_SIZE, in);
+        size_t got = fread(bytes, 1, 4 * (size_t)RM_INPUT_SIZE, in);
         if (got == 0)
             break;
-        if (got != (size_t)RM_INPUT_SIZE)
+        if (got != 4 * (size_t)RM_INPUT_SIZE)
             return fail("size is not a whole number of inputs", argv[1], in, out, argv[2]);
         for (int i = 0; i < RM_INPUT_SIZE; ++i) {
             const unsigned char *b = bytes + 4 * i;
