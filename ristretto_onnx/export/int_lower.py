@@ -155,8 +155,7 @@ class Lowering:
         used_inits = {i for s in self.steps if s.kind == "float" for i in s.inputs if i in inits}
         self.float_inits = {k: inits[k] for k in used_inits}
         return Program(inputs[0].name, first.shape, outputs, self.steps, self.tensors,
-                       self.float_inits, list(self.notes.values()),
-                       {vi.name: _per_sample_shape(vi) for vi in self.graph.output})
+                       self.float_inits, list(self.notes.values()))
 
     def node(self, node: onnx.NodeProto) -> None:
         ins = [self.state.get(n) if n else None for n in node.input]

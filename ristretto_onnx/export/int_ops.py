@@ -90,10 +90,15 @@ def _guard_bits(b: np.ndarray, facc: np.ndarray, bound_sum: int, exact: bool) ->
     return MAX_GUARD
 
 
-def _layer(lw, node, x: Tensor, w, bias_state, wmat: np.ndarray, out_shape, kind: str, attrs: dict) -> Tensor:
-    from ristretto_onnx.export.int_lower import QConst, acc_note
+def _weights(node, w) -> np.ndarray:
+    from ristretto_onnx.export.int_lower import QConst
     if not isinstance(w, QConst):
         raise _fail(node, "its weights are float; the integer model needs quantized weights")
+    return w.k
+
+
+def _layer(lw, node, x: Tensor, w, bias_state, wmat: np.ndarray, out_shape, kind: str, attrs: dict) -> Tensor:
+    from ristretto_onnx.export.int_lower import acc_note
     if not x.fits(-(2**15), 2**15 - 1):
         raise _fail(node, f"its inputs need more than 16 bits ([{x.lo}, {x.hi}])")
     m = wmat.shape[0]
@@ -129,11 +134,8 @@ def conv(lw, node, ins) -> Tensor:
         raise _fail(node, "auto_pad SAME is not supported; export with explicit pads")
     if len(x.shape) != 3:
         raise _fail(node, f"only 2-D convolutions are supported (input shape {x.shape})")
-    if hasattr(w, "axis"):
-        _check_axis(node, w, 0)
-    wk = getattr(w, "k", None)
-    if wk is None:
-        return _layer(lw, node, x, w, None, np.zeros((1,)), (), "conv", {})  # raises: float weights
+    wk = _weights(node, w)
+    _check_axis(node, w, 0)
     m, cg, kh, kw = wk.shape
     group = int(a.get("group", 1))
     strides = list(a.get("strides", [1, 1]))
@@ -161,9 +163,7 @@ def fc(lw, node, ins) -> Tensor:
         out_axis = 0 if a.get("transB", 0) else 1
     else:
         out_axis = 1
-    wk = getattr(w, "k", None)
-    if wk is None:
-        return _layer(lw, node, x, w, None, np.zeros((1,)), (), "fc", {})  # raises: float weights
+    wk = _weights(node, w)
     _check_axis(node, w, out_axis)
     wmat = wk if out_axis == 0 else wk.T
     if wmat.shape[1] != x.shape[0]:

@@ -117,7 +117,6 @@ class Program:
     tensors: dict[str, Tensor]
     float_inits: dict[str, np.ndarray]
     notes: list[LayerNote]
-    float_outputs: dict[str, tuple] = field(default_factory=dict)  # name -> per-sample shape
 
     def integer_only(self) -> bool:
         return not any(s.kind == "float" for s in self.steps)
