@@ -319,7 +319,7 @@ def reshape(lw, node, ins):
         if len(ins) < 2 or not isinstance(ins[1], Const):
             return None
         target = [int(v) for v in np.asarray(ins[1].value).reshape(-1)]
-        if not target or target[0] not in (0, -1) or target.count(-1) + (target[0] == -1) > 1:
+        if not target or target[0] not in (0, -1) or target[1:].count(-1) > (target[0] == 0):
             return None
         shape = [x.shape[i - 1] if v == 0 else v for i, v in enumerate(target)][1:]
         if -1 in shape:

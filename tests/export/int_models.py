@@ -69,3 +69,30 @@ def simulated(bits: int = 8, avg: int = 3, **options) -> onnx.ModelProto:
     calib = load_dataset(inputs(128, seed=3))
     opts = QuantizeOptions(scheme="dfp", bits=bits, fold_bn=False, **options)
     return quantize(kitchen_sink(avg), opts, calib).model
+
+
+def pools_and_matmul(global_pool: bool) -> onnx.ModelProto:
+    """conv -> MaxPool(3, stride 2, pad 1) -> Reshape -> MatMul + Add, or
+    conv -> GlobalMaxPool -> Flatten -> Gemm (transB=0)."""
+    i = lambda name, v: numpy_helper.from_array(np.asarray(v), name)  # noqa: E731
+    n = helper.make_node
+    inits = [i("w1", _w((4, 3, 1, 1), 21)), i("b1", _dyadic_bias(4, 22))]
+    nodes = [n("Conv", ["x", "w1", "b1"], ["c1"], name="conv1")]
+    if global_pool:
+        inits += [i("wf", _w((4, 5), 23)), i("bf", _dyadic_bias(5, 24))]
+        nodes += [n("GlobalMaxPool", ["c1"], ["p"], name="gmp"), n("Flatten", ["p"], ["f"], name="flatten"),
+                  n("Gemm", ["f", "wf", "bf"], ["y"], name="fc")]
+    else:
+        inits += [i("shape", np.array([-1, 4 * 8 * 8], dtype=np.int64)), i("wf", _w((256, 5), 25, 0.1)),
+                  i("bf", _dyadic_bias(5, 26))]
+        nodes += [n("MaxPool", ["c1"], ["p"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+                  n("Reshape", ["p", "shape"], ["f"], name="reshape"),
+                  n("MatMul", ["f", "wf"], ["m"], name="fc"), n("Add", ["m", "bf"], ["y"], name="fc_bias")]
+    graph = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def simulated_pools(global_pool: bool, bits: int) -> onnx.ModelProto:
+    calib = load_dataset(inputs(128, seed=3))
+    return quantize(pools_and_matmul(global_pool), QuantizeOptions(scheme="dfp", bits=bits, fold_bn=False), calib).model

@@ -70,3 +70,13 @@ def test_float_tail_is_refused(tmp_path):
     integer = export_integer(sim)  # the ONNX integer model keeps a float tail
     assert integer.graph.node[-1].op_type == "Softmax"
     assert onnx.checker.check_model(integer) is None
+
+
+@pytest.mark.parametrize("global_pool", [False, True])
+@pytest.mark.parametrize("bits", [8, 12])
+def test_padded_and_global_max_pools_matmul_add_gemm(tmp_path, global_pool, bits):
+    sim = int_models.simulated_pools(global_pool, bits)
+    integer = export_integer(sim)
+    x = int_models.inputs(100, seed=9)
+    np.testing.assert_array_equal(_onnx(integer, x), _onnx(sim, x))
+    np.testing.assert_array_equal(c_build.run(c_build.build(sim, tmp_path), x, 5), _onnx(integer, x))
