@@ -203,21 +203,26 @@ def clip(lw, node, ins) -> Tensor:
     return out
 
 
-def _window(node, x: Tensor, a: dict, kernel) -> dict:
+def _window(node, x: Tensor, a: dict, kernel, *, ceil_ok: bool = False) -> dict:
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
         raise _fail(node, "auto_pad SAME is not supported")
-    if a.get("ceil_mode", 0):
-        raise _fail(node, "ceil_mode=1 is not supported")
+    ceil = bool(a.get("ceil_mode", 0))
+    if ceil and not ceil_ok:
+        raise _fail(node, "ceil_mode=1 is not supported for average pooling (edge windows have other divisors)")
     if any(d != 1 for d in a.get("dilations", [1, 1])):
         raise _fail(node, "dilated pooling is not supported")
     if len(x.shape) != 3:
         raise _fail(node, f"only 2-D pooling is supported (input shape {x.shape})")
-    c, h, w = x.shape
     strides = list(a.get("strides", [1, 1]))
     pads = list(a.get("pads", [0, 0, 0, 0]))
-    oh = (h + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
-    ow = (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
-    return dict(kernel=list(kernel), strides=strides, pads=pads, shape=(c, oh, ow))
+    out = [x.shape[0]]
+    for i in (0, 1):
+        span = x.shape[1 + i] + pads[i] + pads[2 + i] - kernel[i]
+        o = (-(-span // strides[i]) if ceil else span // strides[i]) + 1
+        if ceil and (o - 1) * strides[i] >= x.shape[1 + i] + pads[i]:
+            o -= 1  # the last window must start inside the input or its leading padding
+        out.append(o)
+    return dict(kernel=list(kernel), strides=strides, pads=pads, shape=tuple(out), ceil=ceil)
 
 
 def maxpool(lw, node, ins) -> Tensor:
@@ -226,7 +231,7 @@ def maxpool(lw, node, ins) -> Tensor:
         raise _fail(node, "MaxPool indices are not supported")
     a = _attrs(node)
     kernel = list(a["kernel_shape"]) if node.op_type == "MaxPool" else list(x.shape[1:])
-    win = _window(node, x, a, kernel)
+    win = _window(node, x, a, kernel, ceil_ok=True)
     out = lw.new_tensor(node.output[0], win.pop("shape"), x.frac, x.lo, x.hi, div=x.div, acc=x.acc)
     lw.emit("maxpool", [x.name], out, node.name, **win)
     return out

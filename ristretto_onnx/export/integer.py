@@ -178,7 +178,7 @@ def _pool(g: _Graph, s: Step, x: Tensor, out: Tensor) -> None:
     window = dict(kernel_shape=a["kernel"], strides=a["strides"], pads=a["pads"])
     if s.kind == "maxpool":
         to = TensorProto.INT8 if x.fits(*_I8) else TensorProto.UINT8 if x.fits(*_U8) else TensorProto.DOUBLE
-        pooled = g.op("MaxPool", g.op("Cast", s.inputs[0], to=to), **window)
+        pooled = g.op("MaxPool", g.op("Cast", s.inputs[0], to=to), ceil_mode=int(a["ceil"]), **window)
         g.op("Cast", pooled, to=g.dtype(out), out=s.output)
         return
     if list(a["kernel"]) == list(x.shape[1:]) and not any(a["pads"]):
@@ -186,7 +186,7 @@ def _pool(g: _Graph, s: Step, x: Tensor, out: Tensor) -> None:
         g.op("ReduceSum", v, g.const([2, 3], np.int64), keepdims=1, out=s.output)
         return
     ones = np.ones((x.shape[0], 1) + tuple(a["kernel"]), dtype=np.int64)
-    total, t = _mac(g, s, x, ones, "ConvInteger", group=x.shape[0], **window)
+    total, _ = _mac(g, s, x, ones, "ConvInteger", group=x.shape[0], **window)
     g.op("Cast", total, to=g.dtype(out), out=s.output)
 
 
