@@ -262,4 +262,4 @@ def acc_note(layer: str, op: str, x: Tensor, w: QConst, bias_exact: str, bound_s
     return LayerNote(layer, op, bits_of(x.lo, x.hi), w.bits, [int(f) for f in facc],
                      bits_of(-int(bound_sum.max()), int(bound_sum.max())), guard,
                      bits_of(-int(bound.max()), int(bound.max())), bias_exact, [],
-                     bool(bound_sum.max() < 2**24))
+                     bool(bound_sum.max() < 2**24), bool(bound.max() < 2**24 and bias_exact != "rounded"))

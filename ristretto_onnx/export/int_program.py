@@ -103,7 +103,9 @@ class LayerNote:
     acc_bits: int  # width after the bias add
     bias: str  # "none", "exact" (on the accumulator grid) or "rounded" (rne'd onto it)
     shift: list[int]  # right shift of the output re-quantization per channel (negative: left)
-    float32_exact_sum: bool  # every partial sum stays below 2**24 accumulator steps
+    float32_exact_sum: bool  # every partial sum of products stays below 2**24 steps: exact in float32
+    float32_exact: bool  # the sum plus the bias stays below 2**24 steps of the guarded grid: the
+    #                      float32 simulation computes this layer exactly (else it may round)
 
 
 @dataclass

@@ -284,7 +284,7 @@ def summary(program: Program) -> dict:
     return {
         "layers": layers,
         "bias_rounded": [n["layer"] for n in layers if n["bias"] == "rounded"],
-        "float32_sum_may_round": [n["layer"] for n in layers if not n["float32_exact_sum"]],
+        "float32_may_round": [n["layer"] for n in layers if not n["float32_exact"]],
         "float_nodes": [s.node for s in program.steps if s.kind == "float"],
     }
 

@@ -109,7 +109,8 @@ def test_integer_model_is_integer_arithmetic():
     summary = json.loads(next(p.value for p in integer.metadata_props if p.key == INTEGER_KEY))
     assert [n["layer"] for n in summary["layers"]] == ["conv1", "dw", "grouped", "branch", "fc"]
     assert all(n["bias"] == "exact" and n["guard_bits"] == 0 for n in summary["layers"])
-    assert all(n["float32_exact_sum"] for n in summary["layers"])
+    assert all(n["float32_exact_sum"] and n["float32_exact"] for n in summary["layers"])
+    assert summary["float32_may_round"] == [] and summary["float_nodes"] == []
 
 
 def test_wide_operands_are_split_into_bytes():
@@ -130,6 +131,7 @@ def test_float_bias_gets_guard_bits_or_is_rounded():
     exact = {n.layer: n for n in lower(sim).notes}
     rounded = {n.layer: n for n in lower(sim, exact_bias=False).notes}
     assert exact["conv1"].bias == "exact" and exact["conv1"].guard_bits > 0  # 0.1f needs 27 bits
+    assert exact["conv1"].float32_exact_sum and not exact["conv1"].float32_exact
     assert rounded["conv1"].bias == "rounded" and rounded["conv1"].guard_bits == 0
     x = int_models.inputs(64)
     np.testing.assert_array_equal(_run(export_integer(sim), x), _run(sim, x))
