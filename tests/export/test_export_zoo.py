@@ -6,11 +6,13 @@ writes: layer inputs, weights and outputs quantized, biases in float.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from ristretto_onnx import zoo
-from ristretto_onnx.export.integer import export_integer
+from ristretto_onnx.export.integer import INTEGER_KEY, export_integer
 from ristretto_onnx.export.integer_check import agreement, run_batches
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from tests.export import c_build
@@ -18,9 +20,10 @@ from tests.export import c_build
 pytestmark = pytest.mark.slow
 
 
-def _dfp8(name: str):
+def _dfp8(name: str, **options):
     model = zoo.resolve_model(f"zoo:{name}")
-    return quantize(str(model), QuantizeOptions(scheme="dfp", bits=8), zoo.model_dataset(name, "calib")).model
+    opts = QuantizeOptions(scheme="dfp", bits=8, **options)
+    return quantize(str(model), opts, zoo.model_dataset(name, "calib")).model
 
 
 def _test_set(name: str, n: int | None = None):
@@ -45,6 +48,17 @@ def test_resnet20_integer_model_agrees_with_simulation(zoo_env):
     assert a.top1_disagreements <= 2, a
     assert abs(a.top1_sim - a.top1_integer) <= 0.001 + 1e-12, a
     assert a.differing_samples <= 20, a
+
+
+def test_resnet20_with_quantized_biases_is_identical(zoo_env):
+    # 8-bit biases sit on the accumulator grid and every accumulator stays below 2**24 steps,
+    # so float32 accumulation is exact and the simulation must equal the integer model.
+    sim = _dfp8("resnet20-cifar10", quantize_bias=True)
+    integer = export_integer(sim)
+    summary = json.loads(next(p.value for p in integer.metadata_props if p.key == INTEGER_KEY))
+    assert summary["float32_may_round"] == []
+    x, _ = _test_set("resnet20-cifar10", 500)
+    np.testing.assert_array_equal(_outputs(integer, x), _outputs(sim, x))
 
 
 def test_lenet_c_model_identical_to_integer_model_on_mnist(zoo_env, tmp_path):
