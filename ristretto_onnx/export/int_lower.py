@@ -150,10 +150,11 @@ class Lowering:
                           div=s.div)
             elif not isinstance(s, FloatT):
                 raise RistrettoError(f"integer export: graph output {vi.name!r} is a constant")
+            elif s.name != vi.name:  # a float value that reached the output through Identity slots
+                node = helper.make_node("Identity", [s.name], [vi.name], name=f"{vi.name}__output")
+                self.steps.append(Step("float", [s.name], vi.name, {"node": node}, node.name))
             outputs.append(vi.name)
         first = self.state[inputs[0].name]
-        used_inits = {i for s in self.steps if s.kind == "float" for i in s.inputs if i in inits}
-        self.float_inits = {k: inits[k] for k in used_inits}
         return Program(inputs[0].name, first.shape, outputs, self.steps, self.tensors,
                        self.float_inits, list(self.notes.values()))
 
@@ -216,6 +217,8 @@ class Lowering:
                 new.input[i] = self.dequantize(s)
             elif isinstance(s, FloatT):
                 new.input[i] = s.name
+            elif isinstance(s, Const):
+                self.float_inits[node.input[i]] = np.asarray(s.value)
             elif isinstance(s, QConst):
                 raise RistrettoError(f"integer export: node {node.name!r} ({node.op_type}) reads "
                                      f"quantized constant {node.input[i]!r} but has no integer form")

@@ -262,8 +262,8 @@ def render(program: Program, sim: onnx.ModelProto, *, shift: str = "float64") ->
     g = _Graph(program, shift)
     for s in program.steps:
         _step(g, s)
-    inits = {i.name: i for i in sim.graph.initializer}
-    g.inits.extend(inits[n] for n in sorted(program.float_inits))
+    g.inits.extend(numpy_helper.from_array(v, n) for n, v in sorted(program.float_inits.items()))
+    inits = {i.name for i in sim.graph.initializer}
     inputs = [vi for vi in sim.graph.input if vi.name not in inits]
     graph = helper.make_graph(g.nodes, f"{sim.graph.name or 'model'}_integer", inputs,
                               list(sim.graph.output), initializer=g.inits)

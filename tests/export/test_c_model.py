@@ -60,16 +60,24 @@ def test_golden_model_rejects_bad_input_files(tmp_path):
 
 
 def test_float_tail_is_refused(tmp_path):
-    sim = int_models.simulated(8, 3)
     import onnx
     from onnx import helper
-    sim.graph.node.append(helper.make_node("Softmax", ["y"], ["probs"], name="softmax", axis=1))
+
+    sim = int_models.simulated(8, 3)
+    sim.graph.node.extend([
+        helper.make_node("Constant", [], ["shape"], value=onnx.numpy_helper.from_array(np.array([-1, 2, 5]))),
+        helper.make_node("Softmax", ["y"], ["p"], name="softmax", axis=1),
+        helper.make_node("Reshape", ["p", "shape"], ["p3"], name="reshape3d"),
+        helper.make_node("Identity", ["p3"], ["probs"], name="out"),
+    ])
     sim.graph.output[0].name = "probs"
     with pytest.raises(RistrettoError, match=r"node 'softmax' stays in float"):
         export_c(sim, tmp_path)
     integer = export_integer(sim)  # the ONNX integer model keeps a float tail
-    assert integer.graph.node[-1].op_type == "Softmax"
-    assert onnx.checker.check_model(integer) is None
+    assert [n.op_type for n in integer.graph.node[-3:]] == ["Softmax", "Reshape", "Identity"]
+    x = int_models.inputs(16)
+    np.testing.assert_array_equal(_onnx(integer, x), _onnx(sim, x))
+    assert _onnx(integer, x).shape == (16, 2, 5)
 
 
 @pytest.mark.parametrize("global_pool", [False, True])
