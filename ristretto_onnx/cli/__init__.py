@@ -38,6 +38,8 @@ COMMAND_MODULES = [
     "analyze_cmd",
     "eval_cmd",
     "formats_cmd",
+    "export_cmd",
+    "report_cmd",
     "zoo_cmd",
 ]
 
