@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -244,19 +245,44 @@ def render_c(program: Program, source: str = "model") -> dict[str, str]:
 
 
 def export_c(sim: onnx.ModelProto, outdir: Path, *, exact_bias: bool = True) -> None:
-    """Write the golden model of ``sim`` into ``outdir`` (created if needed; its four files replaced)."""
+    """Write the golden model of ``sim`` into ``outdir``.
+
+    A new folder appears complete (written next to it, then renamed); in an existing folder the
+    four files are replaced one by one, each atomically.
+    """
     files = render_c(lower(sim, exact_bias=exact_bias), sim.graph.name or "model")
     outdir = Path(outdir)
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            fd, tmp = tempfile.mkstemp(dir=outdir, prefix=f".{name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(text)
-                os.replace(tmp, outdir / name)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        if outdir.exists():
+            for name, text in files.items():
+                _write_atomic(outdir, name, text)
+            return
+        tmp = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.", suffix=".tmp"))
+        try:
+            for name, text in files.items():
+                (tmp / name).write_text(text)
+            tmp.chmod(0o777 & ~_umask())
+            os.rename(tmp, outdir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     except OSError as e:
         raise RistrettoError(f"cannot write the C model to {outdir}: {e.strerror or e}") from None
+
+
+def _write_atomic(folder: Path, name: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, folder / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
