@@ -74,5 +74,5 @@ def test_lenet_c_model_identical_to_integer_model_on_mnist(zoo_env, tmp_path):
 def test_resnet20_c_model_identical_to_integer_model(zoo_env, tmp_path):
     sim = _dfp8("resnet20-cifar10")
     binary = c_build.build(sim, tmp_path)
-    x, _ = _test_set("resnet20-cifar10", 300)
+    x, _ = _test_set("resnet20-cifar10", 100)
     np.testing.assert_array_equal(c_build.run(binary, x, 10), _outputs(export_integer(sim), x))
