@@ -45,21 +45,25 @@ def run_batches(model: onnx.ModelProto, batches, *, threads: int | None = None):
 
 def compare(sim: onnx.ModelProto, integer: onnx.ModelProto, dataset, *, batch_size: int = 256,
             limit: int | None = None, threads: int | None = None) -> Agreement:
-    """Run ``sim`` and ``integer`` on ``dataset`` (a :class:`~ristretto_onnx.data.Dataset`)."""
-    xs, ys = [], []
-    seen = 0
+    """Run ``sim`` and ``integer`` on ``dataset`` (a :class:`~ristretto_onnx.data.Dataset`).
+
+    One batch is in memory at a time; only the outputs are kept.
+    """
+    sessions = [create_session(m, providers=["CPUExecutionProvider"], threads=threads) for m in (sim, integer)]
+    names = [s.get_inputs()[0].name for s in sessions]
+    outs: tuple[list, list] = ([], [])
+    ys, seen = [], 0
     for x, y in dataset.batches(batch_size):
-        if limit is not None and seen >= limit:
-            break
         if limit is not None:
+            if seen >= limit:
+                break
             x, y = x[: limit - seen], None if y is None else y[: limit - seen]
-        xs.append(x)
+        for s, name, out in zip(sessions, names, outs):
+            out.append(s.run(None, {name: x})[0])
         ys.append(y)
         seen += len(x)
-    a = np.concatenate(list(run_batches(sim, xs, threads=threads)))
-    b = np.concatenate(list(run_batches(integer, xs, threads=threads)))
     labels = None if any(y is None for y in ys) else np.concatenate(ys)
-    return agreement(a, b, labels)
+    return agreement(np.concatenate(outs[0]), np.concatenate(outs[1]), labels)
 
 
 def agreement(sim_out: np.ndarray, int_out: np.ndarray, labels: np.ndarray | None = None) -> Agreement:

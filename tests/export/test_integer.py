@@ -161,3 +161,16 @@ def test_pow2_weights_are_fixed_point():
 def test_formats_without_an_integer_data_path_are_one_line_errors(update, rounding, match):
     with pytest.raises(RistrettoError, match=match):
         export_integer(_sim_with(update, rounding))
+
+
+def test_compare_counts_differences_on_a_dataset():
+    from ristretto_onnx.data import load_dataset
+    from ristretto_onnx.export.integer_check import compare
+
+    sim = int_models.simulated(10, 3)
+    x = int_models.inputs(256)
+    labels = _run(sim, x).argmax(axis=1)
+    a = compare(sim, export_integer(sim), load_dataset(x, labels=labels), batch_size=100, limit=200)
+    assert a.samples == 200 and a.values == 2000 and a.top1_sim == 1.0
+    b = agreement(_run(sim, x[:200]), _run(export_integer(sim), x[:200]), labels[:200])
+    assert a == b
