@@ -17,6 +17,7 @@ from ristretto_onnx.export.integer_check import agreement, run_batches
 from ristretto_onnx.formats import quantize
 from ristretto_onnx.ops import attach_functions, make_quantize_node
 from ristretto_onnx.passes.pipeline import prepare, simulate
+from ristretto_onnx.passes.slots import read_plan
 from tests.export import int_models
 
 
@@ -67,9 +68,11 @@ def test_requantization_is_exact_on_ties_and_saturation(formats, shift):
 
 
 @pytest.mark.parametrize("bits,avg,granularity", [
-    (8, 2, "tensor"), (8, 2, "channel"), (10, 2, "tensor"), (10, 2, "channel"), (8, 3, "tensor"), (8, 3, "channel"),
+    (8, 2, "tensor"), (8, 2, "channel"), (10, 2, "tensor"), (10, 2, "channel"), (12, 2, "channel"),
 ])
 def test_integer_model_equals_simulation_where_float32_is_exact(bits, avg, granularity):
+    # dyadic biases, power-of-two pool windows and sums below 2**24 steps: the float32
+    # simulation computes every value exactly, so the integer model must equal it bit for bit
     sim = int_models.simulated(bits, avg, weight_granularity=granularity)
     integer = export_integer(sim)
     x = int_models.inputs(256)
@@ -77,14 +80,18 @@ def test_integer_model_equals_simulation_where_float32_is_exact(bits, avg, granu
     assert a.differing_values == 0 and a.max_abs_diff == 0.0, a
 
 
-def test_float32_rounding_in_the_simulation_shows_as_rare_one_step_differences():
-    # 10-bit operands and a 3x3 average (divisor 9): the simulation's float32 averages of
-    # non-dyadic values round; the integer model's rounded division is exact.
-    sim = int_models.simulated(10, 3)
+@pytest.mark.parametrize("bits,granularity", [(8, "tensor"), (8, "channel"), (10, "tensor"), (10, "channel")])
+def test_float32_rounding_in_the_simulation_shows_as_rare_small_differences(bits, granularity):
+    # A 3x3 average (divisor 9): the simulation's float32 averages of non-dyadic values round, the
+    # integer model's rounded division is exact; a flipped rounding changes an output by a step
+    # or two in a few samples at most.
+    sim = int_models.simulated(bits, 3, weight_granularity=granularity)
     x = int_models.inputs(256)
-    a = agreement(_run(sim, x), _run(export_integer(sim), x))
-    assert 0 < a.differing_samples <= 3, a
-    assert a.max_abs_diff <= 4 * 2.0**-7 and a.top1_disagreements == 0, a
+    integer = export_integer(sim)
+    a = agreement(_run(sim, x), _run(integer, x))
+    step = 2.0 ** -read_plan(sim)["fc/outputs"].frac_bits  # one step of the output format
+    assert a.differing_samples <= 3 and a.top1_disagreements <= 1, a
+    assert a.max_abs_diff <= 2 * step, a
 
 
 def test_int64_and_float64_shift_renderings_agree():
