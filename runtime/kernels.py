@@ -7,20 +7,17 @@ it asks every execution provider which nodes it can run, and a node some provide
 inlined (checked by the tests on the optimized graph). So registering the library is enough to
 replace every function body, and nothing in the written model has to change.
 
-That is not always faster. A custom op is opaque to onnxruntime: it is not constant-folded (a
-weight quantizer would then run at every batch and the convolution would lose its constant
-weights, hence its NCHWc kernels) and on the CPU it cuts the blocked-layout (NCHWc) chains that
-the standard ops of fixed point can stay in. :func:`route` therefore prepares each model for a
-session with the library, keeping the standard-op path wherever it was measured faster
-(``bench/bench_kernels.py``):
-
-* weight quantizers (constant input, nearest-even) are quantized once in numpy with the reference
-  quantizer, as the Simulator's lowering does;
-* on the CPU, fixed-point activation quantizers (nearest-even) are inlined as their standard-op
-  bodies (QuantizeLinear/DequantizeLinear or Mul/Round/Clip/Mul), which onnxruntime fuses into
-  the convolutions and the layout pass keeps in NCHWc;
-* everything else (minifloat, power-of-two, per-channel activations, stochastic rounding, and all
-  quantizers on the CUDA EP) runs in the library's kernel.
+A custom op is opaque to onnxruntime, though: it is not constant-folded, so a weight quantizer
+would run at every batch and its convolution would lose its constant weights, hence its NCHWc
+kernels. :func:`route` therefore quantizes weights (constant input, nearest-even) once in numpy
+with the reference quantizer, as the Simulator's lowering does; every other quantizer runs in the
+kernel. On the CPU a kernel also cuts onnxruntime's blocked-layout (NCHWc) chains, so project
+sessions that use the library run the layout pass (:mod:`ristretto_onnx.runtime.layout`), which
+keeps scalar-format QuantizeSim kernels in the blocked layout. Measured on ResNet-20
+(``bench/bench_kernels.py``), that beats inlining the fixed-point bodies (standard ops) on the
+CPU; the Simulator's own exact lowering of fixed point (QuantizeLinear/DequantizeLinear or
+Mul/Clip/Round/Mul, :mod:`ristretto_onnx.runtime.lowering`) is kept, and the kernel runs what it
+leaves as QuantizeSim nodes (minifloat, power-of-two, per-channel, stochastic rounding).
 
 Every transformation is exact, so results do not depend on whether the library is present: a
 session without it runs the function bodies, which equal the same numpy reference bit for bit.
@@ -42,8 +39,8 @@ import onnxruntime as ort
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import Fixed, quantize
-from ristretto_onnx.ops import DOMAIN, function_proto, is_quantize_sim, node_format
+from ristretto_onnx.formats import quantize
+from ristretto_onnx.ops import DOMAIN, is_quantize_sim, node_format
 from ristretto_onnx.runtime.kernels_build import CPU_LIBRARY, CUDA_LIBRARY, build_dir
 
 ENV = "RISTRETTO_KERNELS"
@@ -122,52 +119,17 @@ def register(options: ort.SessionOptions, path: Path | None = None) -> Path | No
 # Routing: which quantizers the kernel runs
 
 
-def kernel_wanted(fmt, rounding: str, on_cuda: bool) -> bool:
-    """Whether an activation quantizer is faster in the kernel than as standard ops.
-
-    Measured (bench/bench_kernels.py): on the CPU, nearest-even fixed point as standard ops stays
-    inside onnxruntime's fused, blocked convolution chain and beats a kernel call; minifloat and
-    power-of-two bodies are 10-20 standard ops and lose to it. On the GPU every body is slower
-    than one kernel launch.
-    """
-    if on_cuda or rounding != "nearest_even":
-        return True
-    return not isinstance(fmt, Fixed)
-
-
-def _inline(node: NodeProto, opset: int) -> list[NodeProto]:
-    """The standard-op body of ``node``, its internal names prefixed by the node's name."""
-    fmt, rounding = node_format(node)
-    fn = function_proto(fmt, rounding, opset)
-    stem = f"{node.name or node.output[0]}/"
-    rename = {"X": node.input[0], "Y": node.output[0]}
-    out = []
-    for k, body_node in enumerate(fn.node):
-        n = NodeProto()
-        n.CopyFrom(body_node)
-        n.name = f"{stem}{k}_{n.op_type}"
-        for i, name in enumerate(n.input):
-            n.input[i] = rename.get(name, f"{stem}{name}" if name else name)
-        for i, name in enumerate(n.output):
-            n.output[i] = rename.get(name, f"{stem}{name}")
-        out.append(n)
-    return out
-
-
-def route(model: ModelProto, *, on_cuda: bool = False) -> ModelProto | None:
+def route(model: ModelProto) -> ModelProto | None:
     """A copy of ``model`` prepared for a session with the library (see the module docstring).
 
     Returns ``None`` when nothing changes. Only the top-level graph is rewritten; quantizers in
     subgraphs run in the kernel.
     """
-    from ristretto_onnx.ops import default_opset
-
     nodes = model.graph.node
     if not any(is_quantize_sim(n) for n in nodes):
         return None
     inits = {t.name: t for t in model.graph.initializer}
     graph_inputs = {i.name for i in model.graph.input}
-    opset = default_opset(model)
     out = ModelProto()
     out.CopyFrom(model)
     new_nodes: list[NodeProto] = []
@@ -182,9 +144,6 @@ def route(model: ModelProto, *, on_cuda: bool = False) -> ModelProto | None:
         if x in inits and x not in graph_inputs and rounding == "nearest_even":
             q = quantize(numpy_helper.to_array(inits[x]), fmt)
             new_inits.append(numpy_helper.from_array(np.asarray(q, np.float32), node.output[0]))
-            changed = True
-        elif not kernel_wanted(fmt, rounding, on_cuda):
-            new_nodes.extend(_inline(node, opset))
             changed = True
         else:
             new_nodes.append(node)
@@ -218,8 +177,10 @@ def make_sim_node(*args, seed: int | None = None, **kwargs) -> NodeProto:
     return node
 
 
-def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[str]) -> str | bytes:
-    """Register the library in ``options`` when it suits ``providers``; the routed model source.
+def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[str]) -> tuple[str | bytes, bool]:
+    """Register the library in ``options`` when it suits ``providers``: (model source, kernels used).
+
+    ``kernels used`` is true when QuantizeSim nodes are left for the kernel after routing.
 
     A CPU-only library is not registered for a CUDA session: its kernel would pull every
     quantizer back to the CPU, and the function bodies run on the GPU.
@@ -228,14 +189,15 @@ def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[st
 
     path = library_path()
     if path is None:
-        return source
+        return source, False
     on_cuda = bool(providers) and providers[0] == "CUDAExecutionProvider"
     if on_cuda and "cuda" not in library_providers(str(path)):
-        return source
+        return source, False
     register(options, path)
     try:
         model = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
     except Exception:  # noqa: BLE001 - unreadable models fail with onnxruntime's own message later
-        return source
-    routed = route(model, on_cuda=on_cuda)
-    return source if routed is None else routed.SerializeToString()
+        return source, False
+    routed = route(model)
+    used = any(is_quantize_sim(n) for n in (routed or model).graph.node)
+    return (source if routed is None else routed.SerializeToString()), used

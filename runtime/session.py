@@ -133,7 +133,9 @@ def create_session(
     if kernels:  # the QuantizeSim kernel library, when built (runtime/kernels.py)
         from ristretto_onnx.runtime.kernels import prepare
 
-        source = prepare(source, so, providers)
+        source, used = prepare(source, so, providers)
+        # keep the kernels inside NCHWc chains (the pass re-sets the options' optimized model path)
+        blocked_layout = blocked_layout or (used and options is None)
     if blocked_layout and optimize and providers == ["CPUExecutionProvider"]:
         session = _blocked_layout_session(source, so, providers)
         if session is not None:
