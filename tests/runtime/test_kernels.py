@@ -178,3 +178,21 @@ def test_library_can_be_switched_off(monkeypatch, library):
     monkeypatch.setenv(kernels.ENV, str(library.parent / "nothing-here"))
     with pytest.raises(RistrettoError, match="no such file"):
         kernels.library_path()
+
+
+def test_kernels_command_shows_the_library(library):
+    import subprocess
+    import sys
+
+    env = {**os.environ, kernels.ENV: str(library)}
+    out = subprocess.run([sys.executable, "-m", "ristretto_onnx", "kernels"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0 and str(library) in out.stdout and "CPU yes" in out.stdout
+    assert f"onnxruntime:  {ort.__version__}" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "ristretto_onnx", "kernels", "--path"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == str(library)
+    env[kernels.ENV] = "off"
+    out = subprocess.run([sys.executable, "-m", "ristretto_onnx", "kernels", "--path"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 1 and "no kernel library" in out.stderr and "Traceback" not in out.stderr
