@@ -133,6 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--schemes", default=",".join(SCHEMES))
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--batches", type=int, default=4, help="batches per round")
+    ap.add_argument("--gpu-only", action="store_true", help="only the CUDA EP rows (bench/device_kernels.py)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     models = ["resnet20-cifar10"] if args.quick else args.models.split(",")
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
     lib = library_path()
     if lib is None:
         print("kernel library not built (ristretto-onnx kernels --build): the +lib columns equal the stock ones")
-    devices = {"cpu": ["CPUExecutionProvider"]}
+    devices = {} if args.gpu_only else {"cpu": ["CPUExecutionProvider"]}
     if gpu_available():
         devices["gpu"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     results = {"library": str(lib) if lib else None,

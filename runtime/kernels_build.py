@@ -28,6 +28,7 @@ from ristretto_onnx.errors import RistrettoError
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "kernels"
 CPU_LIBRARY = "libristretto_kernels.so"
 CUDA_LIBRARY = "libristretto_kernels_cuda.so"
+CUDA_TEST = "qsim_cuda_test"
 HEADER = "onnxruntime_cxx_api.h"
 TRIXIE = "deb [trusted=yes] http://deb.debian.org/debian trixie main"
 CXXFLAGS = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math"]
@@ -102,8 +103,8 @@ def fetch_headers() -> Path:
     return found
 
 
-def _atomic_link(cmd_out: Path, final: Path) -> Path:
-    os.replace(cmd_out, final)
+def _atomic_link(tmp: Path, final: Path) -> Path:
+    os.replace(tmp, final)  # a half-written library is never loaded
     return final
 
 
@@ -134,4 +135,8 @@ def build(*, cuda: bool | None = None, cuda_arch: str | None = None) -> BuildRes
         log += _run([nvcc, "-shared", "-cudart", "static", str(out / "ristretto_kernels_cuda.o"),
                      str(out / "qsim_cuda.o"), "-o", str(out / f"{CUDA_LIBRARY}.tmp")])
         built_cuda = _atomic_link(out / f"{CUDA_LIBRARY}.tmp", out / CUDA_LIBRARY)
+        # the standalone GPU check (no onnxruntime): bench/device_kernels.py runs it
+        log += _run([nvcc, "-O3", "-std=c++17", "-gencode", gencode, f"-I{SOURCE_DIR}",
+                     str(SOURCE_DIR / "qsim_cuda_test.cu"), str(SOURCE_DIR / "qsim_cuda.cu"),
+                     "-o", str(out / CUDA_TEST)])
     return BuildResult(cpu, built_cuda, inc, log)
