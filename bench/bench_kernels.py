@@ -9,8 +9,10 @@ fractional lengths, ``minifloat`` eq. 6.2's exponent bits, ``pow2`` weights ``po
 float activations as in the thesis) it measures, in one run, the throughput ratio simulated / FP32
 of:
 
-* ``written``: the model as ``compress``/``quantize`` write it (function bodies), in a session
-  without the library (stock onnxruntime);
+* ``written``: the model as ``compress``/``quantize`` write it (function bodies), in a plain
+  session without the library (stock onnxruntime, as a user's ``InferenceSession`` runs it);
+* ``written+layout``: the same in a project session without the library (``eval`` and
+  ``compress`` run the NCHWc layout pass, :mod:`ristretto_onnx.runtime.layout`);
 * ``written+lib``: the same file in a project session with the library registered
   (:mod:`ristretto_onnx.runtime.kernels` routes each quantizer);
 * ``sim`` and ``sim+lib``: the Simulator (lowered graph, NCHWc layout pass), without and with it;
@@ -113,6 +115,8 @@ def bench_model(name: str, batch: int, n_batches: int, rounds: int, schemes, pro
     for scheme in schemes:
         written = simulate(prepared, all_plans[scheme])
         runners[f"{scheme}/written"] = _runner(create_session(written, providers=providers, kernels=False), inp)
+        runners[f"{scheme}/written+layout"] = _runner(
+            create_session(written, providers=providers, kernels=False, blocked_layout=True), inp)
         runners[f"{scheme}/written+lib"] = _runner(create_session(written, providers=providers), inp)
         for lib in (False, True):
             with library(lib):
@@ -157,14 +161,14 @@ def main(argv=None) -> int:
     print(f"library: {results['library']} ({','.join(results['library kernels']) or '-'}), "
           f"{results['cpus']} CPUs, load average {results['load average before'][0]:.1f} -> "
           f"{results['load average after'][0]:.1f}")
-    cols = ["written", "written+lib", "sim", "sim+lib"]
+    cols = ["written", "written+layout", "written+lib", "sim", "sim+lib"]
     for key, r in results["models"].items():
         print(f"\n{key} (batch {MODELS.get(key.split(':', 1)[1], 64)}), FP32 {r['fp32 images/s']:.0f} images/s, "
               f"{r['fp32 images/cpu-s']:.0f} images/CPU-s; simulated / FP32 by wall time | by CPU time:")
-        print(f"  {'scheme':<10}" + "".join(f"{c:>13}" for c in cols) + "  |" + "".join(f"{c:>13}" for c in cols))
+        print(f"  {'scheme':<10}" + "".join(f"{c:>15}" for c in cols) + "  |" + "".join(f"{c:>15}" for c in cols))
         for s in schemes:
-            print(f"  {s:<10}" + "".join(f"{r['wall'][f'{s}/{c}']:>13.2f}" for c in cols) + "  |"
-                  + "".join(f"{r['cpu'][f'{s}/{c}']:>13.2f}" for c in cols))
+            print(f"  {s:<10}" + "".join(f"{r['wall'][f'{s}/{c}']:>15.2f}" for c in cols) + "  |"
+                  + "".join(f"{r['cpu'][f'{s}/{c}']:>15.2f}" for c in cols))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     return 0

@@ -179,8 +179,7 @@ def _stochastic_vs_cpu(folder: Path, stoch: dict) -> bool:
         cpu = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": xs})[0]
         same = same_bits(cpu, got).all()
         ok = ok and same
-        print(f"stochastic {fmt}: GPU {'==' if same else '!='} CPU kernel (seed 1234), mean |q - x| "
-              f"{np.nanmean(np.abs(got[np.isfinite(got)] - xs[np.isfinite(got)])):.3g}")
+        print(f"stochastic {fmt}: GPU {'==' if same else '!='} CPU kernel (seed 1234) on {xs.size} values")
     return ok
 
 

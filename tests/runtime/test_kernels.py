@@ -196,3 +196,38 @@ def test_kernels_command_shows_the_library(library):
     out = subprocess.run([sys.executable, "-m", "ristretto_onnx", "kernels", "--path"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert out.returncode == 1 and "no kernel library" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_resnet20_written_model_gives_identical_logits_with_and_without_the_library(library, zoo_env):
+    """The written model (function bodies) and the same file in a session with the library:
+    bit-identical logits on real CIFAR-10 images for every scheme, and through the Simulator."""
+    from ristretto_onnx import zoo
+    from ristretto_onnx.passes.pipeline import prepare, simulate
+    from ristretto_onnx.ranges import group_ranges
+    from ristretto_onnx.runtime.simulator import Simulator
+    from ristretto_onnx.schemes import dfp_plan, minifloat_plan, pow2_plan
+
+    name = "resnet20-cifar10"
+    try:
+        path = zoo.resolve_model(f"zoo:{name}")
+    except RistrettoError as e:
+        pytest.skip(str(e))
+    x = next(iter(zoo.model_dataset(name, "test").take(64).batches(64)))[0]
+    prepared = prepare(str(path))
+    ranges = group_ranges(prepared.float_model, prepared.layers, zoo.model_dataset(name, "calib").take(64))
+    groups = [g for g in prepared.layers.groups if g.role in ("inputs", "weights", "outputs")]
+    plans = {
+        "dfp": dfp_plan(groups, ranges, weight_bits=8, act_bits=8),
+        "minifloat": minifloat_plan(groups, ranges, weight_bits=8, act_bits=8),
+        "pow2": pow2_plan([g for g in groups if g.role == "weights"]),
+    }
+    for scheme, plan in plans.items():
+        written = simulate(prepared, plan)
+        bodies = create_session(written, kernels=False).run(None, {"input": x})[0]
+        with_lib = create_session(written, blocked_layout=True).run(None, {"input": x})[0]
+        assert same_bits(with_lib, bodies).all(), scheme
+        sim = Simulator(prepared.annotated)
+        sim.set_formats(plan, replace=True)
+        assert same_bits(sim.run(x), bodies).all(), scheme
+        assert np.isfinite(bodies).all() and bodies.std() > 0
