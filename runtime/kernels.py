@@ -199,5 +199,16 @@ def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[st
     except Exception:  # noqa: BLE001 - unreadable models fail with onnxruntime's own message later
         return source, False
     routed = route(model)
-    used = any(is_quantize_sim(n) for n in (routed or model).graph.node)
+    out = routed or model
+    used = any(is_quantize_sim(n) for n in out.graph.node)
+    if used:
+        # A custom op has no shape inference in onnxruntime: without the shapes of its outputs
+        # (value_info, inferred here through the function bodies) onnxruntime fuses and lays out
+        # the layers after it differently than around a function body, which changes the float
+        # rounding of those layers. With them the graph, and the bits, are the same.
+        try:
+            out = onnx.shape_inference.infer_shapes(out, strict_mode=False)
+        except Exception:  # noqa: BLE001 - no shapes only costs speed and ulp-level equality
+            pass
+        return out.SerializeToString(), used
     return (source if routed is None else routed.SerializeToString()), used

@@ -231,3 +231,27 @@ def test_resnet20_written_model_gives_identical_logits_with_and_without_the_libr
         sim.set_formats(plan, replace=True)
         assert same_bits(sim.run(x), bodies).all(), scheme
         assert np.isfinite(bodies).all() and bodies.std() > 0
+
+
+@pytest.mark.parametrize("formats", [
+    {"conv3/inputs": "fixed:2:0"},  # one kernel before a residual Add: fusions must not change
+    {t: "minifloat:8:4" for t in ("conv1/inputs", "conv2/inputs", "conv3/inputs", "fc/inputs", "conv3/outputs")},
+    {"conv1/weights": "pow2:-8:-1", "conv2/weights": "pow2:-9:-2", "conv2/outputs": "minifloat:7:3",
+     "fc/inputs": "pow2:-6:3"},
+])
+def test_library_sessions_give_the_bits_of_the_function_bodies_on_a_residual_cnn(library, formats):
+    """Whole-model equality: onnxruntime must optimize the graph around the kernel as around the
+    inlined body (the kernel's outputs get their shapes), else later layers round differently."""
+    from ristretto_onnx.runtime.simulator import Simulator
+
+    from .tiny_models import annotate, images, residual_cnn
+
+    model = annotate(residual_cnn())
+    x = images(24)
+    sim = Simulator(model, parametric=False)
+    plan = {t: None for t in sim.targets} | formats
+    sim.set_formats(plan)
+    bodies = create_session(sim.model(), kernels=False).run(None, {"input": x})[0]
+    assert same_bits(create_session(sim.model()).run(None, {"input": x})[0], bodies).all()
+    assert same_bits(sim.run(x), bodies).all()
+    assert bodies.std() > 0
