@@ -210,5 +210,9 @@ def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[st
             out = onnx.shape_inference.infer_shapes(out, strict_mode=False)
         except Exception:  # noqa: BLE001 - no shapes only costs speed and ulp-level equality
             pass
+    if not used and routed is None:
+        return source, used
+    try:
         return out.SerializeToString(), used
-    return (source if routed is None else routed.SerializeToString()), used
+    except ValueError:  # over 2 GB: the file as it is (weights then run in the kernel too)
+        return source, True
