@@ -41,6 +41,7 @@ COMMAND_MODULES = [
     "export_cmd",
     "report_cmd",
     "zoo_cmd",
+    "kernels_cmd",
 ]
 
 
