@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "eval_cmd",
     "formats_cmd",
     "zoo_cmd",
+    "finetune_cmd",
 ]
 
 

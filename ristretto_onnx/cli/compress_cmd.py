@@ -51,6 +51,11 @@ def compress_command(
                                          help="Score every candidate on the full data."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final table."),
+    finetune: bool = typer.Option(False, "--finetune", help="Then fine-tune the plan and narrow it while it "
+                                                            "holds (needs torch and --train-data)."),
+    train_data: str = typer.Option(None, "--train-data", help="--finetune: labelled training data (default "
+                                                              "for zoo models: their training split)."),
+    epochs: int = typer.Option(3, "--epochs", help="--finetune: epochs per fine-tuned plan."),
     scale: ScaleOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -98,8 +103,14 @@ def compress_command(
         seed=seed, fold_bn=not no_fold_bn, layers=split_patterns(layers), exclude=split_patterns(exclude),
         early_reject=not no_early_reject,
     )
-    result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
-                      metric_fn=metric_fn, options=options)
+    if finetune:  # issue 12: fine-tune the chosen plan, then narrow it (ristretto_onnx.finetune)
+        from ristretto_onnx.finetune.compress_driver import run_from_cli
+
+        result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags),
+                              epochs, calib=calib_set, test=test_set, log=log, options=options)
+    else:
+        result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
+                          metric_fn=metric_fn, options=options)
     model_file, report_file = result.save(out_path, report)
     for line in result.report.summary_lines():
         typer.echo(line)
