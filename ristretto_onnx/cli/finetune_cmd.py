@@ -53,32 +53,29 @@ def finetune_command(
     every epoch. Ctrl-C stops and writes the best epoch so far. Needs torch
     (pip install 'ristretto-onnx[finetune]').
     """
+    from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
     from ristretto_onnx.data import load_dataset, preprocess_from_cli
     from ristretto_onnx.finetune import require_torch
 
-    if out.suffix != ".onnx":
-        raise RistrettoError(f"the output path must end in .onnx: {out}")
+    out = onnx_output(out)
+    report_path = report if report is not None else out.with_suffix(".json")
     if not model_path.is_file():
         raise RistrettoError(f"model file not found: {model_path}")
-    if out.resolve() == model_path.resolve():
-        raise typer.BadParameter("OUT is the input model: refusing to overwrite the input", param_hint="OUT.onnx")
-    report_path = report if report is not None else out.with_suffix(".json")
-    for existing in (out, report_path):
-        if existing.exists() and not force:
-            raise typer.BadParameter(f"{existing} exists; pass --force to overwrite it", param_hint="OUT.onnx")
     require_torch()
-    from ristretto_onnx.finetune.trainer import FinetuneOptions, finetune
+    with usage_errors():
+        from ristretto_onnx.finetune.trainer import FinetuneOptions, finetune
 
-    flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
-    pre = preprocess_from_cli(**flags) if any(v is not None for v in flags.values()) else None
-    options = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                              schedule=schedule, seed=seed, device=device,
-                              quantize_activations=quantize_activations, train_size=train_size,
-                              tolerance=tolerance, metric=metric)
+        options = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                                  schedule=schedule, seed=seed, device=device,
+                                  quantize_activations=quantize_activations, train_size=train_size,
+                                  tolerance=tolerance, metric=metric)
+        flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+        pre = preprocess_from_cli(**flags) if any(v is not None for v in flags.values()) else None
+    check_outputs([out, report_path], [model_path, train_data, data], force=force)
     train_set, val_set = load_dataset(train_data, pre), load_dataset(data, pre)
-    log = None if quiet else (lambda msg: print(msg, file=sys.stderr))
-    result = finetune(str(model_path), train_set, val_set, options=options, log=log)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    log = None if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = finetune(str(model_path), train_set, val_set, options=options, log=log,
+                      progress=False if quiet else None)
     model_file, report_file = result.save(out, report_path)
     typer.echo(result.headline)
     typer.echo(f"best epoch {result.best_epoch} of {len(result.epochs) - 1} on {result.device}, "
