@@ -61,6 +61,7 @@ def compress_command(
     train_data: str = typer.Option(None, "--train-data", help="--finetune: labelled training data (default "
                                                               "for zoo models: their training split)."),
     epochs: int = typer.Option(3, "--epochs", help="--finetune: epochs per fine-tuned plan."),
+    lr: float = typer.Option(1e-4, "--lr", help="--finetune: learning rate (Adam)."),
     scale: ScaleOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -107,7 +108,7 @@ def compress_command(
             from ristretto_onnx.finetune.compress_driver import run_from_cli
 
             result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags),
-                                  epochs, calib=calib_set, test=test_set, log=log, options=options)
+                                  epochs, lr, calib=calib_set, test=test_set, log=log, options=options)
         else:
             result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
                               metric_fn=metric_fn, options=options)

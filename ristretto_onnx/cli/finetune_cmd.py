@@ -32,6 +32,8 @@ def finetune_command(
     quantize_activations: bool = typer.Option(False, "--quantize-activations",
                                               help="Train through the activation quantizers too "
                                                    "(straight through); the thesis keeps them float."),
+    weight_rounding: str = typer.Option("stochastic", help="Rounding of the weights in training: "
+                                                           "stochastic (thesis) or nearest_even."),
     train_size: int = typer.Option(None, help="Train on a seeded subset of this many images."),
     tolerance: float = typer.Option(None, help="Largest allowed drop from FP32 to re-check (default: the "
                                                "compress run's, else 0.01)."),
@@ -68,6 +70,7 @@ def finetune_command(
         options = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
                                   schedule=schedule, seed=seed, device=device,
                                   quantize_activations=quantize_activations, train_size=train_size,
+                                  weight_rounding=weight_rounding,
                                   tolerance=tolerance, metric=metric)
         flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         pre = preprocess_from_cli(**flags) if any(v is not None for v in flags.values()) else None

@@ -178,11 +178,12 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
 
 
 
-def run_from_cli(model, data, train_data, epochs: int, **kwargs) -> CompressFinetuneResult:
+def run_from_cli(model, data, train_data, epochs: int, lr: float, **kwargs) -> CompressFinetuneResult:
     """``compress --finetune``: the checks the command needs, then :func:`compress_finetune`."""
     from ristretto_onnx.finetune import require_torch
 
     require_torch()
     if train_data is None:
         raise RistrettoError("--finetune needs --train-data (labelled training images)")
-    return compress_finetune(model, data, train_data, finetune_options=FinetuneOptions(epochs=epochs), **kwargs)
+    return compress_finetune(model, data, train_data, finetune_options=FinetuneOptions(epochs=epochs, lr=lr),
+                             **kwargs)

@@ -9,7 +9,8 @@ tensors, so every tensor name of the model exists in the module and write-back i
 * **Constant subgraphs** (shape arithmetic such as the ResNets' option-A shortcut pads) are
   evaluated once at conversion with onnx's reference evaluator.
 * **QuantizeSim nodes** become :class:`Quantizer` modules. A quantizer whose input is a shadow
-  weight rounds stochastically in training mode and half-to-even in eval mode; an activation
+  weight rounds stochastically in training mode (``weight_rounding``; ``nearest_even`` is the
+  deterministic straight-through alternative) and half-to-even in eval mode; an activation
   quantizer is the identity in training (the thesis keeps layer outputs in float while
   fine-tuning) unless ``quantize_activations``, and half-to-even otherwise. Gradients pass
   straight through both.
@@ -56,7 +57,7 @@ class Quantizer(torch.nn.Module):
         owner = self._owner[0]
         if self.training:
             if self.is_weight:
-                return quantize_ste(x, self.tformat, "stochastic", owner.generator)
+                return quantize_ste(x, self.tformat, owner.weight_rounding, owner.generator)
             if not owner.quantize_activations:
                 return x
             return quantize_ste(x, self.tformat, "nearest_even")
@@ -109,9 +110,11 @@ class OnnxModule(torch.nn.Module):
     initializer name.
     """
 
-    def __init__(self, model: ModelProto, *, quantize_activations: bool = False) -> None:
+    def __init__(self, model: ModelProto, *, quantize_activations: bool = False,
+                 weight_rounding: str = "stochastic") -> None:
         super().__init__()
         self.quantize_activations = quantize_activations
+        self.weight_rounding = weight_rounding
         self.generator = None  # a seeded CPU torch.Generator for stochastic rounding
         graph = model.graph
         inits = {t.name: t for t in graph.initializer}
@@ -229,8 +232,10 @@ class OnnxModule(torch.nn.Module):
                 p.copy_(torch.as_tensor(value, dtype=p.dtype))
 
 
-def convert(model: ModelProto | str | os.PathLike, *, quantize_activations: bool = False) -> OnnxModule:
+def convert(model: ModelProto | str | os.PathLike, *, quantize_activations: bool = False,
+            weight_rounding: str = "stochastic") -> OnnxModule:
     """The trainable module of a (simulated) ONNX model; see the module docstring."""
     from ristretto_onnx.runtime.simulator import load_model
 
-    return OnnxModule(load_model(model), quantize_activations=quantize_activations)
+    return OnnxModule(load_model(model), quantize_activations=quantize_activations,
+                      weight_rounding=weight_rounding)

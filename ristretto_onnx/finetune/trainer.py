@@ -45,6 +45,9 @@ class FinetuneOptions:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     quantize_activations: bool = False
+    #: thesis: stochastic; nearest_even is deterministic straight-through training (beyond the
+    #: thesis: at 2-3 bits with the max range rule, stochastic rounding's noise can swamp training)
+    weight_rounding: str = "stochastic"
     metric: str = "top1"
     tolerance: float | None = None  # default: the compress run's, else 0.01
     tolerance_mode: str = "absolute"
@@ -65,6 +68,8 @@ class FinetuneOptions:
             raise RistrettoError(f"--schedule must be cosine or constant, not {self.schedule!r}")
         if self.tolerance_mode not in ("absolute", "relative"):
             raise RistrettoError("--tolerance-mode must be absolute or relative")
+        if self.weight_rounding not in ("stochastic", "nearest_even"):
+            raise RistrettoError(f"--weight-rounding must be stochastic or nearest_even, not {self.weight_rounding!r}")
         if self.metric not in ("top1", "top5", "fidelity"):
             raise RistrettoError(f"--metric must be top1, top5 or fidelity, not {self.metric!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -211,7 +216,8 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
         train = train.subset(opts.train_size, opts.seed)
     val = data if isinstance(data, Dataset) else load_dataset(data)
 
-    module = OnnxModule(base, quantize_activations=opts.quantize_activations).to(device)
+    module = OnnxModule(base, quantize_activations=opts.quantize_activations,
+                        weight_rounding=opts.weight_rounding).to(device)
     if not module.param_names:
         raise RistrettoError("the model has no float weights of a Conv, ConvTranspose, Gemm or MatMul "
                              "layer to fine-tune")
@@ -277,7 +283,8 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
     summary = {"epochs": opts.epochs, "best_epoch": best_epoch, "before": round(before, 6),
                "after": round(best, 6), "fp32": round(scorer.scorer.baseline, 6), "metric": opts.metric,
                "lr": opts.lr, "optimizer": opts.optimizer, "seed": opts.seed,
-               "quantize_activations": opts.quantize_activations, "tool": f"ristretto-onnx {__version__}"}
+               "quantize_activations": opts.quantize_activations,
+               "weight_rounding": opts.weight_rounding, "tool": f"ristretto-onnx {__version__}"}
     out = write_back(base, best_weights, summary)
     fp32 = scorer.scorer.baseline
     return FinetuneResult(
