@@ -55,6 +55,10 @@ def main(argv=None) -> dict:
         "device": r.device, "n_train": r.n_train, "n_score": r.n_score, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr,
         "epoch_train_seconds": [round(e.train_seconds, 1) for e in r.epochs[1:]],
+        "epoch_train_cpu_seconds": [round(e.train_cpu_seconds, 1) for e in r.epochs[1:]],
+        # wall time on free cores ~ CPU time / threads; per 10,000 images for --train-size runs
+        "epoch_10k_free_cores_estimate_seconds": [round(e.train_cpu_seconds / len(os.sched_getaffinity(0))
+                                                        * 10000 / r.n_train, 1) for e in r.epochs[1:]],
         "score_seconds": [round(e.score_seconds, 1) for e in r.epochs],
         "quantize_seconds": round(prep, 1),
         "fp32": r.fp32, "before": r.before, "after": r.after, "headline": r.headline,

@@ -83,6 +83,7 @@ class EpochRecord:
     score: float
     train_seconds: float
     score_seconds: float
+    train_cpu_seconds: float = 0.0  # process CPU time of the training (a load-independent measure)
 
 
 @dataclass
@@ -249,7 +250,7 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
         try:
             for epoch in range(1, opts.epochs + 1):
                 module.train()
-                t = time.perf_counter()
+                t, cpu0 = time.perf_counter(), time.process_time()
                 total = torch.zeros((), device=device)
                 seen = 0
                 bar.start_epoch(epoch)
@@ -264,12 +265,12 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
                     seen += len(y)
                     bar.advance(float(loss) if bar.shown else None)
                 module.eval()
-                train_s = time.perf_counter() - t
+                train_s, train_cpu = time.perf_counter() - t, time.process_time() - cpu0
                 t = time.perf_counter()
                 weights = module.shadow_weights()
                 score = scorer.score(weights)
                 records.append(EpochRecord(epoch, float(total) / max(seen, 1), score, train_s,
-                                           time.perf_counter() - t))
+                                           time.perf_counter() - t, train_cpu))
                 if score > best:
                     best, best_epoch, best_weights = score, epoch, weights
                 bar.end_epoch(records[-1].loss, score, best)
