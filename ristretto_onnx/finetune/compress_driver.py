@@ -7,7 +7,7 @@ it is kept while the exact simulated model stays within the tolerance on the sco
 smallest plan that held is the result. The report says how many bits fine-tuning bought.
 
 Formats for a narrower width come from the same scheme and the same ranges as the search's
-(:func:`ristretto_onnx.policies.make_scheme`), so a fine-tuned plan is one the search could have
+(:func:`ristretto_onnx.schemes.make_scheme`), so a fine-tuned plan is one the search could have
 chosen, only narrower.
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx.errors import RistrettoError
@@ -27,6 +28,12 @@ from ristretto_onnx.finetune.writeback import write_back
 
 #: The order categories are narrowed in: the most weight memory per bit first.
 ORDER = ("fc_weights", "conv_weights", "activations")
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(type(o).__name__)
 
 
 @dataclass
@@ -48,8 +55,6 @@ class FinetuneCompressReport:
         return d
 
     def to_json(self) -> str:
-        from ristretto_onnx.compress import _json_default
-
         return json.dumps(self.to_dict(), indent=2, default=_json_default)
 
     def summary_lines(self) -> list[str]:
@@ -113,7 +118,7 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
     from ristretto_onnx.data import load_dataset
     from ristretto_onnx.passes.pipeline import simulate
     from ristretto_onnx.passes.slots import get_metadata, set_metadata
-    from ristretto_onnx.policies import make_scheme
+    from ristretto_onnx.schemes import make_scheme
 
     if metric_fn is not None:
         raise RistrettoError("compress --finetune scores top1, top5 or fidelity, not a custom metric")
