@@ -1,7 +1,8 @@
 """The bit-width search of Ristretto's quantization flow (thesis 9.2, fig. 9.1), and beyond it.
 
 1. Per category (layer activations, conv weights, fc weights): a binary search for the smallest
-   width whose accuracy stays within the tolerance while the other categories stay in float.
+   width whose accuracy stays within the tolerance while the other categories stay in float
+   (starting at the width found for the category before).
    Schemes with several formats per width (fixed point's integer/fractional splits, minifloat's
    exponent/mantissa splits) score each variant and keep the best.
 2. The combination of the chosen widths; while it breaks the tolerance, the most sensitive
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 
 from ristretto_onnx.formats import Format
 from ristretto_onnx.policies import GroupRange, Scheme, category_groups
-from ristretto_onnx.scoring import Decision, Score, Scorer
+from ristretto_onnx.scoring import Decision, Score, Scorer, plan_key
 
 Log = Callable[[str], None]
 
@@ -91,6 +92,7 @@ class BitSearch:
         self.max_bits = max(self.max_bits, self.min_bits)
         self.log = log or (lambda msg: None)
         self.trials: list[Trial] = []
+        self._logged: set = set()
 
     # -- scoring helpers
 
@@ -105,11 +107,14 @@ class BitSearch:
     def _try(self, stage: str, what: str, bits: int | None, group_bits, variants, *,
              provisional: bool = False) -> tuple[bool, Score]:
         """Decide one plan (the scorer resumes plans it has seen; each call is logged once)."""
-        d: Decision = self.scorer.decide(self._plan(group_bits, variants), self.tolerance, provisional=provisional)
+        plan = self._plan(group_bits, variants)
+        d: Decision = self.scorer.decide(plan, self.tolerance, provisional=provisional)
         s = d.score
         trial = Trial(stage, what, bits, s.value, self.scorer.paired_drop(s), d.accepted, s.screened_out, s.n,
                       d.verdict == "likely")
-        if not any(t.what == what and t.stage == stage and t.bits == bits and t.n == s.n for t in self.trials):
+        seen = (plan_key(plan), stage, s.n)
+        if seen not in self._logged:
+            self._logged.add(seen)
             self.trials.append(trial)
             state = {"accept": "  ok", "likely": "  ok on the screen", "reject": ""}[d.verdict]
             self.log(f"{stage:<9} {what:<28} {('-' if bits is None else f'{bits}-bit'):>6}  "
@@ -137,7 +142,13 @@ class BitSearch:
         assert best is not None
         return best
 
-    def search_category(self, category: str) -> CategoryChoice:
+    def search_category(self, category: str, start: int | None = None) -> CategoryChoice:
+        """Binary search for the category's smallest width; ``start``: the first width to try.
+
+        Widths at or above the answer hold on the screening part and cost its images; widths
+        below are rejected, at few images when far below. A first probe near the answer (the
+        width of the category searched before) saves probes at wide widths.
+        """
         groups = category_groups(self.ranges, category)
         results: dict[int, tuple[bool, Score, int | None]] = {}
 
@@ -149,6 +160,8 @@ class BitSearch:
         lo, hi = self.min_bits, self.max_bits
         while lo < hi:  # the widest width is only scored if nothing narrower holds
             mid = (lo + hi) // 2
+            if start is not None:
+                mid, start = min(max(start, lo), hi - 1), None
             if ok(mid):
                 hi = mid
             else:
@@ -217,7 +230,11 @@ class BitSearch:
         seconds: dict[str, float] = {}
         t = time.perf_counter()
         cats = [c for c in self.scheme.categories if category_groups(self.ranges, c)]
-        choices = {c: self.search_category(c) for c in cats}
+        choices: dict[str, CategoryChoice] = {}
+        start = None
+        for c in cats:
+            choices[c] = self.search_category(c, start)
+            start = choices[c].bits or start
         seconds["search_categories"] = time.perf_counter() - t
         t = time.perf_counter()
         choices, score = self.combine(choices)
