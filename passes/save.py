@@ -2,7 +2,10 @@
 
 A half-written output is worse than none: a later step (or a user) would load a truncated model.
 So the model is written to a temporary file in the destination folder and renamed over the
-destination only once it is complete; on any error the temporary files are removed.
+destination only once it is complete; on any error (or SIGINT/SIGTERM) the temporary files are
+removed. The finished file gets the permissions an ordinary ``open()`` would give it (0666 less
+the umask), not the 0600 of a temporary file: in a container the output must stay readable by
+the user on the bind mount.
 
 Protobuf cannot serialize more than 2 GB. Larger models keep their big initializers in a side file
 ``<name>.data`` next to the model (ONNX external data, offsets aligned to 4 KiB so onnxruntime
@@ -12,8 +15,10 @@ caller's proto in place and never holds a second copy of the weights in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from google.protobuf.message import Message
@@ -35,9 +40,7 @@ def needs_external_data(model: ModelProto) -> bool:
 def save_model(model: ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
     """Write ``model`` to ``path`` atomically; ``external_data=None`` decides by size."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise RistrettoError(f"cannot write {path}: folder {folder} does not exist")
+    folder = _folder_of(path)
     use_external = needs_external_data(model) if external_data is None else external_data
     tmp_files: list[Path] = []
     try:
@@ -59,13 +62,47 @@ def save_model(model: ModelProto, path: str | os.PathLike, *, external_data: boo
     return path
 
 
+def _folder_of(path: Path) -> Path:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise RistrettoError(f"cannot write {path}: folder {folder} does not exist")
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_path("x.png") as tmp: writer(tmp)``: ``x.png`` appears only when complete.
+
+    For writers that insist on a file name (matplotlib, onnx tools); the temporary file is in the
+    destination folder, gets open()'s permissions and is removed on any error.
+    """
+    path = Path(path)
+    folder = _folder_of(path)
+    try:
+        tmp = _temp_path(folder, path.name)
+    except OSError as e:
+        raise RistrettoError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise RistrettoError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a small text file (a JSON sidecar) with the same temp-then-rename rule."""
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` with the temp-then-rename rule (an .npz, a PNG ...)."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = _folder_of(path)
     tmp_files: list[Path] = []
     try:
-        tmp = _write_temp(folder, path.name, text.encode(), tmp_files)
+        tmp = _write_temp(folder, path.name, payload, tmp_files)
         os.replace(tmp, path)
     except OSError as e:
         raise RistrettoError(f"cannot write {path}: {e.strerror or e}") from None
@@ -75,9 +112,27 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only a few µs)
+    os.umask(mask)
+    return mask
+
+
 def _temp_path(folder: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
+    # keep the real suffix last: writers that pick a format from the name (matplotlib) still can
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp" + Path(name).suffix)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 

@@ -22,6 +22,9 @@ from typing import Any
 
 from onnx import ModelProto
 
+from ristretto_onnx.data import Dataset, load_dataset
+from ristretto_onnx.data.conform import conform
+from ristretto_onnx.data.zoo_inputs import is_zoo, zoo_inputs
 from ristretto_onnx.formats import dfp_format, integer_bits
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.ranges import group_ranges
@@ -93,7 +96,10 @@ def analyze_ranges(source: str | os.PathLike | ModelProto, data, *, bits: int | 
                    batch_size: int = 64, threads: int | None = None, model_name: str | None = None,
                    data_name: str | None = None) -> RangeReport:
     """Measure every group of the model's layers on ``data`` (a Dataset) in one pass."""
+    if is_zoo(source):  # "zoo:NAME" as on the command line, with its calibration split
+        source, _, data = zoo_inputs(source, (), data)
     prepared = prepare(source, fold_bn=fold_bn)
+    data = conform(data if isinstance(data, Dataset) else load_dataset(data), prepared.float_model)
     layers = prepared.layers.select(include, exclude)
     ranges = group_ranges(prepared.float_model, layers, data, batch_size=batch_size, threads=threads)
     out = []

@@ -25,7 +25,11 @@ from onnx import ModelProto
 
 from ristretto_onnx import __version__
 from ristretto_onnx.data import Dataset, load_dataset
+from ristretto_onnx.data.conform import conform
+from ristretto_onnx.data.metadata import record as record_preprocess
+from ristretto_onnx.data.zoo_inputs import zoo_inputs
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.events import ProgressEvent, emit, search_log
 from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import plan_to_dict
@@ -299,6 +303,7 @@ class SearchContext:
     run_float: Callable[[np.ndarray], np.ndarray]
     seconds: dict[str, float]
     runner: Any = None
+    preprocess: Any = None  # the evaluation data's Preprocess, recorded in the written model
 
 
 def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
@@ -307,6 +312,7 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     log = log or (lambda msg: None)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
+    emit(log, ProgressEvent("prepare", "checking and preparing the model"))
     prepared = prepare(model, fold_bn=opts.fold_bn)
     layers = prepared.layers.select(opts.layers, opts.exclude)
     if not layers:
@@ -314,14 +320,17 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     input_name = _model_input(prepared.float_model)
     seconds["prepare"] = time.perf_counter() - t
 
-    ds = _as_dataset(data, "evaluation")
-    calib_ds = _as_dataset(calib, "calibration") if calib is not None else ds.subset(min(opts.calib_size, len(ds)), opts.seed)
+    ds = conform(_as_dataset(data, "evaluation"), prepared.float_model)
+    calib_ds = conform(_as_dataset(calib, "calibration"), prepared.float_model) if calib is not None else ds
+    calib_ds = calib_ds.subset(min(opts.calib_size, len(calib_ds)), opts.seed)  # CLI and API: same default
     t = time.perf_counter()
+    emit(log, ProgressEvent("ranges", f"range analysis on {len(calib_ds)} calibration images"))
     ranges = _group_ranges(prepared, layers, calib_ds, opts.batch_size)
     seconds["ranges"] = time.perf_counter() - t
     log(f"ranges of {len(ranges)} groups in {len(layers)} layers from {len(calib_ds)} calibration images")
 
     t = time.perf_counter()
+    emit(log, ProgressEvent("baseline", f"FP32 baseline on {len(ds)} images"))
     batches = _load_batches(ds, opts.batch_size)
     float_session = create_session(prepared.float_model, blocked_layout=True)
 
@@ -333,7 +342,8 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
                     screen_fraction=0.25 if opts.early_reject else 1.0)
     seconds["baseline"] = time.perf_counter() - t
     log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
-    return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner)
+    return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner,
+                         preprocess=ds.preprocess)
 
 
 def compress(
@@ -355,6 +365,7 @@ def compress(
     Options are :class:`CompressOptions` fields, as ``options=`` or keywords. A ``context`` from
     :func:`build_context` skips preparation, calibration and the baseline.
     """
+    spec, (model, data, calib) = model, zoo_inputs(model, data, calib)  # "zoo:NAME" as on the CLI
     opts = options or CompressOptions(**kwargs)
     if options is not None and kwargs:
         opts = CompressOptions(**{**asdict(options), **kwargs})
@@ -379,6 +390,8 @@ def compress(
         log(f"searching {name}")
         search = BitSearch(scorer, scheme, ranges, tolerance, min_bits=opts.min_bits,
                            max_bits=opts.max_bits, log=log)
+        search.log = search_log(log, scorer, search, name)
+        emit(log, ProgressEvent("search", f"searching {name}", name, scorer.plans_scored, scorer.evaluations))
         outcomes[name] = search.run(opts.granularity)
     seconds["search"] = time.perf_counter() - t
 
@@ -395,6 +408,7 @@ def compress(
     plan = outcome.plan
 
     t = time.perf_counter()
+    emit(log, ProgressEvent("write", "building the simulated model", chosen))
     final_model = simulate(prepared, plan)
     seconds["write"] = time.perf_counter() - t
 
@@ -417,7 +431,7 @@ def compress(
     groups = [GroupReport(r.group, r.role, r.kind, None if plan.get(r.group) is None else str(plan[r.group]),
                           _bits_of(plan.get(r.group)), r.size, r.max_abs) for r in ranges]
     report = CompressReport(
-        model=str(model) if not isinstance(model, ModelProto) else (model.graph.name or "<ModelProto>"),
+        model=str(spec) if not isinstance(spec, ModelProto) else (spec.graph.name or "<ModelProto>"),
         scheme=chosen, metric=opts.metric, tolerance=opts.tolerance, tolerance_mode=opts.tolerance_mode,
         baseline=scorer.baseline, final=outcome.final.value, n_images=scorer.n,
         test_baseline=test_base, test_final=test_final, n_test_images=n_test,
@@ -441,4 +455,6 @@ def compress(
                "weight_bytes": report.weight_bytes, "weight_bytes_fp32": report.weight_bytes_fp32,
                "tool": f"ristretto-onnx {__version__}"}
     set_metadata(final_model, "ristretto.compress", json.dumps(summary, separators=(",", ":")))
+    if ctx.preprocess is not None:
+        record_preprocess(final_model, ctx.preprocess)
     return CompressResult(final_model, report, plan)

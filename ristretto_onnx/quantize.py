@@ -19,6 +19,10 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
+from ristretto_onnx.data import Dataset, load_dataset
+from ristretto_onnx.data.conform import conform
+from ristretto_onnx.data.metadata import record as record_preprocess
+from ristretto_onnx.data.zoo_inputs import is_zoo, zoo_inputs
 from ristretto_onnx.errors import FormatError, RistrettoError
 from ristretto_onnx.formats import Format, Pow2, integer_bits, parse_format
 from ristretto_onnx.passes.layers import Group, LayerSet
@@ -52,7 +56,7 @@ class QuantizeOptions:
     range_rule: str = "max"  # dfp: max (thesis eq. 5.2), percentile:P or mse
     calib_size: int = 500
     score_size: int = 300
-    batch_size: int = 64
+    batch_size: int = 256
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -167,7 +171,11 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     """The simulated model of ``source`` for ``options`` (``calib``: a Dataset, when needed)."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
+    if is_zoo(source):  # "zoo:NAME" as on the command line, with its calibration split
+        source, _, calib = zoo_inputs(source, (), calib)
     prepared = source if isinstance(source, Prepared) else prepare(source, fold_bn=options.fold_bn)
+    if calib is not None:
+        calib = conform(calib if isinstance(calib, Dataset) else load_dataset(calib), prepared.float_model)
     seconds["prepare"] = time.perf_counter() - t
     layers = prepared.layers.select(options.layers, options.exclude)
     groups = [g for layer in layers for g in layer.groups]
@@ -207,6 +215,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     t = time.perf_counter()
     model = simulate(prepared, plan, rounding=options.rounding)
     seconds["simulate"] = time.perf_counter() - t
+    if calib is not None:
+        record_preprocess(model, calib.preprocess)
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
                           ranges, search, seconds)
 

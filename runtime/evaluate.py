@@ -148,8 +148,11 @@ def evaluate(
     ``module:function``. ``progress``: ``None`` shows a bar on a terminal only.
     """
     from ristretto_onnx.data import Dataset, load_dataset
+    from ristretto_onnx.data.metadata import dataset_for
 
-    if not isinstance(dataset, Dataset):
+    if isinstance(model, (str, os.PathLike, ModelProto)):  # the model's recorded preprocessing
+        dataset = dataset_for(model, dataset)[0]
+    elif not isinstance(dataset, Dataset):
         dataset = load_dataset(dataset)
     if isinstance(metrics, str):
         metrics = (metrics,)

@@ -50,7 +50,7 @@ def test_without_bits_and_with_layer_filter(files, capsys):
 
 
 def test_needs_data(files, capsys):
-    assert main(["analyze", str(files / "in.onnx")]) == 1
+    assert main(["analyze", str(files / "in.onnx")]) == 2  # a usage error: the command line lacks --calib
     assert "give --calib" in capsys.readouterr().err
 
 

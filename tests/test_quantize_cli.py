@@ -67,12 +67,12 @@ def test_fixed_minifloat_pow2_and_forced_format(files, capsys):
     assert _quantize(model_path, out, "--scheme", "fixed", "--bits", "8", "--calib", calib, "--score-size", "20") == 0
     assert len({f for f in _formats(out).values() if f}) == 1
     assert "chose IL=" in capsys.readouterr().out
-    assert _quantize(model_path, out, "--scheme", "minifloat", "--bits", "8", "--calib", calib) == 0
+    assert _quantize(model_path, out, "--force", "--scheme", "minifloat", "--bits", "8", "--calib", calib) == 0
     assert all(f.startswith("minifloat:8:") for f in _formats(out).values() if f)
-    assert _quantize(model_path, out, "--scheme", "pow2", "--exp-min", "-6", "--exp-max", "0") == 0
+    assert _quantize(model_path, out, "--force", "--scheme", "pow2", "--exp-min", "-6", "--exp-max", "0") == 0
     assert {g for g, f in _formats(out).items() if f} == {"block/conv1/weights", "block/conv2/weights"}
     assert set(_formats(out).values()) == {None, "pow2:-6:0"}
-    assert _quantize(model_path, out, "--format", "fixed:16:10", "--quantize-bias", "--report", folder / "r.json") == 0
+    assert _quantize(model_path, out, "--force", "--format", "fixed:16:10", "--quantize-bias", "--report", folder / "r.json") == 0
     side = json.loads((folder / "r.json").read_text())["formats"]
     assert set(side.values()) == {"fixed:16:10"}
 
@@ -84,7 +84,7 @@ def test_layer_selection_and_no_fold_bn(files):
     formats = _formats(out)
     assert {g for g, f in formats.items() if f} == {"block/conv2/inputs", "block/conv2/weights", "block/conv2/outputs"}
     assert sum(n.op_type == "BatchNormalization" for n in onnx.load(out).graph.node) == 2
-    assert _quantize(model_path, out, "--format", "fixed:8:4", "--exclude", "conv1", "--exclude", "conv2") == 0
+    assert _quantize(model_path, out, "--force", "--format", "fixed:8:4", "--exclude", "conv1", "--exclude", "conv2") == 0
     assert not any(_formats(out).values())
 
 
@@ -100,20 +100,20 @@ def test_uint8_data_with_preprocessing_flags(tmp_path):
     assert side["max_abs"]["conv/inputs"] == pytest.approx(2.0, abs=0.05)  # (255/255 - 0.5) / 0.25
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--scheme", "dfp"], "needs --bits"),
-    (["--bits", "8"], "give a --scheme"),
-    (["--scheme", "dfp", "--bits", "8"], "needs calibration data"),
-    (["--scheme", "dfp", "--bits", "8", "--calib", "missing.npz"], "dataset not found"),
-    (["--format", "fixed:8"], "cannot parse format"),
-    (["--format", "fixed:8:4", "--layers", "nomatch"], "no layer matches"),
-    (["--scheme", "int4", "--bits", "4"], "unknown scheme"),
+@pytest.mark.parametrize("args, message, code", [
+    (["--scheme", "dfp"], "needs --bits", 2),
+    (["--bits", "8"], "give a --scheme", 2),
+    (["--scheme", "dfp", "--bits", "8"], "needs calibration data", 2),
+    (["--scheme", "dfp", "--bits", "8", "--calib", "missing.npz"], "dataset not found", 1),
+    (["--format", "fixed:8"], "cannot parse format", 2),
+    (["--format", "fixed:8:4", "--layers", "nomatch"], "no layer matches", 1),
+    (["--scheme", "int4", "--bits", "4"], "unknown scheme", 2),
 ])
-def test_errors_are_one_line_and_write_nothing(files, capsys, monkeypatch, args, message):
+def test_errors_are_one_line_and_write_nothing(files, capsys, monkeypatch, args, message, code):
     folder, model_path, _ = files
     monkeypatch.chdir(folder)
     out = folder / "bad.onnx"
-    assert _quantize(model_path, out, *args) == 1
+    assert _quantize(model_path, out, *args) == code  # 2: fix the command line; 1: fix the files
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists() and not out.with_suffix(".json").exists()
@@ -122,9 +122,9 @@ def test_errors_are_one_line_and_write_nothing(files, capsys, monkeypatch, args,
 def test_output_must_not_be_the_input_and_must_end_in_onnx(files, capsys):
     folder, model_path, _ = files
     digest = _sha(model_path)
-    assert _quantize(model_path, model_path, "--format", "fixed:8:4") == 1
-    assert "refusing to overwrite the input" in capsys.readouterr().err
-    assert _quantize(model_path, folder / "out.txt", "--format", "fixed:8:4") == 1
+    assert _quantize(model_path, model_path, "--format", "fixed:8:4") == 2
+    assert "refusing to overwrite an input" in capsys.readouterr().err
+    assert _quantize(model_path, folder / "out.txt", "--format", "fixed:8:4") == 2
     assert _sha(model_path) == digest
 
 

@@ -79,4 +79,4 @@ def test_cli_weight_granularity_and_range_rule(tmp_path, dw):
     side = json.loads(out.with_suffix(".json").read_text())
     assert "@" in side["formats"]["depthwise/weights"] and side["options"]["range_rule"] == "percentile:99.99"
     assert main(["quantize", str(tmp_path / "in.onnx"), str(tmp_path / "o2.onnx"), "--scheme", "minifloat",
-                 "--bits", "8", "--calib", str(tmp_path / "calib.npy"), "--weight-granularity", "channel"]) == 1
+                 "--bits", "8", "--calib", str(tmp_path / "calib.npy"), "--weight-granularity", "channel"]) == 2  # usage error

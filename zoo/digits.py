@@ -287,9 +287,11 @@ def build(out_dir: Path | None = None) -> DigitsBuild:
         raise RistrettoError(f"digits model: onnxruntime top-1 {ort_top1} differs from numpy "
                              f"{numpy_top1}; the export does not match the trained network")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MODEL_FILE).write_bytes(model)
-    (out_dir / CALIB_FILE).write_bytes(npz_bytes(images=train_x, labels=train_y))
-    (out_dir / TEST_FILE).write_bytes(npz_bytes(images=test_x, labels=test_y))
+    from ristretto_onnx.passes.save import write_bytes_atomic
+
+    write_bytes_atomic(out_dir / MODEL_FILE, model)
+    write_bytes_atomic(out_dir / CALIB_FILE, npz_bytes(images=train_x, labels=train_y))
+    write_bytes_atomic(out_dir / TEST_FILE, npz_bytes(images=test_x, labels=test_y))
     return DigitsBuild(out_dir, numpy_top1, ort_top1, train_top1, time.perf_counter() - start,
                        len(model))
 

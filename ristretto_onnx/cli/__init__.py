@@ -1,20 +1,24 @@
 """Command-line interface: ``ristretto-onnx COMMAND ...``.
 
 Each command lives in its own module and registers itself on :data:`app`. :func:`main` turns every
-error into one line on stderr: exit code 2 for usage errors, 1 for failures. ``--debug`` shows the
-traceback instead.
+error into one line on stderr: exit code 2 for usage errors, 1 for failures, 130/143 for SIGINT and
+SIGTERM (the line says what was interrupted; outputs are written atomically, so none is left
+half-written). ``--debug`` shows the traceback instead. The table of bad inputs and their
+messages is docs/ERRORS.md.
 """
 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import typer
 
 from ristretto_onnx import __version__
 from ristretto_onnx.cli.app import app, state
-from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx import events
+from ristretto_onnx.errors import Interrupted, RistrettoError
 
 try:  # recent typer carries its own copy of click (and does not install click itself)
     from typer._click import exceptions as _click_exceptions
@@ -34,6 +38,8 @@ COMMAND_MODULES = [
     "analyze_cmd",
     "eval_cmd",
     "formats_cmd",
+    "export_cmd",
+    "report_cmd",
     "zoo_cmd",
 ]
 
@@ -64,40 +70,67 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def _interrupted_line(signum: int, command: str) -> str:
+    name = signal.Signals(signum).name
+    doing = f" during {events.last.describe()}" if events.last is not None else ""
+    return f"interrupted by {name}: {command or 'ristretto-onnx'}{doing} stopped; no output was written"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and exits with) the process exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
+    command = next((a for a in args if not a.startswith("-")), "")
+    events.last = None
+    previous = None
+    try:  # SIGTERM (docker stop, a CI timeout) unwinds like Ctrl-C: finally blocks remove temp files
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        pass
+    try:
+        code = _run(args, debug, command)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return _exit(code, argv)
+
+
+def _run(args: list[str], debug: bool, command: str) -> int:
     try:
         rv = app(args=args, prog_name="ristretto-onnx", standalone_mode=False)
-        code = rv if isinstance(rv, int) else 0
+        return rv if isinstance(rv, int) else 0
     except _EXIT as e:
-        code = e.exit_code
-    except _ABORT:
-        code = _fail("aborted", 1)
+        return e.exit_code
+    except _ABORT:  # click turns a KeyboardInterrupt during a prompt into Abort
+        return _fail(_interrupted_line(signal.SIGINT, command), 130)
     except _USAGE as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare command group: show its help
             print(e.format_message())
-            return _exit(0, argv)
+            return 0
         if debug:
             raise
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-        code = _fail(f"{e.format_message()}{hint}", 2)
+        return _fail(f"{e.format_message()}{hint}", 2)
     except _CLICK as e:
         if debug:
             raise
-        code = _fail(e.format_message(), e.exit_code or 1)
+        return _fail(e.format_message(), e.exit_code or 1)
     except RistrettoError as e:
         if debug:
             raise
-        code = _fail(str(e), 1)
+        return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        code = _fail("interrupted", 130)
+        return _fail(_interrupted_line(signal.SIGINT, command), 130)
+    except Interrupted as e:
+        return _fail(_interrupted_line(e.signum, command), e.exit_code)
     except Exception as e:  # noqa: BLE001 - the CLI contract is "never a traceback"
         if debug:
             raise
-        code = _fail(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)", 1)
-    return _exit(code, argv)
+        return _fail(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)", 1)
 
 
 def _exit(code: int, argv: list[str] | None) -> int:

@@ -20,6 +20,12 @@ ResizeOption = Annotated[Optional[str], typer.Option("--resize", help=DATA_OPTIO
 CropOption = Annotated[Optional[str], typer.Option("--crop", help=DATA_OPTION_HELP["crop"])]
 
 
+def check_flags(**flags) -> None:
+    """Parse the preprocessing flags once up front, so a bad value is a usage error (exit 2)."""
+    if any(v is not None for v in flags.values()):
+        preprocess_from_cli(**flags)
+
+
 def resolve_input(spec: str) -> Path:
     """The model file for ``IN`` (a path or ``zoo:NAME``)."""
     from ristretto_onnx import zoo

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.cli.calib_options import open_split, split_patterns
+from ristretto_onnx.cli.calib_options import check_flags, open_split, split_patterns
+from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
+from ristretto_onnx.cli.progress import Reporter
 from ristretto_onnx.compress import CompressOptions, compress
-from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.errors import UsageError
+from ristretto_onnx.events import ProgressEvent, emit
 
 
 @app.command("compress")
@@ -28,7 +30,8 @@ def compress_command(
                                                    "zoo:NAME). Default for zoo models: their test set."),
     calib: str = typer.Option(None, "--calib", help="Calibration data (default: a seeded subset of --data, "
                                                      "or the zoo model's calibration split)."),
-    calib_size: int = typer.Option(500, help="Calibration images (seeded subset)."),
+    calib_size: int = typer.Option(500, help="Calibration images (seeded subset; the same default in "
+                                             "every command and the Python API)."),
     test: str = typer.Option(None, "--test", help="Held-out data scored once on the final model."),
     metric: str = typer.Option("top1", help="top1, top5, fidelity (agreement with FP32), or module:function."),
     granularity: str = typer.Option("group", help="group (thesis: conv weights, fc weights, activations) "
@@ -50,7 +53,9 @@ def compress_command(
     no_early_reject: bool = typer.Option(False, "--no-early-reject",
                                          help="Score every candidate on the full data."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or lines while working "
+                                                            "(pipelines); the final table still prints."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report to stdout instead of the table."),
     scale: ScaleOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -64,43 +69,42 @@ def compress_command(
     memory, evaluations, time per stage).
     """
     from ristretto_onnx import zoo
+    from ristretto_onnx.runtime.metrics import accumulator, load_metric
 
-    out_path = Path(out)
-    if out_path.suffix != ".onnx":
-        raise RistrettoError(f"the output path must end in .onnx: {out}")
-    model_path = zoo.resolve_model(model_spec)
-    if out_path.resolve() == Path(model_path).resolve():
-        raise typer.BadParameter("OUT is the input model: refusing to overwrite the input", param_hint="OUT.onnx")
+    out_path = onnx_output(out)
     report_path = report if report is not None else out_path.with_suffix(".json")
-    for existing in (out_path, report_path):
-        if existing.exists() and not force:
-            raise typer.BadParameter(f"{existing} exists; pass --force to overwrite it", param_hint="OUT.onnx")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+    metric_fn = None
+    with usage_errors():
+        if ":" in metric:
+            metric_fn = load_metric(metric)
+        else:
+            accumulator(metric)
+        options = CompressOptions(
+            scheme=scheme, tolerance=tolerance, tolerance_mode=tolerance_mode,
+            metric=metric if metric_fn is None else "custom", calib_size=calib_size, granularity=granularity,
+            weight_granularity=weight_granularity, range_rule=range_rule, min_bits=min_bits,
+            max_bits=max_bits, exp_min=exp_min, exp_max=exp_max, batch_size=batch_size, seed=seed,
+            fold_bn=not no_fold_bn, layers=split_patterns(layers), exclude=split_patterns(exclude),
+            early_reject=not no_early_reject,
+        )
+        flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+        check_flags(**flags)
+    model_path = zoo.resolve_model(model_spec)
+    check_outputs([out_path, report_path], [model_path, data, calib, test], force=force)
     dataset = open_split(data, model_spec, "test", **flags)
     if dataset is None:
-        raise RistrettoError("give --data (validation images with labels, or use --metric fidelity)")
-    calib_set = open_split(calib, model_spec, "calib", **flags)
-    if calib_set is not None:
-        calib_set = calib_set.subset(min(calib_size, len(calib_set)), seed)
+        raise UsageError("give --data (validation images with labels, or use --metric fidelity)")
+    calib_set = open_split(calib, model_spec, "calib", **flags)  # compress takes a seeded subset
     test_set = open_split(test, model_spec, "test", **flags) if test else None
 
-    metric_fn = None
-    if ":" in metric:
-        from ristretto_onnx.runtime.metrics import load_metric
-
-        metric_fn, metric = load_metric(metric), metric
-    log = None if quiet else (lambda msg: print(msg, file=sys.stderr))
-    options = CompressOptions(
-        scheme=scheme, tolerance=tolerance, tolerance_mode=tolerance_mode, metric=metric if metric_fn is None else "custom",
-        calib_size=calib_size, granularity=granularity, weight_granularity=weight_granularity, range_rule=range_rule,
-        min_bits=min_bits, max_bits=max_bits, exp_min=exp_min, exp_max=exp_max, batch_size=batch_size,
-        seed=seed, fold_bn=not no_fold_bn, layers=split_patterns(layers), exclude=split_patterns(exclude),
-        early_reject=not no_early_reject,
-    )
-    result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
-                      metric_fn=metric_fn, options=options)
-    model_file, report_file = result.save(out_path, report)
+    with Reporter(quiet=quiet) as log:
+        result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
+                          metric_fn=metric_fn, options=options)
+        emit(log, ProgressEvent("write", f"writing {out_path} and {report_path}"))
+        model_file, report_file = result.save(out_path, report_path)
+    if as_json:
+        typer.echo(result.report.to_json())
+        return
     for line in result.report.summary_lines():
         typer.echo(line)
     typer.echo(f"wrote {model_file} and {report_file}")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import typer
 
 from ristretto_onnx.cli.app import app, state
 from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.data import load_dataset, preprocess_from_cli
-from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.cli.calib_options import check_flags
+from ristretto_onnx.cli.outputs import usage_errors
+from ristretto_onnx.data import preprocess_from_cli
+from ristretto_onnx.errors import UsageError
 
 
 def _zoo_name(model: str) -> str | None:
@@ -37,22 +40,36 @@ def eval_command(
 ) -> None:
     """Print the metric(s) and images/s of MODEL on --data."""
     from ristretto_onnx import zoo
+    from ristretto_onnx.data.metadata import dataset_for, recorded
     from ristretto_onnx.runtime.evaluate import evaluate
+    from ristretto_onnx.runtime.metrics import accumulator
 
     if batch_size < 1:
-        raise RistrettoError(f"--batch-size must be positive, got {batch_size}")
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    with usage_errors():
+        for m in metric or ():
+            accumulator(m)
+        check_flags(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
     model_path = zoo.resolve_model(model)
     zoo_name = _zoo_name(model)
+    # Base preprocessing: the zoo entry's, else what the model recorded; flags modify it.
     base = zoo.get_model(zoo_name).preprocess if zoo_name else None
+    rec = None if zoo_name else recorded(model_path)
+    if rec is not None:
+        base = rec[0]
     given = any(v is not None for v in (scale, mean, std, resize, crop))
     pre = preprocess_from_cli(scale=scale, mean=mean, std=std, resize=resize, crop=crop, base=base) \
-        if given else None
+        if given else base
     if data is None:
         if zoo_name is None:
-            raise RistrettoError("give --data (images to evaluate on); only zoo:NAME models have a default")
-        dataset = zoo.model_dataset(zoo_name, "test", pre)
+            raise UsageError("give --data (images to evaluate on); only zoo:NAME models have a default")
+        dataset = zoo.model_dataset(zoo_name, "test", pre if given else None)
     else:
-        dataset = load_dataset(data, pre if pre is not None else base)
+        dataset = data
+    dataset, _ = dataset_for(model_path, dataset, pre)
+    if rec is not None and not as_json:
+        how = "with your flags on top" if given else "flags override it"
+        print(f"note: using the preprocessing recorded in {model} ({base}); {how}", file=sys.stderr)
     metrics = list(dict.fromkeys(metric or (["top1"] if dataset.labels is not None else ["fidelity"])))
     ref = str(zoo.resolve_model(reference)) if reference else None
     show = False if (quiet or as_json or state.get("quiet")) else None

@@ -11,15 +11,18 @@ import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.cli.calib_options import open_calibration, resolve_input, split_patterns
-from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.cli.calib_options import check_flags, open_calibration, resolve_input, split_patterns
+from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
+from ristretto_onnx.errors import UsageError
 from ristretto_onnx.formats import PerChannel, Pow2, parse_format
 
 
 @app.command("quantize")
 def quantize_command(
     model_in: str = typer.Argument(..., metavar="IN.onnx", help="FP32 model: a path or zoo:NAME."),
-    model_out: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the simulated model."),
+    model_out: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the simulated model "
+                                                                   "(must not exist unless --force)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT (and its report) if they exist."),
     scheme: str = typer.Option(None, help="fixed (one shared format, ch. 4), dfp (per-group fractional "
                                           "length, ch. 5), minifloat (ch. 6) or pow2 (weights only, ch. 7)."),
     bits: int = typer.Option(None, help="Bit width of weights and activations."),
@@ -29,7 +32,8 @@ def quantize_command(
                                                       "(no calibration)."),
     calib: str = typer.Option(None, "--calib", help="Calibration data: .npz, .npy, image folder or zoo:NAME "
                                                     "(default for zoo models: their calibration split)."),
-    calib_size: int = typer.Option(500, help="Calibration images (seeded subset)."),
+    calib_size: int = typer.Option(500, help="Calibration images (seeded subset; the same default in "
+                                             "every command and the Python API)."),
     score_size: int = typer.Option(300, help="fixed: images scoring each integer/fractional split."),
     layers: list[str] = typer.Option(None, "--layers", help="Only quantize layers matching these regexes "
                                                             "(comma-separated or repeated)."),
@@ -46,8 +50,9 @@ def quantize_command(
                                    help="dfp: max (no saturation, eq. 5.2), percentile:P (e.g. "
                                         "percentile:99.99) or mse (least squared error)."),
     report: Path = typer.Option(None, "--report", help="JSON sidecar path (default: OUT with .json)."),
-    batch_size: int = typer.Option(64, help="Images per onnxruntime run."),
+    batch_size: int = typer.Option(256, help="Images per onnxruntime run (the same default in every command)."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report to stdout instead of the summary."),
     scale: ScaleOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -63,34 +68,33 @@ def quantize_command(
     from ristretto_onnx.quantize import QuantizeOptions, quantize
 
     start = time.perf_counter()
-    in_path = resolve_input(model_in)
-    if model_out.suffix != ".onnx":
-        raise RistrettoError(f"the output path must end in .onnx: {model_out}")
-    if model_out.exists() and model_out.resolve() == in_path.resolve():
-        raise RistrettoError("OUT is the input model: refusing to overwrite the input")
-    if not model_out.parent.is_dir():
-        raise RistrettoError(f"output folder {model_out.parent} does not exist")
+    model_out = onnx_output(model_out)
     report_path = report or model_out.with_suffix(".json")
-    if report_path.resolve() == in_path.resolve():
-        raise RistrettoError("the report path is the input model")
-    options = QuantizeOptions(
-        scheme=scheme.lower() if scheme else None, bits=bits, weight_bits=weight_bits, act_bits=act_bits,
-        format=parse_format(format) if format else None,
-        layers=split_patterns(layers), exclude=split_patterns(exclude), fold_bn=not no_fold_bn,
-        quantize_bias=quantize_bias, pow2=Pow2(exp_min, exp_max), calib_size=calib_size,
-        weight_granularity=weight_granularity.lower(), range_rule=range_rule.lower(),
-        score_size=score_size, batch_size=batch_size, seed=seed,
-    )
+    with usage_errors():
+        options = QuantizeOptions(
+            scheme=scheme.lower() if scheme else None, bits=bits, weight_bits=weight_bits, act_bits=act_bits,
+            format=parse_format(format) if format else None,
+            layers=split_patterns(layers), exclude=split_patterns(exclude), fold_bn=not no_fold_bn,
+            quantize_bias=quantize_bias, pow2=Pow2(exp_min, exp_max), calib_size=calib_size,
+            weight_granularity=weight_granularity.lower(), range_rule=range_rule.lower(),
+            score_size=score_size, batch_size=batch_size, seed=seed,
+        )
+        check_flags(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+    in_path = resolve_input(model_in)
+    check_outputs([model_out, report_path], [in_path, calib], force=force)
     data = None
     if options.needs_calibration:
         data = open_calibration(calib, model_in, scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         if data is None:
-            raise RistrettoError(f"--scheme {options.scheme} needs calibration data: give --calib")
+            raise UsageError(f"--scheme {options.scheme} needs calibration data: give --calib")
     result = quantize(in_path, options, data)
     sidecar = result.sidecar(input=str(model_in), output=str(model_out),
                              calib=None if data is None else data.name)
     save_model(result.model, model_out)
     write_text_atomic(report_path, json.dumps(sidecar, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(sidecar, indent=2))
+        return
 
     quantized = {g: f for g, f in result.plan.items() if f is not None}
     counts = Counter(f"{f.base_kind}:{f.bits}-bit per channel" if isinstance(f, PerChannel) else str(f)

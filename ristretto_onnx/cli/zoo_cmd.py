@@ -141,9 +141,17 @@ def eval_command(
 
 @zoo_app.command("build-default")
 def build_default_command(
-    out: Path = typer.Option(None, "--out", help="Output folder (default: the zoo package)."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: the zoo package); must exist."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the three files if they exist."),
 ) -> None:
     """Retrain and export the embedded digits-cnn model and its data (deterministic)."""
+    from ristretto_onnx.cli.outputs import check_outputs
     from ristretto_onnx.zoo import digits
+
+    from ristretto_onnx.zoo.store import package_dir
+
+    folder = out if out is not None else package_dir()
+    check_outputs([folder / name for name in (digits.MODEL_FILE, digits.CALIB_FILE, digits.TEST_FILE)],
+                  force=force)
 
     typer.echo(digits.build(out).summary())

@@ -96,7 +96,7 @@ def test_bad_options_are_clear_errors(digits):
 
 
 def test_cli_main_command_runs_on_the_embedded_default(tmp_path):
-    out = tmp_path / "out" / "digits.onnx"
+    out = tmp_path / "digits.onnx"  # README's first command: an output in the current folder
     r = subprocess.run([sys.executable, "-m", "ristretto_onnx", "compress", "zoo:digits-cnn", str(out), "-q"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
