@@ -160,7 +160,7 @@ class Scorer:
         if self.baseline_samples is not None:
             self._baseline_prefix = np.concatenate([[0.0], np.cumsum(self.baseline_samples)])
         self._progress: dict[Hashable, _Progress] = {}
-        self.evaluations = 0.0  # in units of full passes over the data
+        self.images_scored = 0  # plan evaluations, image by image (the FP32 baseline not counted)
         self.plans_scored = 0
         self.screened_out = 0
         self.seconds = 0.0
@@ -201,7 +201,7 @@ class Scorer:
             else:
                 p.outputs.append(out)
             p.batches, p.n = k + 1, hi
-            self.evaluations += self.sizes[k] / self.n
+            self.images_scored += self.sizes[k]
         dt = time.perf_counter() - t0
         p.seconds += dt
         self.seconds += dt
@@ -238,6 +238,11 @@ class Scorer:
         return p
 
     # -- API
+
+    @property
+    def evaluations(self) -> float:
+        """Images scored, in units of full passes over the data."""
+        return self.images_scored / self.n
 
     def drop(self, value: float) -> float:
         return self.baseline - value
