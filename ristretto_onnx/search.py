@@ -17,10 +17,10 @@ its scoring (:class:`~ristretto_onnx.scoring.Scorer` scores each plan only as fa
 
 * A per-category width that holds on the screening part is taken *provisionally*, without
   scoring the rest: the combination that is finally accepted quantizes that category at that
-  width or wider, so its acceptance on the full set implies the category's. A width that fails
-  is rejected on the full set (exactly or by early rejection), never on the screening part
-  alone. A provisional width that would fail on the full set makes its combination fail, and
-  the category is widened like any other.
+  width or wider, so its acceptance on the full set implies the category's. A width whose drop
+  on the screening part breaks the tolerance is scored further, until the full set accepts it
+  or it is rejected (exactly, or by early rejection). A provisional width that would fail on
+  the full set makes its combination fail, and the category is widened like any other.
 * Sensitivities (which category to widen, which layer to lower first) and the choice between a
   width's variants compare drops on the screening part, which every plan scored has.
 * Every plan that ends up in the result is accepted on the full set.
