@@ -44,7 +44,7 @@ def wrong_verdicts(net, verdicts, tol):
     return likely, rejected
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), tol=st.sampled_from([0.005, 0.01, 0.02, 0.05]))
 def test_cheaper_search_holds_and_reaches_the_exhaustive_plan(seed, tol):
     net = random_net(seed)
