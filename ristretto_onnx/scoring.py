@@ -1,5 +1,9 @@
 """Scoring format plans for the search: one verdict per plan, from as few images as it needs.
 
+The one scorer of the package: ``compress`` scores every plan of its search here, ``quantize`` the
+few alternatives of a scheme at its width. The metrics are those of the registry
+(:data:`ristretto_onnx.runtime.metrics.PER_SAMPLE`), compared image by image.
+
 The search scores dozens of plans on the same data, so everything that does not depend on the
 plan is done once: the images are preprocessed once and kept in memory (when they fit), the FP32
 model's outputs and per-image scores are computed once, and a simulator
@@ -13,8 +17,8 @@ stay within the tolerance?" may already be settled:
 * exactly: the images not yet scored can raise the metric by at most ``remaining / total``, so
   when even that cannot bring the drop within the tolerance, the plan is rejected;
 * statistically (early rejection, at a few looks: the first ``min_screen`` images, the screening
-  part, half and three quarters of the data): when the drop so far exceeds the tolerance by more than ``z`` standard errors of
-  the paired difference to the FP32 model's per-image scores.
+  part, half and three quarters of the data): when the drop so far exceeds the tolerance by more
+  than ``z`` standard errors of the paired difference to the FP32 model's per-image scores.
 
 An acceptance is only ever made on the full set, so early rejection never accepts a plan the
 full set would reject. A *provisional* verdict (:meth:`Scorer.decide` with ``provisional=True``)
@@ -32,30 +36,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ristretto_onnx.errors import RistrettoError
-
-#: Per-sample metrics: (outputs, labels, fp32 predictions) -> one score in [0, 1] per sample.
-PerSample = Callable[[np.ndarray, np.ndarray | None, np.ndarray], np.ndarray]
+from ristretto_onnx.runtime.metrics import PER_SAMPLE
 
 #: Fractions of the data after which early rejection looks at the drop (besides ``min_screen``
 #: images and the screening part).
 LOOKS = (0.5, 0.75)
-
-
-def _top1(out, labels, ref):
-    return (out.argmax(axis=1) == labels).astype(np.float64)
-
-
-def _top5(out, labels, ref):
-    k = min(5, out.shape[1])
-    top = np.argpartition(-out, k - 1, axis=1)[:, :k]
-    return (top == labels[:, None]).any(axis=1).astype(np.float64)
-
-
-def _fidelity(out, labels, ref):
-    return (out.argmax(axis=1) == ref).astype(np.float64)
-
-
-PER_SAMPLE: dict[str, PerSample] = {"top1": _top1, "top5": _top5, "fidelity": _fidelity}
 
 
 @dataclass(frozen=True)
@@ -179,7 +164,7 @@ class Scorer:
 
     def _per_sample(self, out: np.ndarray, start: int, stop: int) -> np.ndarray:
         labels = None if self.labels is None else self.labels[start:stop]
-        return PER_SAMPLE[self.metric](out, labels, self.ref_pred[start:stop])
+        return PER_SAMPLE[self.metric](out, labels, self.ref_pred[start:stop]).astype(np.float64)
 
     def _value(self, out: np.ndarray, samples: np.ndarray | None) -> float:
         if self.metric_fn is not None:

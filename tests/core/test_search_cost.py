@@ -5,10 +5,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ristretto_onnx.policies import DynamicFixedPoint
+from ristretto_onnx.formats import Fixed
+from ristretto_onnx.schemes import DynamicFixedPoint
 from ristretto_onnx.search import BitSearch
-from tests.search.per_image import Oracle, PerImageNet
-from tests.search.test_search import RANGES
+from tests.core.per_image import Oracle, PerImageNet
+from tests.core.test_search import RANGES
 
 
 def random_net(seed: int, n: int = 2000) -> PerImageNet:
@@ -87,7 +88,7 @@ def test_exact_rejection_when_the_rest_cannot_save_the_plan():
     need = np.where(np.arange(n) < 300, 16, 0)  # the first 300 images break below 16 bits
     net = two_groups(base, need)
     scorer = net.scorer(batch=50, min_screen=100, z=1e9)
-    from ristretto_onnx.formats import Fixed
+
     d = scorer.decide({"c1/inputs": Fixed(8, 4), "fc/weights": None}, 0.1)
     # drop > 0.1 is certain once more than 100 images are wrong: after 101 wrong -> batch ending at 150
     assert d.verdict == "reject" and d.score.n == 150 and d.score.screened_out
@@ -101,7 +102,7 @@ def test_early_rejection_looks_and_never_accepts_early():
     need = np.where(rng.random(n) < 0.1, 16, 0)  # 10 % of the images need 16 bits: drop ~0.08
     net = two_groups(base, need)
     scorer = net.scorer(batch=100, min_screen=200)
-    from ristretto_onnx.formats import Fixed
+
     bad = scorer.decide({"c1/inputs": Fixed(8, 4), "fc/weights": None}, 0.01)
     assert bad.verdict == "reject" and bad.score.n == 200  # the first look (min_screen images)
     good = scorer.decide({"c1/inputs": Fixed(16, 4), "fc/weights": None}, 0.01)
