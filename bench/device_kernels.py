@@ -38,7 +38,8 @@ import ristretto_onnx  # noqa: E402
 if str(ROOT) not in ristretto_onnx.__path__:
     ristretto_onnx.__path__.append(str(ROOT))
 
-from ristretto_onnx.formats import PerChannel, Pow2, dfp_channel_format, quantize  # noqa: E402
+from ristretto_onnx.formats import PerChannel, Pow2, quantize  # noqa: E402
+from ristretto_onnx.range_rules import dfp_channel_format  # noqa: E402
 
 
 def _grid():

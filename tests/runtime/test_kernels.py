@@ -15,12 +15,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import PerChannel, Pow2, dfp_channel_format, parse_format, quantize
+from ristretto_onnx.formats import PerChannel, Pow2, parse_format, quantize
+from ristretto_onnx.range_rules import dfp_channel_format
 from ristretto_onnx.ops import attach_functions, make_quantize_node
 from ristretto_onnx.runtime import kernels
 from ristretto_onnx.runtime.session import create_session
 
-from ..core.opmodel import same_bits
+from ..builders import same_bits
 from ..core.test_ops import GRID, SPECIALS, _conv_net, boundary_values, random_bit_patterns
 
 
@@ -204,9 +205,10 @@ def test_resnet20_written_model_gives_identical_logits_with_and_without_the_libr
     bit-identical logits on real CIFAR-10 images for every scheme, and through the Simulator."""
     from ristretto_onnx import zoo
     from ristretto_onnx.passes.pipeline import prepare, simulate
-    from ristretto_onnx.ranges import group_ranges
+    from ristretto_onnx.ranges import measure_groups
     from ristretto_onnx.runtime.simulator import Simulator
-    from ristretto_onnx.schemes import dfp_plan, minifloat_plan, pow2_plan
+    from ristretto_onnx.schemes import make_scheme, plan_for
+    from ristretto_onnx.stats import CATEGORIES
 
     name = "resnet20-cifar10"
     try:
@@ -215,13 +217,9 @@ def test_resnet20_written_model_gives_identical_logits_with_and_without_the_libr
         pytest.skip(str(e))
     x = next(iter(zoo.model_dataset(name, "test").take(64).batches(64)))[0]
     prepared = prepare(str(path))
-    ranges = group_ranges(prepared.float_model, prepared.layers, zoo.model_dataset(name, "calib").take(64))
-    groups = [g for g in prepared.layers.groups if g.role in ("inputs", "weights", "outputs")]
-    plans = {
-        "dfp": dfp_plan(groups, ranges, weight_bits=8, act_bits=8),
-        "minifloat": minifloat_plan(groups, ranges, weight_bits=8, act_bits=8),
-        "pow2": pow2_plan([g for g in groups if g.role == "weights"]),
-    }
+    ranges = measure_groups(prepared.float_model, prepared.layers, zoo.model_dataset(name, "calib").take(64))
+    widths = {c: 8 for c in CATEGORIES}
+    plans = {s: plan_for(make_scheme(s), ranges, widths) for s in ("dfp", "minifloat", "pow2")}
     for scheme, plan in plans.items():
         written = simulate(prepared, plan)
         bodies = create_session(written, kernels=False).run(None, {"input": x})[0]
@@ -244,7 +242,7 @@ def test_library_sessions_give_the_bits_of_the_function_bodies_on_a_residual_cnn
     inlined body (the kernel's outputs get their shapes), else later layers round differently."""
     from ristretto_onnx.runtime.simulator import Simulator
 
-    from .tiny_models import annotate, images, residual_cnn
+    from ..builders import annotate, images, residual_cnn
 
     model = annotate(residual_cnn())
     x = images(24)

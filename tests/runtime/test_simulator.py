@@ -8,7 +8,7 @@ import pytest
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.runtime.session import create_session
 from ristretto_onnx.runtime.simulator import Simulator
-from tests.runtime.tiny_models import LAYERS, annotate, images, residual_cnn
+from tests.builders import LAYERS, annotate, images, residual_cnn
 
 
 def plain(model, x):
