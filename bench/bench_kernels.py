@@ -6,8 +6,8 @@
 
 For every zoo model and scheme (8 bits in every category, the plan ``quantize`` makes:
 ``fixed`` one shared split, ``dfp`` per-group fractional lengths, ``minifloat`` one format per
-category, ``pow2`` weights ``pow2:-8:-1`` with float activations as in the thesis) it measures, in one run, the throughput ratio simulated / FP32
-of:
+category, ``pow2`` weights ``pow2:-8:-1`` with float activations as in the thesis) it measures,
+in one run, the throughput ratio simulated / FP32 of:
 
 * ``written``: the model as ``compress``/``quantize`` write it (function bodies), in a plain
   session without the library (stock onnxruntime, as a user's ``InferenceSession`` runs it);

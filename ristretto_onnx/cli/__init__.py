@@ -41,6 +41,7 @@ COMMAND_MODULES = [
     "export_cmd",
     "report_cmd",
     "zoo_cmd",
+    "finetune_cmd",
     "kernels_cmd",
 ]
 

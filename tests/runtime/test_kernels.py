@@ -21,7 +21,7 @@ from ristretto_onnx.ops import attach_functions, make_quantize_node
 from ristretto_onnx.runtime import kernels
 from ristretto_onnx.runtime.session import create_session
 
-from ..builders import same_bits
+from tests.builders import same_bits
 from ..core.test_ops import GRID, SPECIALS, _conv_net, boundary_values, random_bit_patterns
 
 
@@ -242,7 +242,7 @@ def test_library_sessions_give_the_bits_of_the_function_bodies_on_a_residual_cnn
     inlined body (the kernel's outputs get their shapes), else later layers round differently."""
     from ristretto_onnx.runtime.simulator import Simulator
 
-    from ..builders import annotate, images, residual_cnn
+    from tests.builders import annotate, images, residual_cnn
 
     model = annotate(residual_cnn())
     x = images(24)
