@@ -8,12 +8,12 @@ from onnx import helper
 
 from ristretto_onnx.compress import CompressOptions, build_context
 from ristretto_onnx.data import load_dataset
-from ristretto_onnx.formats import dfp_format
+from ristretto_onnx.range_rules import dfp_format
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.ranges import tie_ranges
-from ristretto_onnx.runtime.calibrate import RangeStats
+from ristretto_onnx.stats import RangeStats
 
 from tests import builders as synth
 
