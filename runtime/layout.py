@@ -45,6 +45,13 @@ ELEMENTWISE = frozenset({
 Shape = tuple
 
 
+def _elementwise(node: NodeProto) -> bool:
+    """Standard elementwise ops, and QuantizeSim kernels of scalar formats (0 stays 0)."""
+    if node.domain == "ai.ristretto" and node.op_type == "QuantizeSim":
+        return not any(a.name == "axis" for a in node.attribute)
+    return node.domain in ("", "ai.onnx") and node.op_type in ELEMENTWISE
+
+
 def static_shapes(model: ModelProto) -> dict[str, Shape]:
     """Static 4-D shapes ``(batch, C, H, W)`` of the model's tensors, by name (batch may be a name).
 
@@ -126,8 +133,7 @@ def keep_blocked_layout(model: ModelProto, shapes: dict[str, Shape] | None = Non
                 alias[node.output[0]] = blocked[node.input[0]][0]
                 moved += 1
                 continue
-        if node.domain in ("", "ai.onnx") and node.op_type in ELEMENTWISE and node.input \
-                and not subgraph_inputs(node):
+        if _elementwise(node) and node.input and not subgraph_inputs(node):
             data = [i for i in node.input if i and i not in scalars]
             keys = {blocked[d][2] for d in data if d in blocked}
             if data and all(d in blocked for d in data) and len(keys) == 1 and len(node.output) == 1:
