@@ -25,6 +25,7 @@ from ristretto_onnx.data.conform import conform
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.options import Backend, CompressOptions
+from ristretto_onnx.passes.graph import single_input
 from ristretto_onnx.passes.pipeline import Prepared, prepare
 from ristretto_onnx.passes.plan import plan_to_dict
 from ristretto_onnx.ranges import measure_groups
@@ -45,11 +46,7 @@ def as_dataset(data, what: str) -> Dataset:
 
 def model_input(model: ModelProto) -> str:
     """The one runtime input of ``model`` (scoring feeds images to it)."""
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise RistrettoError(f"scoring needs a model with one input; this one has {len(inputs)}: {inputs}")
-    return inputs[0]
+    return single_input(model, "scoring")
 
 
 def load_batches(ds: Dataset, batch_size: int) -> Batches:
