@@ -133,7 +133,9 @@ class StaticFixedPoint(Scheme):
             return [bits - 1]
         hi = ils[-1]
         median = ils[len(ils) // 2]
-        cands = sorted({hi, hi - 1, median, median + 1, (hi + median) // 2}, reverse=True)
+        # No group saturates: without the layer-output bit, which would clip the largest output.
+        top = max(integer_bits(g.max_abs) for g in groups if g.max_abs > 0)
+        cands = sorted({top, hi, hi - 1, median, median + 1, (hi + median) // 2}, reverse=True)
         return [bits - il for il in cands if bits - 1 - (bits - il) <= 127 and bits - il <= 126][:4]
 
     def formats(self, groups, bits, variant=None):
