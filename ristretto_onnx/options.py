@@ -25,6 +25,26 @@ def _check_positive(options: object, names: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class Backend:
+    """Where plans are scored: ``local`` (this process) or ``ray`` (actors holding data shards).
+
+    Not part of :class:`CompressOptions`: the backend changes where the work runs, never what
+    is decided, so a report does not depend on it.
+    """
+
+    kind: str = "local"
+    address: str | None = None  # a Ray cluster's address; None starts a local one
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise RistrettoError(f"--backend must be local or ray, got {self.kind!r}")
+        if self.workers < 1:
+            raise RistrettoError(f"--workers must be at least 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
 class CompressOptions:
     scheme: str = "dfp"
     tolerance: float = 0.01

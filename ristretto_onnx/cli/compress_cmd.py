@@ -12,6 +12,7 @@ from ristretto_onnx.cli.calib_options import check_flags, open_split, split_patt
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.cli.progress import Reporter
 from ristretto_onnx.compress import CompressOptions, compress
+from ristretto_onnx.options import Backend
 from ristretto_onnx.errors import UsageError
 from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
@@ -57,6 +58,17 @@ def compress_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or lines while working "
                                                             "(pipelines); the final table still prints."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report to stdout instead of the table."),
+    finetune: bool = typer.Option(False, "--finetune", help="Then fine-tune the plan and narrow it while it "
+                                                            "holds (needs torch and --train-data)."),
+    train_data: str = typer.Option(None, "--train-data", help="--finetune: labelled training data (default "
+                                                              "for zoo models: their training split)."),
+    epochs: int = typer.Option(3, "--epochs", help="--finetune: epochs per fine-tuned plan."),
+    lr: float = typer.Option(1e-4, "--lr", help="--finetune: learning rate (Adam)."),
+    backend: str = typer.Option("local", "--backend", help="local (this process) or ray (data shards on Ray "
+                                                           "actors; same result; needs ristretto-onnx[ray])."),
+    ray_address: str = typer.Option(None, "--ray-address", help="--backend ray: the cluster (default: start "
+                                                                "a local one)."),
+    workers: int = typer.Option(2, "--workers", help="--backend ray: actors, each with a shard of the data."),
     scale: ScaleOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -70,6 +82,7 @@ def compress_command(
     memory, evaluations, time per stage).
     """
     from ristretto_onnx import zoo
+    from ristretto_onnx.range_rules import check_rule
     from ristretto_onnx.runtime.metrics import accumulator, load_metric
 
     out_path = onnx_output(out)
@@ -88,8 +101,17 @@ def compress_command(
             fold_bn=not no_fold_bn, layers=split_patterns(layers), exclude=split_patterns(exclude),
             early_reject=not no_early_reject,
         )
+        where = Backend(backend, ray_address, workers)
+        if where.kind == "ray" and finetune:
+            raise UsageError("--finetune runs locally; use --backend local with --finetune")
         flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         check_flags(**flags)
+        check_rule(range_rule)
+        if weight_granularity not in ("tensor", "channel"):
+            raise UsageError(f"--weight-granularity must be tensor or channel, not {weight_granularity!r}")
+        for name, value in (("--batch-size", batch_size), ("--min-bits", min_bits), ("--max-bits", max_bits)):
+            if value is not None and value < (1 if name == "--batch-size" else 2):
+                raise UsageError(f"{name} is too small: {value}")
     model_path = zoo.resolve_model(model_spec)
     check_outputs([out_path, report_path], [model_path, data, calib, test], force=force)
     dataset = open_split(data, model_spec, "test", **flags)
@@ -99,8 +121,18 @@ def compress_command(
     test_set = open_split(test, model_spec, "test", **flags) if test else None
 
     with Reporter(quiet=quiet) as log:
-        result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
-                          metric_fn=metric_fn, options=options)
+        if finetune:  # issue 12: fine-tune the chosen plan, then narrow it (ristretto_onnx.finetune)
+            from ristretto_onnx.finetune.compress_driver import run_from_cli
+
+            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags),
+                                  epochs, lr, calib=calib_set, test=test_set, log=log, options=options)
+        else:
+            if where.kind == "ray":
+                from ristretto_onnx.runtime.cluster import import_ray
+
+                import_ray()  # a one-line error saying how to install it, before any work
+            result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
+                              metric_fn=metric_fn, options=options, backend=where)
         emit(log, ProgressEvent("write", f"writing {out_path} and {report_path}"))
         model_file, report_file = result.save(out_path, report_path)
     if as_json:
