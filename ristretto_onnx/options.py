@@ -9,12 +9,13 @@ space, thesis ch. 4-7).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format, Pow2, parse_format
-from ristretto_onnx.schemes import DEFAULT_POW2, DEFAULT_RANGE_RULE, Scheme, check_scheme, make_scheme
+from ristretto_onnx.schemes import (DEFAULT_POW2, DEFAULT_RANGE_RULE, Scheme, StaticFixedPoint, check_scheme,
+                                    make_scheme)
 
 
 def _check_positive(options: object, names: tuple[str, ...]) -> None:
@@ -144,9 +145,11 @@ class QuantizeOptions:
 
     def make_scheme(self) -> Scheme:
         window = self.pow2_window
-        return make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule,
-                           exp_min=None if window is None else window.exp_min,
-                           exp_max=None if window is None else window.exp_max)
+        scheme = make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule,
+                             exp_min=None if window is None else window.exp_min,
+                             exp_max=None if window is None else window.exp_max)
+        # quantize chooses fixed point splits on calibration images only: one bit of headroom first
+        return replace(scheme, headroom=1) if isinstance(scheme, StaticFixedPoint) else scheme
 
     def widths(self, scheme: Scheme) -> dict[str, int | None]:
         """The bit width of each category the scheme quantizes (biases only when asked)."""
