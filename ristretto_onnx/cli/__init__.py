@@ -42,6 +42,7 @@ COMMAND_MODULES = [
     "report_cmd",
     "zoo_cmd",
     "finetune_cmd",
+    "kernels_cmd",
 ]
 
 
