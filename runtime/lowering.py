@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from ristretto_onnx.formats import Fixed, quantize
+from ristretto_onnx.formats import Fixed, UFixed, quantize
 from ristretto_onnx.ops import attach_functions, is_quantize_sim, node_format
 
 #: Prefix of the scalar graph inputs a parametric graph is fed with.
@@ -114,6 +114,13 @@ class _Graph:
         name = f"{PARAM_PREFIX}zero_int8"
         if name not in self.inits:
             self.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int8), name))
+            self.inits[name] = self.graph.initializer[-1]
+        return name
+
+    def uint8_zero(self) -> str:
+        name = f"{PARAM_PREFIX}zero_uint8"
+        if name not in self.inits:
+            self.graph.initializer.append(numpy_helper.from_array(np.array(0, np.uint8), name))
             self.inits[name] = self.graph.initializer[-1]
         return name
 
@@ -202,6 +209,9 @@ def _lower_quantizers(g: _Graph, weights: WeightCache) -> None:
             g.graph.initializer.append(tensor)
             g.inits[y] = g.graph.initializer[-1]
             continue
+        if isinstance(fmt, UFixed) and rounding == "nearest_even":
+            nodes += _lower_ufixed(g, node, fmt)
+            continue
         if isinstance(fmt, Fixed) and rounding == "nearest_even" and fmt.bits <= 8 and y in sign_free:
             # Only the sign of a zero result could differ from Round (QuantizeLinear gives +0),
             # and nothing downstream can see it (see _sign_free_outputs).
@@ -238,6 +248,41 @@ def _lower_quantizers(g: _Graph, weights: WeightCache) -> None:
     g.graph.node.extend(nodes)
 
 
+def _lower_ufixed(g: _Graph, node: NodeProto, fmt: UFixed) -> list[NodeProto]:
+    """``ufixed:B:F`` as a uint8 ``QuantizeLinear -> [Clip] -> DequantizeLinear`` pair (B <= 8).
+
+    Exact: QuantizeLinear rounds ``x / 2^-F`` (an exact power-of-two scaling) half to even and
+    saturates to [0, 255], which is the format's clip for B = 8 (a Clip on the uint8 codes for
+    fewer bits); negative values give code 0, dequantized to +0 as the reference gives. Wider
+    formats use the float chain ``Mul -> Clip -> Round -> Abs (-0 to +0) -> Mul``.
+    """
+    x, y = node.input[0], node.output[0]
+    stem, base = node.name or y, f"{y}__rsim"
+    if fmt.bits <= 8:
+        s = g.param(f"{stem}/step", 2.0 ** -fmt.frac_bits)
+        zero = g.uint8_zero()
+        q = f"{base}_q"
+        out = [helper.make_node("QuantizeLinear", [x, s, zero], [q], name=f"{base}/UQuantize")]
+        if fmt.bits < 8:
+            hi = g.param(f"{stem}/uhi", 2**fmt.bits - 1, TensorProto.UINT8)
+            out.append(helper.make_node("Clip", [q, g.param(f"{stem}/ulo", 0, TensorProto.UINT8), hi],
+                                        [f"{base}_qc"], name=f"{base}/UClipInt"))
+            q = f"{base}_qc"
+        out.append(helper.make_node("DequantizeLinear", [q, s, zero], [y], name=f"{base}/UDequantize"))
+        return out
+    a = g.param(f"{stem}/scale", 2.0 ** fmt.frac_bits)
+    hi = g.param(f"{stem}/hi", 2.0**fmt.bits - 1)
+    b = g.param(f"{stem}/step", 2.0 ** -fmt.frac_bits)
+    lo = g.param(f"{stem}/lo", 0.0)
+    return [
+        helper.make_node("Mul", [x, a], [f"{base}_scaled"], name=f"{base}/Mul"),
+        helper.make_node("Clip", [f"{base}_scaled", lo, hi], [f"{base}_clipped"], name=f"{base}/UClip"),
+        helper.make_node("Round", [f"{base}_clipped"], [f"{base}_int"], name=f"{base}/URound"),
+        helper.make_node("Abs", [f"{base}_int"], [f"{base}_pos"], name=f"{base}/UPositiveZero"),
+        helper.make_node("Mul", [f"{base}_pos", b], [y], name=f"{base}/UStep"),
+    ]
+
+
 #: Ops through which a zero's sign cannot turn into a different value (sums, products, maxima,
 #: rounding, data movement): at worst the sign of an exact zero result differs.
 _SIGN_TRANSPARENT = frozenset({
@@ -272,7 +317,7 @@ def _sign_free_outputs(g: _Graph) -> set[str]:
                 continue
             if is_quantize_sim(node):
                 fmt, rounding = node_format(node)
-                transparent = isinstance(fmt, Fixed)
+                transparent = isinstance(fmt, (Fixed, UFixed))
             else:
                 transparent = node.domain in ("", "ai.onnx") and node.op_type in _SIGN_TRANSPARENT
             if not transparent or _subgraph_inputs(node) or not all(free(o, depth + 1) for o in node.output):
