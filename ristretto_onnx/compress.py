@@ -37,6 +37,7 @@ from ristretto_onnx.passes.save import save_model, write_text_atomic
 from ristretto_onnx.passes.slots import set_metadata
 from ristretto_onnx.policies import SCHEMES, GroupRange, make_scheme
 from ristretto_onnx.passes.clip_bounds import clip_bounds
+from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
 from ristretto_onnx.passes.concat_ties import concat_ties
 from ristretto_onnx.ranges import activation_ranges, channel_ranges, parameter_ranges, tie_ranges
 from ristretto_onnx.runtime.session import create_session
@@ -72,6 +73,8 @@ class CompressOptions:
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     early_reject: bool = True
+    #: dfp: ufixed for activations that cannot be negative (passes.nonnegative).
+    unsigned: bool = True
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES + ("auto",):
@@ -237,7 +240,8 @@ class _PlanRunner:
         return self.sim.run(x)
 
 
-def _group_ranges(prepared: Prepared, layers, calib: Dataset, batch_size: int) -> list[GroupRange]:
+def _group_ranges(prepared: Prepared, layers, calib: Dataset, batch_size: int,
+                  unsigned_on: bool = True) -> list[GroupRange]:
     """Each group's range (and per-channel ranges of weights) for the search policies.
 
     Layer outputs that fill one Concat buffer are tied: each gets the range of the widest of
@@ -246,8 +250,11 @@ def _group_ranges(prepared: Prepared, layers, calib: Dataset, batch_size: int) -
     """
     params = parameter_ranges(prepared.float_model, layers)
     bounds = clip_bounds(prepared.float_model, layers)
+    unsigned = unsigned_for(prepared.float_model, layers, calib) if unsigned_on else frozenset()
+    measure = {gid: t for gid, t in relu_measure(prepared.float_model, layers).items() if gid in unsigned}
+    measure.update({gid: b.tensor for gid, b in bounds.items()})
     measured = activation_ranges(prepared.float_model, layers, calib, batch_size=min(batch_size, 64),
-                                 measure={gid: b.tensor for gid, b in bounds.items()})
+                                 measure=measure)
     acts = tie_ranges(measured, concat_ties(prepared.float_model, layers))
     channels = channel_ranges(prepared.float_model, layers)
     out: list[GroupRange] = []
@@ -265,7 +272,7 @@ def _group_ranges(prepared: Prepared, layers, calib: Dataset, batch_size: int) -
             elif g.role in ("inputs", "outputs"):
                 size = max(1, measured[g.id].count // max(len(calib), 1))  # values per image
             out.append(GroupRange(g.id, g.role, g.kind, float(stats.max_abs), ch, axis, size, stats, ch_stats,
-                                  bounded=g.id in bounds))
+                                  bounded=g.id in bounds, unsigned=g.id in unsigned))
     return out
 
 
@@ -325,7 +332,8 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     calib_ds = calib_ds.subset(min(opts.calib_size, len(calib_ds)), opts.seed)  # CLI and API: same default
     t = time.perf_counter()
     emit(log, ProgressEvent("ranges", f"range analysis on {len(calib_ds)} calibration images"))
-    ranges = _group_ranges(prepared, layers, calib_ds, opts.batch_size)
+    unsigned = opts.unsigned and opts.scheme != "fixed"  # static fixed point: one signed format
+    ranges = _group_ranges(prepared, layers, calib_ds, opts.batch_size, unsigned)
     seconds["ranges"] = time.perf_counter() - t
     log(f"ranges of {len(ranges)} groups in {len(layers)} layers from {len(calib_ds)} calibration images")
 

@@ -32,6 +32,7 @@ from ristretto_onnx.formats import (
     Minifloat,
     PerChannel,
     Pow2,
+    UFixed,
     dfp_format,
     integer_bits,
     minifloat_exp_bits,
@@ -60,6 +61,9 @@ class GroupRange:
     #: A layer output bounded by a Clip (ReLU6): measured after the Clip, and the thesis's
     #: "one integer bit fewer for outputs" does not apply (see passes.clip_bounds).
     bounded: bool = False
+    #: An activation group that cannot be negative (passes.nonnegative): dfp gives it ``ufixed``
+    #: (the sign bit spent on range). Static fixed point keeps the thesis's one signed format.
+    unsigned: bool = False
 
     @property
     def layer_output(self) -> bool:
@@ -122,6 +126,8 @@ class DynamicFixedPoint(Scheme):
                 else:
                     chans = tuple(dfp_format(m, bits) for m in g.channel_max_abs)
                 out[g.group] = PerChannel(chans, g.channel_axis)
+            elif g.unsigned and bits < 32 and g.stats is not None:  # as B + 1 signed bits
+                out[g.group] = UFixed(bits, frac_bits(g.stats, bits + 1, self.range_rule, layer_output=g.layer_output))
             elif self.range_rule != "max" and g.stats is not None:
                 out[g.group] = Fixed(bits, frac_bits(g.stats, bits, self.range_rule, layer_output=g.layer_output))
             else:

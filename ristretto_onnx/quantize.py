@@ -29,6 +29,7 @@ from ristretto_onnx.passes.layers import Group, LayerSet
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import GroupFormat, plan_to_dict
 from ristretto_onnx.passes.clip_bounds import clip_bounds
+from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
 from ristretto_onnx.passes.concat_ties import concat_ties
 from ristretto_onnx.range_rules import check_rule
 from ristretto_onnx.ranges import channel_ranges, group_ranges, tie_ranges
@@ -58,6 +59,8 @@ class QuantizeOptions:
     score_size: int = 300
     batch_size: int = 256
     seed: int = 0
+    #: dfp: ufixed for activations that cannot be negative (passes.nonnegative).
+    unsigned: bool = True
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -198,14 +201,18 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         calib_set = calib.subset(n, options.seed)
         t = time.perf_counter()
         bounds = clip_bounds(prepared.float_model, layers)
+        dfp = options.scheme == "dfp" and options.unsigned
+        unsigned = unsigned_for(prepared.float_model, layers, calib) if dfp else frozenset()
+        measure = {gid: t for gid, t in relu_measure(prepared.float_model, layers).items() if gid in unsigned}
+        measure.update({gid: b.tensor for gid, b in bounds.items()})
         ranges = group_ranges(prepared.float_model, layers, calib_set, batch_size=options.batch_size,
-                              threads=threads, measure={gid: b.tensor for gid, b in bounds.items()})
+                              threads=threads, measure=measure)
         seconds["calibrate"] = time.perf_counter() - t
         kw = dict(weight_bits=wbits, act_bits=abits, quantize_bias=options.quantize_bias)
         if options.scheme == "dfp":
             tied = tie_ranges(ranges, concat_ties(prepared.float_model, layers))
             plan = dfp_plan(groups, tied, range_rule=options.range_rule, channels=channels,
-                            bounded=frozenset(bounds), **kw)
+                            bounded=frozenset(bounds), unsigned=unsigned, **kw)
         elif options.scheme == "minifloat":
             plan = minifloat_plan(groups, ranges, **kw)
         else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping
 
-from ristretto_onnx.formats import Fixed, Format, PerChannel, Pow2, integer_bits, minifloat_format
+from ristretto_onnx.formats import Fixed, Format, PerChannel, Pow2, UFixed, integer_bits, minifloat_format
 from ristretto_onnx.range_rules import frac_bits
 
 SCHEMES = ("fixed", "dfp", "minifloat", "pow2")
@@ -63,12 +63,15 @@ def pow2_window(max_abs: float, like: Pow2) -> Pow2:
 
 def dfp_plan(groups: Iterable, ranges: Mapping, *, weight_bits: int, act_bits: int,
              quantize_bias: bool = False, range_rule: str = "max",
-             channels: Mapping | None = None, bounded: Collection[str] = ()) -> dict[str, Format | None]:
+             channels: Mapping | None = None, bounded: Collection[str] = (),
+             unsigned: Collection[str] = ()) -> dict[str, Format | None]:
     """Dynamic fixed point: each group's fractional length by ``range_rule`` on its range.
 
     With ``channels`` (weights group id -> (axis, per-channel ranges)) those weights get one
     fractional length per output channel, by the same rule. Layer outputs in ``bounded`` (read
-    by a Clip such as ReLU6) keep their integer bit (see passes.clip_bounds).
+    by a Clip such as ReLU6) keep their integer bit (see passes.clip_bounds). Activation groups
+    in ``unsigned`` (non-negative, see passes.nonnegative) get ``ufixed:B:F``, F chosen by the
+    rule as for B + 1 signed bits (the same values on non-negative numbers).
     """
     plan: dict[str, Format | None] = {}
     for g in groups:
@@ -81,7 +84,10 @@ def dfp_plan(groups: Iterable, ranges: Mapping, *, weight_bits: int, act_bits: i
             plan[g.id] = PerChannel(tuple(Fixed(bits, frac_bits(s, bits, range_rule)) for s in stats), axis)
         else:
             layer_output = g.role == "outputs" and g.id not in bounded
-            plan[g.id] = Fixed(bits, frac_bits(ranges[g.id], bits, range_rule, layer_output=layer_output))
+            if g.id in unsigned and bits < 32:
+                plan[g.id] = UFixed(bits, frac_bits(ranges[g.id], bits + 1, range_rule, layer_output=layer_output))
+            else:
+                plan[g.id] = Fixed(bits, frac_bits(ranges[g.id], bits, range_rule, layer_output=layer_output))
     return plan
 
 
