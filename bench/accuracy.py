@@ -35,11 +35,13 @@ NETS = {
     "resnet20": ("resnet20-cifar10", [dict(weight_bits=6, act_bits=6)]),
     "squeezenet": ("squeezenet1.1-imagenet", [dict(weight_bits=8, act_bits=8)]),
 }
-#: Each rule off (before) and on (after); each row changes one thing.
-VARIANTS = [
-    ("signed (before)", dict(unsigned=False)),
-    ("ufixed (after)", dict(unsigned=True)),
-]
+#: Each rule off (before) and on (after); each row adds one thing to the one above it.
+VARIANTS = {
+    "signed": ("signed codes (thesis)", dict(unsigned=False, bias_correction="off")),
+    "ufixed": ("+ ufixed after ReLU", dict(unsigned=True, bias_correction="off")),
+    "bc": ("+ bias correction", dict(unsigned=True, bias_correction="on")),
+    "auto": ("+ bias correction auto", dict(unsigned=True, bias_correction="auto")),
+}
 
 
 def splits(name: str, calib_size: int):
@@ -74,29 +76,34 @@ def ort_rows(model_path: Path, calib, scored, work: Path) -> list[dict]:
     return rows
 
 
-def run(net: str, *, rules=("max", "mse"), ort: bool = False, calib_size: int = 500, log=print) -> list[dict]:
+def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granularity: str = "tensor",
+        ort: bool = False, calib_size: int = 500, log=print) -> list[dict]:
     name, widths = NETS[net]
     calib, scored = splits(name, calib_size)
     path = zoo.get_model(name).locate()
     rows = [{"net": net, "config": "FP32", "top1": top1(str(path), scored)}]
-    log(f"{net}: FP32 {rows[0]['top1']:.4f} on {len(scored)} images, calibrated on {len(calib)}")
+    log(f"{net}: FP32 {rows[0]['top1']:.4f} on {len(scored)} images, calibrated on {len(calib)}", flush=True)
     for w in widths:
         for rule in rules:
-            for label, extra in VARIANTS:
+            for key in variants:
+                label, extra = VARIANTS[key]
                 t = time.perf_counter()
-                opts = QuantizeOptions(scheme="dfp", range_rule=rule, calib_size=len(calib), **w, **extra)
+                opts = QuantizeOptions(scheme="dfp", range_rule=rule, calib_size=len(calib),
+                                       weight_granularity=granularity, **w, **extra)
                 res = quantize(f"zoo:{name}", opts, calib)
                 acc = top1(res.model, scored)
                 n_u = sum(1 for f in res.plan.values() if f is not None and f.kind == "ufixed")
-                rows.append({"net": net, "config": f"dfp {w['act_bits']}/{w['weight_bits']} {rule} {label}",
-                             "top1": acc, "ufixed_groups": n_u, "seconds": round(time.perf_counter() - t, 1)})
-                log(f"  {rows[-1]['config']}: {acc:.4f} ({n_u} ufixed groups)")
+                rows.append({"net": net, "config": f"dfp {w['act_bits']}/{w['weight_bits']} {granularity} {rule} {label}",
+                             "top1": acc, "ufixed_groups": n_u, "bias_correction": res.bias_correction,
+                             "seconds": round(time.perf_counter() - t, 1)})
+                log(f"  {rows[-1]['config']}: {acc:.4f} ({n_u} ufixed groups, bias correction "
+                    f"{res.bias_correction}, {rows[-1]['seconds']} s)", flush=True)
     if ort:
         import tempfile
         with tempfile.TemporaryDirectory() as work:
             for r in ort_rows(path, calib, scored, Path(work)):
                 rows.append({"net": net, **r})
-                log(f"  {r['config']}: {r['top1']:.4f}")
+                log(f"  {r['config']}: {r['top1']:.4f}", flush=True)
     return rows
 
 
@@ -104,12 +111,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("nets", nargs="*", default=list(NETS))
     ap.add_argument("--rules", default="max,mse")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--granularity", default="tensor")
     ap.add_argument("--ort", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     rows = []
     for net in a.nets:
-        rows += run(net, rules=tuple(a.rules.split(",")), ort=a.ort)
+        rows += run(net, rules=tuple(a.rules.split(",")), variants=tuple(a.variants.split(",")),
+                    granularity=a.granularity, ort=a.ort)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

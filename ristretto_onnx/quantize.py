@@ -28,6 +28,7 @@ from ristretto_onnx.formats import Format, Pow2, integer_bits, parse_format
 from ristretto_onnx.passes.layers import Group, LayerSet
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import GroupFormat, plan_to_dict
+from ristretto_onnx.passes.bias_correction import apply_bias_correction, input_means, weight_error_means
 from ristretto_onnx.passes.clip_bounds import clip_bounds
 from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
 from ristretto_onnx.passes.concat_ties import concat_ties
@@ -61,6 +62,8 @@ class QuantizeOptions:
     seed: int = 0
     #: dfp: ufixed for activations that cannot be negative (passes.nonnegative).
     unsigned: bool = True
+    #: passes.bias_correction: on, off, or auto (kept when it scores better on calibration images).
+    bias_correction: str = "auto"
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -82,6 +85,8 @@ class QuantizeOptions:
             raise RistrettoError(f"per-channel weights need --scheme dfp or pow2; {what} has one format per "
                                  f"group{' (minifloat has no per-channel form)' if self.scheme == 'minifloat' else ''}")
         check_rule(self.range_rule)
+        if self.bias_correction not in ("auto", "on", "off"):
+            raise RistrettoError(f"--bias-correction must be auto, on or off, not {self.bias_correction!r}")
         if self.range_rule != "max" and (self.format is not None or self.scheme != "dfp"):
             raise RistrettoError(f"--range-rule {self.range_rule} applies to --scheme dfp only")
         for name in ("calib_size", "score_size", "batch_size"):
@@ -147,6 +152,8 @@ class QuantizeResult:
     ranges: dict[str, RangeStats] = field(repr=False, default_factory=dict)
     fixed_search: tuple[SplitScore, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
+    #: "applied", "rejected" (auto: it did not score better on the calibration images) or "off".
+    bias_correction: str = "off"
 
     def sidecar(self, **extra: Any) -> dict[str, Any]:
         """The JSON written next to the output model: every group's format and how it was chosen."""
@@ -222,10 +229,35 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     t = time.perf_counter()
     model = simulate(prepared, plan, rounding=options.rounding)
     seconds["simulate"] = time.perf_counter() - t
+    corrected = "off"
+    if calib is not None and options.bias_correction != "off" and options.format is None:
+        t = time.perf_counter()
+        model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads)
+        seconds["bias_correction"] = time.perf_counter() - t
     if calib is not None:
         record_preprocess(model, calib.preprocess)
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
-                          ranges, search, seconds)
+                          ranges, search, seconds, corrected)
+
+
+def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
+                     threads: int | None) -> tuple[ModelProto, str]:
+    """passes.bias_correction on the plan's weights; with ``auto``, kept only when it scores
+    better (:class:`SplitScore` key) than without on the calibration images."""
+    calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
+    means = input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                        threads=threads)
+    deltas = weight_error_means(prepared.float_model, layers, plan, means)
+    if not deltas:
+        return model, "off"
+    annotated = apply_bias_correction(prepared.annotated, layers, deltas)
+    fixed = simulate(annotated, plan, rounding=options.rounding)
+    if options.bias_correction == "on":
+        return fixed, "applied"
+    scorer = _Scorer(prepared.float_model, calib_set.take(min(options.score_size, len(calib_set))),
+                     options.batch_size, threads)
+    before, after = scorer.score(model, 0, ()), scorer.score(fixed, 0, ())
+    return (fixed, "applied") if after.key > before.key else (model, "rejected")
 
 
 def _search_fixed(prepared: Prepared, groups: list[Group], ranges, calib_set,

@@ -1,0 +1,72 @@
+"""passes.bias_correction: the corrected bias cancels the mean output error of quantized weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from ristretto_onnx.data import load_dataset
+from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.formats import Fixed
+from ristretto_onnx.passes.bias_correction import apply_bias_correction, input_means, weight_error_means
+from ristretto_onnx.passes.pipeline import prepare, simulate
+from ristretto_onnx.quantize import QuantizeOptions, quantize
+from ristretto_onnx.runtime.session import create_session
+
+from . import synth
+
+
+def conv_nobias_1x1():
+    """x -> Conv 3x3 -> Relu -> Conv 1x1 without a bias (groups 2) -> y."""
+    inits = [synth.init("w1", synth.weights((4, 3, 3, 3), 1)), synth.init("w2", synth.weights((6, 2, 1, 1), 2))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", group=2)]
+    return synth.model(nodes, inits, y_shape=("N", 6, 8, 8))
+
+
+def channel_means(y):
+    axes = (0, 2, 3) if y.ndim == 4 else (0,)
+    return y.astype(np.float64).mean(axis=axes)
+
+
+@pytest.mark.parametrize("build, layer", [(synth.conv_relu_conv, "conv2"), (conv_nobias_1x1, "conv2"),
+                                          (synth.flatten_gemm, "fc2"), (synth.matmul_add, "fc2")])
+def test_the_last_layers_mean_output_error_is_cancelled(build, layer):
+    """Only the last layer's weights quantized (coarsely): its mean output per channel, over the
+    calibration images, equals FP32's after the correction (exact for 1x1 convs and fc layers)."""
+    m = build()
+    p = prepare(m)
+    x = synth.sample_input(m, batch=64, seed=3, scale=2.0)
+    plan = {f"{layer}/weights": Fixed(3, 2)}
+    run = lambda model: create_session(model).run(None, {"x": x})[0]  # noqa: E731
+    want = channel_means(run(p.float_model))
+    before = channel_means(run(simulate(p, plan)))
+    means = input_means(p.float_model, p.layers, load_dataset(x))
+    deltas = weight_error_means(p.float_model, p.layers, plan, means)
+    assert set(deltas) == {layer}
+    np.testing.assert_allclose(before - want, deltas[layer].ravel(), atol=1e-5)
+    after = channel_means(run(simulate(apply_bias_correction(p.annotated, p.layers, deltas), plan)))
+    assert np.abs(before - want).max() > 1e-2
+    np.testing.assert_allclose(after, want, atol=1e-5)
+    # the float model gets the same correction (same tensor names)
+    np.testing.assert_allclose(channel_means(run(apply_bias_correction(p.float_model, p.layers, deltas))),
+                               want - deltas[layer].ravel(), atol=1e-5)
+
+
+def test_quantize_option_on_off_auto():
+    m = synth.conv_relu_conv()
+    x = synth.sample_input(m, batch=64, seed=3, scale=2.0)
+    y = create_session(m).run(None, {"x": x})[0]
+    calib = load_dataset(x)
+    kw = dict(scheme="dfp", weight_bits=3, act_bits=16, calib_size=64)
+    off = quantize(m, QuantizeOptions(bias_correction="off", **kw), calib)
+    on = quantize(m, QuantizeOptions(bias_correction="on", **kw), calib)
+    auto = quantize(m, QuantizeOptions(**kw), calib)
+    assert (off.bias_correction, on.bias_correction) == ("off", "applied")
+    assert auto.bias_correction in ("applied", "rejected")
+    err = lambda r: np.abs(channel_means(create_session(r.model).run(None, {"x": x})[0]) - channel_means(y)).max()  # noqa: E731
+    assert err(on) < err(off)
+    with pytest.raises(RistrettoError):
+        QuantizeOptions(bias_correction="maybe", **kw)
