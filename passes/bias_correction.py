@@ -30,6 +30,13 @@ def input_means(model: ModelProto, layers: Iterable[Layer], data, *, batch_size:
                 threads: int | None = None) -> dict[str, np.ndarray]:
     """``{layer name: per-channel mean of its input}`` over ``data`` in the FP32 ``model``
     (channel axis 1 for convolutions, the last axis for fully connected layers)."""
+    return {k: m for k, (m, _) in input_moments(model, layers, data, batch_size=batch_size,
+                                                threads=threads).items()}
+
+
+def input_moments(model: ModelProto, layers: Iterable[Layer], data, *, batch_size: int = 64,
+                  threads: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{layer name: (E[x], E[x^2]) per input channel}``, as :func:`input_means`."""
     layers = [l for l in layers if l.op_type in ("Conv", "Gemm", "MatMul")]
     probe = ModelProto()
     probe.CopyFrom(model)
@@ -42,6 +49,7 @@ def input_means(model: ModelProto, layers: Iterable[Layer], data, *, batch_size:
     fetch = list(dict.fromkeys(l.input for l in layers if l.input not in graph_inputs))
     session = session_any_size(probe, threads=threads)
     sums: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     axis = {l.input: (1 if l.kind == "conv" else -1) for l in layers}
     for x, _ in data.batches(batch_size):
@@ -52,8 +60,10 @@ def input_means(model: ModelProto, layers: Iterable[Layer], data, *, batch_size:
             v = np.moveaxis(np.asarray(v, np.float64), axis[name], -1)
             flat = v.reshape(-1, v.shape[-1])
             sums[name] = sums.get(name, 0.0) + flat.sum(axis=0)
+            squares[name] = squares.get(name, 0.0) + np.square(flat).sum(axis=0)
             counts[name] = counts.get(name, 0) + flat.shape[0]
-    return {l.name: sums[l.input] / counts[l.input] for l in layers if l.input in sums}
+    return {l.name: (sums[l.input] / counts[l.input], squares[l.input] / counts[l.input])
+            for l in layers if l.input in sums}
 
 
 def weight_error_means(model: ModelProto, layers: Iterable[Layer], plan: Mapping[str, object],

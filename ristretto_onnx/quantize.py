@@ -28,6 +28,7 @@ from ristretto_onnx.formats import Format, Pow2, integer_bits, parse_format
 from ristretto_onnx.passes.layers import Group, LayerSet
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import GroupFormat, plan_to_dict
+from ristretto_onnx.channel_rule import output_rule_plan
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, input_means, weight_error_means
 from ristretto_onnx.passes.clip_bounds import clip_bounds
 from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
@@ -64,6 +65,8 @@ class QuantizeOptions:
     unsigned: bool = True
     #: passes.bias_correction: on, off, or auto (kept when it scores better on calibration images).
     bias_correction: str = "auto"
+    #: per-channel weights: "output" (ristretto_onnx.channel_rule) or "range" (range_rule per channel).
+    channel_rule: str = "output"
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -85,6 +88,8 @@ class QuantizeOptions:
             raise RistrettoError(f"per-channel weights need --scheme dfp or pow2; {what} has one format per "
                                  f"group{' (minifloat has no per-channel form)' if self.scheme == 'minifloat' else ''}")
         check_rule(self.range_rule)
+        if self.channel_rule not in ("output", "range"):
+            raise RistrettoError(f"--channel-rule must be output or range, not {self.channel_rule!r}")
         if self.bias_correction not in ("auto", "on", "off"):
             raise RistrettoError(f"--bias-correction must be auto, on or off, not {self.bias_correction!r}")
         if self.range_rule != "max" and (self.format is not None or self.scheme != "dfp"):
@@ -220,6 +225,9 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
             tied = tie_ranges(ranges, concat_ties(prepared.float_model, layers))
             plan = dfp_plan(groups, tied, range_rule=options.range_rule, channels=channels,
                             bounded=frozenset(bounds), unsigned=unsigned, **kw)
+            if per_channel and options.channel_rule == "output":
+                plan = output_rule_plan(prepared.float_model, layers, plan, calib_set,
+                                        batch_size=min(options.batch_size, 64), threads=threads)
         elif options.scheme == "minifloat":
             plan = minifloat_plan(groups, ranges, **kw)
         else:

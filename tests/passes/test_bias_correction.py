@@ -70,3 +70,50 @@ def test_quantize_option_on_off_auto():
     assert err(on) < err(off)
     with pytest.raises(RistrettoError):
         QuantizeOptions(bias_correction="maybe", **kw)
+
+
+def test_output_channel_rule_never_clips_unless_the_output_error_drops():
+    """ristretto_onnx.channel_rule: a channel with one outlier weight reading a tiny input clips
+    it (finer steps for the rest); the same channel reading a large input keeps it."""
+    from types import SimpleNamespace
+
+    from ristretto_onnx.channel_rule import output_error_format
+    from ristretto_onnx.formats import dfp_frac_bits
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.05, (3, 64)).astype(np.float32)
+    w[:, 0] = 1.5  # the largest weight of every channel reads input 0
+    layer = SimpleNamespace(op_type="Gemm", out_channel_axis=0)
+    f0 = dfp_frac_bits(1.5, 6)
+    quiet = np.ones(64)
+    quiet[0] = 1e-6
+    clipped = output_error_format(layer, w, 6, quiet)
+    assert all(f.frac_bits > f0 for f in clipped.formats)
+    loud = np.ones(64)
+    loud[0] = 1e3
+    kept = output_error_format(layer, w, 6, loud)
+    assert all(f.frac_bits == f0 for f in kept.formats)
+    # per channel never has a larger output error than per tensor (same error measure)
+    x2 = rng.uniform(0.1, 2.0, 64)
+    pc = output_error_format(layer, w, 6, x2)
+    for fmt_per_tensor in (Fixed(6, f0), Fixed(6, f0 + 1), Fixed(6, f0 + 2)):
+        err_pc = (np.square(pc.quantize(w).astype(np.float64) - w) * x2).sum()
+        err_pt = (np.square(fmt_per_tensor.quantize(w).astype(np.float64) - w) * x2).sum()
+        assert err_pc <= err_pt * 1.06
+
+
+def test_quantize_uses_the_output_rule_for_per_channel_weights():
+    m = synth.conv_relu_conv()
+    x = synth.sample_input(m, batch=64, seed=3, scale=2.0)
+    kw = dict(scheme="dfp", bits=6, calib_size=64, weight_granularity="channel", range_rule="mse",
+              bias_correction="off")
+    out = quantize(m, QuantizeOptions(**kw), load_dataset(x))
+    rng = quantize(m, QuantizeOptions(channel_rule="range", **kw), load_dataset(x))
+    from ristretto_onnx.formats import PerChannel, dfp_frac_bits
+    w1 = synth.weights((4, 3, 3, 3), 1)
+    fmt = out.plan["conv1/weights"]
+    assert isinstance(fmt, PerChannel) and isinstance(rng.plan["conv1/weights"], PerChannel)
+    # never coarser than eq. 5.2 on the channel's largest weight
+    assert all(f.frac_bits >= dfp_frac_bits(float(np.abs(c).max()), 6) for f, c in zip(fmt.formats, w1))
+    with pytest.raises(RistrettoError):
+        QuantizeOptions(channel_rule="best", **kw)
