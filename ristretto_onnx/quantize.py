@@ -31,6 +31,7 @@ from ristretto_onnx.passes.plan import GroupFormat, plan_to_dict
 from ristretto_onnx.channel_rule import output_rule_plan
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, input_means, weight_error_means
 from ristretto_onnx.passes.clip_bounds import clip_bounds
+from ristretto_onnx.passes.grid_ties import grid_sources, round_once
 from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
 from ristretto_onnx.passes.concat_ties import concat_ties
 from ristretto_onnx.range_rules import check_rule
@@ -67,6 +68,8 @@ class QuantizeOptions:
     bias_correction: str = "auto"
     #: per-channel weights: "output" (ristretto_onnx.channel_rule) or "range" (range_rule per channel).
     channel_rule: str = "output"
+    #: dfp: a layer input reading another layer's output unchanged takes its format (passes.grid_ties).
+    round_once: bool = True
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -225,6 +228,9 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
             tied = tie_ranges(ranges, concat_ties(prepared.float_model, layers))
             plan = dfp_plan(groups, tied, range_rule=options.range_rule, channels=channels,
                             bounded=frozenset(bounds), unsigned=unsigned, **kw)
+            if options.round_once:
+                plan = round_once(plan, grid_sources(prepared.float_model, layers),
+                                  concat_ties(prepared.float_model, layers))
             if per_channel and options.channel_rule == "output":
                 plan = output_rule_plan(prepared.float_model, layers, plan, calib_set,
                                         batch_size=min(options.batch_size, 64), threads=threads)
@@ -250,8 +256,9 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
 
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
                      threads: int | None) -> tuple[ModelProto, str]:
-    """passes.bias_correction on the plan's weights; with ``auto``, kept only when it scores
-    better (:class:`SplitScore` key) than without on the calibration images."""
+    """passes.bias_correction on the plan's weights; with ``auto``, kept only when it lowers the
+    output error against FP32 on the calibration images without losing top-1 (or agreement) on
+    more than one of them (top-1 on a few hundred images is too coarse to decide alone)."""
     calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
     means = input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
                         threads=threads)
@@ -265,7 +272,10 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
     scorer = _Scorer(prepared.float_model, calib_set.take(min(options.score_size, len(calib_set))),
                      options.batch_size, threads)
     before, after = scorer.score(model, 0, ()), scorer.score(fixed, 0, ())
-    return (fixed, "applied") if after.key > before.key else (model, "rejected")
+    primary = lambda s: s.top1 if s.top1 is not None else s.agreement  # noqa: E731
+    one = 1.0 / max(len(scorer.ref_pred), 1)
+    helps = after.rel_mse < before.rel_mse and primary(after) >= primary(before) - one - 1e-12
+    return (fixed, "applied") if helps else (model, "rejected")
 
 
 def _search_fixed(prepared: Prepared, groups: list[Group], ranges, calib_set,

@@ -28,7 +28,7 @@ def lenet_like():
 def test_dfp_gives_every_group_eq_5_2_on_its_measured_range(lenet_like):
     m, data = lenet_like
     # the thesis's rule with signed codes everywhere (ufixed after ReLUs: tests/passes/test_nonnegative.py)
-    r = quantize(m, QuantizeOptions(scheme="dfp", bits=8, calib_size=64, unsigned=False), data)
+    r = quantize(m, QuantizeOptions(scheme="dfp", bits=8, calib_size=64, unsigned=False, round_once=False), data)
     prepared = prepare(m)
     ranges = group_ranges(prepared.float_model, prepared.layers, data)
     for gid, fmt in r.plan.items():

@@ -65,8 +65,8 @@ def test_dfp_chooses_ufixed_and_it_equals_the_signed_simulation_on_these_groups(
     m = synth.conv_relu_conv()
     x = synth.sample_input(m, batch=32, seed=3, scale=2.0)
     calib = load_dataset(x)
-    on = quantize(m, QuantizeOptions(scheme="dfp", bits=6, calib_size=32), calib)
-    off = quantize(m, QuantizeOptions(scheme="dfp", bits=6, calib_size=32, unsigned=False), calib)
+    on = quantize(m, QuantizeOptions(scheme="dfp", bits=6, calib_size=32, bias_correction="off"), calib)
+    off = quantize(m, QuantizeOptions(scheme="dfp", bits=6, calib_size=32, unsigned=False, bias_correction="off"), calib)
     assert isinstance(on.plan["conv1/outputs"], UFixed) and isinstance(on.plan["conv2/inputs"], UFixed)
     assert isinstance(on.plan["conv1/inputs"], Fixed) and all(isinstance(f, Fixed) for f in off.plan.values() if f)
     # the same model with the signed 7-bit formats of the same fractional lengths computes the same
