@@ -31,6 +31,7 @@ from ristretto_onnx.passes.plan import GroupFormat, plan_to_dict
 from ristretto_onnx.channel_rule import output_rule_plan
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, input_means, weight_error_means
 from ristretto_onnx.passes.clip_bounds import clip_bounds
+from ristretto_onnx.passes.equalize import equalize
 from ristretto_onnx.passes.grid_ties import grid_sources, round_once
 from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
 from ristretto_onnx.passes.concat_ties import concat_ties
@@ -70,6 +71,8 @@ class QuantizeOptions:
     channel_rule: str = "output"
     #: dfp: a layer input reading another layer's output unchanged takes its format (passes.grid_ties).
     round_once: bool = True
+    #: cross-layer equalization of Conv -> ReLU/ReLU6 -> Conv pairs first (passes.equalize).
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -192,6 +195,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     if is_zoo(source):  # "zoo:NAME" as on the command line, with its calibration split
         source, _, calib = zoo_inputs(source, (), calib)
     prepared = source if isinstance(source, Prepared) else prepare(source, fold_bn=options.fold_bn)
+    if options.equalize:
+        prepared = prepare(equalize(prepared.float_model), fold_bn=False)
     if calib is not None:
         calib = conform(calib if isinstance(calib, Dataset) else load_dataset(calib), prepared.float_model)
     seconds["prepare"] = time.perf_counter() - t
