@@ -178,6 +178,7 @@ class QuantizeResult:
                         "selected": l.name in self.selected,
                         "groups": {g.role: g.tensor for g in l.groups}} for l in self.layers],
             "skipped_nodes": [asdict(s) for s in self.layers.skipped],
+            "bias_correction": self.bias_correction,
         })
         if self.ranges:
             d["max_abs"] = {gid: r.max_abs for gid, r in self.ranges.items()}

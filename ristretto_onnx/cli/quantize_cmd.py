@@ -49,6 +49,18 @@ def quantize_command(
     range_rule: str = typer.Option("max", "--range-rule",
                                    help="dfp: max (no saturation, eq. 5.2), percentile:P (e.g. "
                                         "percentile:99.99) or mse (least squared error)."),
+    signed_activations: bool = typer.Option(False, "--signed-activations",
+                                            help="dfp: two's complement everywhere (no ufixed after ReLU)."),
+    round_twice: bool = typer.Option(False, "--round-twice", help="dfp: inputs keep their own format even "
+                                     "where they read another layer's output unchanged (the thesis)."),
+    bias_correction: str = typer.Option("auto", "--bias-correction",
+                                        help="auto (kept when it lowers the error on calibration images), "
+                                             "on or off."),
+    channel_rule: str = typer.Option("output", "--channel-rule",
+                                     help="per-channel weights: output (clip a channel only when its output "
+                                          "error drops) or range (--range-rule per channel)."),
+    equalize: bool = typer.Option(False, "--equalize", help="Cross-layer equalization of Conv -> ReLU(6) -> "
+                                                            "Conv pairs first (depthwise networks)."),
     report: Path = typer.Option(None, "--report", help="JSON sidecar path (default: OUT with .json)."),
     batch_size: int = typer.Option(256, help="Images per onnxruntime run (the same default in every command)."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
@@ -77,7 +89,9 @@ def quantize_command(
             layers=split_patterns(layers), exclude=split_patterns(exclude), fold_bn=not no_fold_bn,
             quantize_bias=quantize_bias, pow2=Pow2(exp_min, exp_max), calib_size=calib_size,
             weight_granularity=weight_granularity.lower(), range_rule=range_rule.lower(),
-            score_size=score_size, batch_size=batch_size, seed=seed,
+            score_size=score_size, batch_size=batch_size, seed=seed, unsigned=not signed_activations,
+            round_once=not round_twice, bias_correction=bias_correction.lower(),
+            channel_rule=channel_rule.lower(), equalize=equalize,
         )
         check_flags(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
     in_path = resolve_input(model_in)
@@ -107,6 +121,8 @@ def quantize_command(
         typer.echo("fixed point splits (IL: score): " + ", ".join(
             f"{s.int_bits}: {(s.top1 if s.top1 is not None else s.agreement):.3f}"
             for s in result.fixed_search) + f"; chose IL={best.int_bits}")
+    if result.bias_correction != "off":
+        typer.echo(f"bias correction: {result.bias_correction}")
     for s in result.layers.skipped:
         typer.echo(f"skipped {s.op_type} {s.node or '(unnamed)'}: {s.reason}")
     typer.echo(f"wrote {model_out} and {report_path} in {time.perf_counter() - start:.1f}s")

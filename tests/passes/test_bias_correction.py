@@ -117,3 +117,24 @@ def test_quantize_uses_the_output_rule_for_per_channel_weights():
     assert all(f.frac_bits >= dfp_frac_bits(float(np.abs(c).max()), 6) for f, c in zip(fmt.formats, w1))
     with pytest.raises(RistrettoError):
         QuantizeOptions(channel_rule="best", **kw)
+
+
+def test_quantize_command_flags(tmp_path):
+    """The CLI passes the accuracy options through and records the bias-correction decision."""
+    import json
+
+    from ristretto_onnx.cli import main
+
+    m = synth.conv_relu_conv()
+    import onnx
+    onnx.save(m, tmp_path / "in.onnx")
+    np.save(tmp_path / "calib.npy", synth.sample_input(m, batch=32, seed=3, scale=2.0))
+    args = ["quantize", str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), "--scheme", "dfp", "--bits", "6",
+            "--calib", str(tmp_path / "calib.npy"), "--bias-correction", "on", "--signed-activations",
+            "--channel-rule", "range", "--equalize", "--round-twice"]
+    assert main(args) == 0
+    side = json.loads((tmp_path / "out.json").read_text())
+    assert side["bias_correction"] == "applied"
+    assert not any(str(f).startswith("ufixed") for f in side["formats"].values() if f)
+    assert side["options"]["equalize"] is True and side["options"]["channel_rule"] == "range"
+    assert main(args[:-5] + ["--bias-correction", "maybe", "--force"]) == 2
