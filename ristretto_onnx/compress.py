@@ -30,7 +30,7 @@ from ristretto_onnx.data.metadata import record as record_preprocess
 from ristretto_onnx.data.zoo_inputs import zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit, search_log
-from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2
+from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, UFixed
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.passes.plan import plan_to_dict
 from ristretto_onnx.passes.save import save_model, write_text_atomic
@@ -288,8 +288,8 @@ def _format_example(plan: Mapping[str, Format | None], ranges: list[GroupRange],
             f = plan[r.group]
             if isinstance(f, PerChannel):
                 return f"{f.base_kind}:{f.bits}-bit per channel"
-            if isinstance(f, (Fixed, Minifloat, Pow2)):
-                return str(f) + (" (per group)" if isinstance(f, Fixed) else "")
+            if isinstance(f, (Fixed, UFixed, Minifloat, Pow2)):
+                return str(f) + (" (per group)" if isinstance(f, (Fixed, UFixed)) else "")
     return ""
 
 
