@@ -37,10 +37,13 @@ NETS = {
 }
 #: Each rule off (before) and on (after); each row adds one thing to the one above it.
 VARIANTS = {
-    "signed": ("signed codes (thesis)", dict(unsigned=False, bias_correction="off")),
-    "ufixed": ("+ ufixed after ReLU", dict(unsigned=True, bias_correction="off")),
-    "bc": ("+ bias correction", dict(unsigned=True, bias_correction="on")),
-    "auto": ("+ bias correction auto", dict(unsigned=True, bias_correction="auto")),
+    "signed": ("signed codes (thesis)", dict(unsigned=False, round_once=False, bias_correction="off")),
+    "ufixed": ("+ ufixed after ReLU", dict(unsigned=True, round_once=False, bias_correction="off")),
+    "once": ("+ outputs rounded once", dict(unsigned=True, round_once=True, bias_correction="off")),
+    "bc": ("+ bias correction", dict(unsigned=True, round_once=True, bias_correction="on")),
+    "auto": ("+ bias correction auto", dict(unsigned=True, round_once=True, bias_correction="auto")),
+    "range": ("per-channel range rule (before)", dict(channel_rule="range", bias_correction="off")),
+    "output": ("per-channel output rule", dict(channel_rule="output", bias_correction="off")),
 }
 
 
@@ -88,7 +91,7 @@ def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granularity
             for key in variants:
                 label, extra = VARIANTS[key]
                 t = time.perf_counter()
-                opts = QuantizeOptions(scheme="dfp", range_rule=rule, calib_size=len(calib),
+                opts = QuantizeOptions(scheme="dfp", range_rule=rule, calib_size=len(calib), batch_size=32,
                                        weight_granularity=granularity, **w, **extra)
                 res = quantize(f"zoo:{name}", opts, calib)
                 acc = top1(res.model, scored)

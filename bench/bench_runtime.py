@@ -40,7 +40,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from ristretto_onnx import zoo
-from ristretto_onnx.formats import dfp_format
+from ristretto_onnx.range_rules import dfp_format
 from ristretto_onnx.ops import attach_functions, make_quantize_node
 from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.ranges import group_ranges

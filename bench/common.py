@@ -25,7 +25,7 @@ from ristretto_onnx import zoo
 from ristretto_onnx.compress import CompressOptions, SearchContext, build_context
 from ristretto_onnx.formats import Fixed, Minifloat
 from ristretto_onnx.passes.plan import plan_to_dict
-from ristretto_onnx.policies import CATEGORIES, GroupRange, category_groups
+from ristretto_onnx.stats import CATEGORIES, GroupRange, category_groups
 from ristretto_onnx.runtime.session import available_cpus
 
 REPO = Path(__file__).resolve().parent.parent

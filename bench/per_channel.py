@@ -31,7 +31,8 @@ from bench.common import machine_info, md_table  # noqa: E402
 from ristretto_onnx import zoo  # noqa: E402
 from ristretto_onnx.compress import CompressOptions, build_context  # noqa: E402
 from ristretto_onnx.passes.concat_ties import concat_ties  # noqa: E402
-from ristretto_onnx.policies import CATEGORIES, DynamicFixedPoint, plan_for  # noqa: E402
+from ristretto_onnx.schemes import DynamicFixedPoint, plan_for
+from ristretto_onnx.stats import CATEGORIES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = ("max", "percentile:99.99", "mse")

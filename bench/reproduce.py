@@ -37,9 +37,11 @@ from bench.common import (  # noqa: E402
 )
 from ristretto_onnx.compress import compress  # noqa: E402
 from ristretto_onnx.errors import RistrettoError  # noqa: E402
-from ristretto_onnx.formats import Fixed, Minifloat, dfp_format, integer_bits, minifloat_exp_bits  # noqa: E402
+from ristretto_onnx.formats import Fixed, Minifloat  # noqa: E402
+from ristretto_onnx.range_rules import dfp_format, integer_bits, minifloat_exp_bits  # noqa: E402
 from ristretto_onnx.passes.pipeline import simulate  # noqa: E402
-from ristretto_onnx.policies import CATEGORIES, make_scheme, plan_for  # noqa: E402
+from ristretto_onnx.schemes import make_scheme, plan_for
+from ristretto_onnx.stats import CATEGORIES  # noqa: E402
 from ristretto_onnx.runtime.session import create_session  # noqa: E402
 
 #: Networks of the full run: what each stands in for and how much data each measurement uses.
@@ -127,7 +129,7 @@ def histogram_exp_bits(bench: Bench, bits: int) -> int | None:
         from ristretto_onnx.range_rules import minifloat_exp_bits_mse
     except ImportError:
         return None
-    stats = [r.stats for r in bench.ranges if r.category and getattr(r, "stats", None) is not None]
+    stats = [r.stats for r in bench.ranges if r.category != "bias" and getattr(r, "stats", None) is not None]
     return minifloat_exp_bits_mse(stats, bits) if stats else None
 
 
@@ -161,7 +163,7 @@ def all_parts(bits: int) -> dict[str, int]:
 
 def table_5_1(bench: Bench, widths: Sequence[int] = thesis.TABLE_5_1_WIDTHS, on: str = "table") -> list[dict]:
     """Dynamic fixed point for one category at a time, the rest float (thesis table 5.1)."""
-    dfp = make_scheme("dfp")
+    dfp = make_scheme("dfp", range_rule="max")
     rows = []
     for cat in CATEGORIES:
         accs = None
@@ -183,7 +185,7 @@ def table_4_1(bench: Bench, bits: int) -> dict:
 def table_5_2(bench: Bench, configs: Sequence[tuple[int, int, int]]) -> list[dict]:
     """Dynamic fixed point with (layer outputs, conv, fc) bits as in the thesis's table 5.2, with
     eq. 5.2's ranges (the thesis) and with the MSE range rule (what ``compress`` uses by default)."""
-    dfp, mse = make_scheme("dfp"), make_scheme("dfp", range_rule="mse")
+    dfp, mse = make_scheme("dfp", range_rule="max"), make_scheme("dfp", range_rule="mse")
     rows = []
     for a, c, f in configs:
         widths = {"activations": a, "conv_weights": c, "fc_weights": f}
@@ -245,7 +247,7 @@ def sweep(bench: Bench, widths: Sequence[int]) -> dict[str, list[dict]]:
     width) and dynamic fixed point on the sweep set, and minifloat (the histogram rule's
     exponent, see ``histogram_exp_bits``) on the minifloat set. Widths go down and a scheme
     stops once it is at chance level."""
-    dfp = make_scheme("dfp")
+    dfp = make_scheme("dfp", range_rule="max")
     on = "sweep"
 
     def minifloat(b: int) -> dict:
@@ -328,7 +330,7 @@ def diagnose(bench: Bench, bits: tuple[int, int, int], on: str = "search") -> li
     """Where a dfp configuration (layer outputs, conv, fc bits) loses accuracy: each variant
     changes one thing of it, so the differences point at the cause."""
     a, c, f = bits
-    dfp = make_scheme("dfp")
+    dfp = make_scheme("dfp", range_rule="max")
     base = plan_for(dfp, bench.ranges, {"activations": a, "conv_weights": c, "fc_weights": f})
     acts = {r.group for r in bench.ranges if r.category == "activations"}
     outputs = {r.group for r in bench.ranges if r.role == "outputs"}

@@ -22,6 +22,7 @@ from onnx import ModelProto, version_converter
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.ops import MIN_OPSET, default_opset
 from ristretto_onnx.passes import save as _save
+from ristretto_onnx.validate import validate
 
 #: Default-domain opsets accepted as input.
 MIN_INPUT_OPSET = 11
@@ -74,6 +75,7 @@ def _opset(model: ModelProto) -> int:
 
 
 def _checked_and_inferred(model: ModelProto) -> ModelProto:
+    validate(model)  # what onnx.checker leaves to onnxruntime (corrupt initializers, no outputs ...)
     if _save.needs_external_data(model):
         return _checked_and_inferred_on_disk(model)
     try:
@@ -99,8 +101,14 @@ def _checked_and_inferred_on_disk(model: ModelProto) -> ModelProto:
             onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
         except Exception as e:
             raise RistrettoError(f"shape inference failed: {_first_line(e)}") from None
-        out = onnx.load(str(inferred), load_external_data=True)
-    return out
+        # Take only the inferred types, not a second copy of the weights (peak memory: bench/
+        # external_data.py): the shapes land in value_info and the graph outputs.
+        header = onnx.load(str(inferred), load_external_data=False)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(header.graph.value_info)
+    for out, typed in zip(model.graph.output, header.graph.output):
+        out.CopyFrom(typed)
+    return model
 
 
 def _first_line(e: BaseException) -> str:

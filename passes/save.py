@@ -34,7 +34,20 @@ _ALIGN = 4096
 
 
 def needs_external_data(model: ModelProto) -> bool:
-    return model.ByteSize() > PROTO_LIMIT
+    # Below the limit ByteSize() is exact; above 2 GB some protobuf builds (upb) raise instead of
+    # answering, and the initializers alone tell (without the 2 GB cap of ByteSize()).
+    payload = 0
+    for t in model.graph.initializer:
+        try:
+            payload += t.ByteSize()  # no copy of the bytes (len(t.raw_data) would make one)
+        except Exception:  # noqa: BLE001 - one tensor over 2 GB
+            return True
+        if payload > PROTO_LIMIT:
+            return True
+    try:
+        return model.ByteSize() > PROTO_LIMIT
+    except Exception:  # noqa: BLE001 - protobuf's EncodeError: too large to serialize
+        return True
 
 
 def save_model(model: ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:

@@ -25,14 +25,14 @@ from onnx import ModelProto
 from ristretto_onnx.data import Dataset, load_dataset
 from ristretto_onnx.data.conform import conform
 from ristretto_onnx.data.zoo_inputs import is_zoo, zoo_inputs
-from ristretto_onnx.formats import dfp_format, integer_bits
 from ristretto_onnx.passes.pipeline import prepare
-from ristretto_onnx.ranges import group_ranges
-from ristretto_onnx.runtime.calibrate import DEFAULT_PERCENTILES, RangeStats
+from ristretto_onnx.range_rules import dfp_format, integer_bits
+from ristretto_onnx.ranges import measure_groups
+from ristretto_onnx.stats import DEFAULT_PERCENTILES, RangeStats
 
 
 @dataclass(frozen=True)
-class GroupRange:
+class GroupAnalysis:
     """One group's measured range and, for ``bits``, the dynamic fixed point split of eq. 5.2."""
 
     group: str
@@ -57,9 +57,9 @@ class LayerRange:
     name: str
     op_type: str
     kind: str
-    groups: tuple[GroupRange, ...]
+    groups: tuple[GroupAnalysis, ...]
 
-    def group(self, role: str) -> GroupRange | None:
+    def group(self, role: str) -> GroupAnalysis | None:
         return next((g for g in self.groups if g.role == role), None)
 
 
@@ -101,7 +101,8 @@ def analyze_ranges(source: str | os.PathLike | ModelProto, data, *, bits: int | 
     prepared = prepare(source, fold_bn=fold_bn)
     data = conform(data if isinstance(data, Dataset) else load_dataset(data), prepared.float_model)
     layers = prepared.layers.select(include, exclude)
-    ranges = group_ranges(prepared.float_model, layers, data, batch_size=batch_size, threads=threads)
+    ranges = {r.group: r.stats for r in measure_groups(prepared.float_model, layers, data, batch_size=batch_size,
+                                                       threads=threads, for_formats=False)}
     out = []
     for layer in layers:
         groups = []
@@ -115,7 +116,7 @@ def analyze_ranges(source: str | os.PathLike | ModelProto, data, *, bits: int | 
                 frac = fmt.frac_bits
                 sat = stats.fraction_above(fmt.max_value)
                 zero = stats.fraction_below(fmt.step / 2)
-            groups.append(GroupRange(g.id, g.role, g.tensor, stats, il, frac, sat, zero))
+            groups.append(GroupAnalysis(g.id, g.role, g.tensor, stats, il, frac, sat, zero))
         out.append(LayerRange(layer.name, layer.op_type, layer.kind, tuple(groups)))
     name = model_name or (str(source) if not isinstance(source, ModelProto) else "model")
     return RangeReport(name, data_name or getattr(data, "name", "data"), len(data), bits, fold_bn,

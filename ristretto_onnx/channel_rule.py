@@ -23,7 +23,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ristretto_onnx.formats import Fixed, PerChannel, dfp_frac_bits
+from ristretto_onnx.formats import Fixed, PerChannel
+from ristretto_onnx.range_rules import dfp_frac_bits
 
 #: A clipping length must lower the channel's output error by this fraction to be chosen.
 MARGIN = 0.05

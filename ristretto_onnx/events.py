@@ -57,8 +57,8 @@ def search_log(log: Callable[[str], None] | None, scorer: Any, search: Any, sche
         accepted = [t for t in getattr(search, "trials", ()) if getattr(t, "accepted", False)]
         if accepted:
             t = accepted[-1]
-            bits = "float" if t.bits is None else f"{t.bits}-bit"
-            best = f"{t.stage} {t.what} {bits} (metric {t.value:.4f})"
+            bits = "" if t.bits is None else f" {t.bits}-bit"
+            best = f"{t.stage} {t.what}{bits} (metric {t.value:.4f})"
         emit(log, ProgressEvent("search", message, scheme, scorer.plans_scored, scorer.evaluations, best))
         if log is not None:
             log(message)

@@ -10,7 +10,8 @@ where every intermediate step is exact, and round once to float32 at the end; th
 restricted (see each ``__post_init__``) so that this last rounding is exact too.
 
 Dynamic fixed point is not a separate format: it is :class:`Fixed` with the fractional length
-chosen per group of numbers (a layer's weights, inputs or outputs), by :func:`dfp_frac_bits`.
+chosen per group of numbers (a layer's weights, inputs or outputs), by the range rules of
+:mod:`ristretto_onnx.range_rules`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ ROUNDINGS = ("nearest_even", "stochastic")
 
 # float32 normal range: steps and maxima of every accepted format must stay inside it, so the
 # quantized values are exact float32 numbers and the scale factors are exact normal floats.
-_F32_EMIN = -126
-_F32_EMAX = 127
+F32_EMIN = -126
+F32_EMAX = 127
 
 
 def _check_rounding(rounding: str) -> None:
@@ -68,10 +69,10 @@ class Fixed:
             raise FormatError(f"fixed point needs 2 to 32 bits, got {self.bits}")
         step_exp = -self.frac_bits
         top_exp = self.bits - 1 - self.frac_bits
-        if step_exp < _F32_EMIN or top_exp > _F32_EMAX:
+        if step_exp < F32_EMIN or top_exp > F32_EMAX:
             raise FormatError(
                 f"{self}: range exceeds float32 (step 2^{step_exp}, max about 2^{top_exp}); "
-                f"frac_bits must lie in [{self.bits - 1 - _F32_EMAX}, {-_F32_EMIN}]"
+                f"frac_bits must lie in [{self.bits - 1 - F32_EMAX}, {-F32_EMIN}]"
             )
 
     def __str__(self) -> str:
@@ -128,10 +129,10 @@ class UFixed:
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 31:
             raise FormatError(f"unsigned fixed point needs 1 to 31 bits, got {self.bits}")
-        if -self.frac_bits < _F32_EMIN or self.bits - self.frac_bits > _F32_EMAX:
+        if -self.frac_bits < F32_EMIN or self.bits - self.frac_bits > F32_EMAX:
             raise FormatError(
                 f"{self}: range exceeds float32 (step 2^{-self.frac_bits}, max about "
-                f"2^{self.bits - self.frac_bits}); frac_bits must lie in [{self.bits - _F32_EMAX}, {-_F32_EMIN}]"
+                f"2^{self.bits - self.frac_bits}); frac_bits must lie in [{self.bits - F32_EMAX}, {-F32_EMIN}]"
             )
 
     def __str__(self) -> str:
@@ -189,7 +190,7 @@ class Minifloat:
             )
         if self.mant_bits > 23:
             raise FormatError(f"{self}: {self.mant_bits} mantissa bits exceed float32's 23")
-        if self.exp_bits > 8 or self.emax > _F32_EMAX or self.emin < _F32_EMIN:
+        if self.exp_bits > 8 or self.emax > F32_EMAX or self.emin < F32_EMIN:
             raise FormatError(
                 f"{self}: exponent range 2^{self.emin}..2^{self.emax} exceeds float32's normal range"
             )
@@ -259,9 +260,9 @@ class Pow2:
             raise FormatError(f"pow2:{self.exp_min}:{self.exp_max}: EMIN must not exceed EMAX")
         # One binade of headroom on each side keeps every threshold the op compares with a
         # normal float32 number.
-        if self.exp_min < _F32_EMIN + 1 or self.exp_max > _F32_EMAX - 1:
+        if self.exp_min < F32_EMIN + 1 or self.exp_max > F32_EMAX - 1:
             raise FormatError(
-                f"{self}: exponents must lie in [{_F32_EMIN + 1}, {_F32_EMAX - 1}] (float32 range)"
+                f"{self}: exponents must lie in [{F32_EMIN + 1}, {F32_EMAX - 1}] (float32 range)"
             )
 
     def __str__(self) -> str:
@@ -469,73 +470,6 @@ def quantize(x, fmt: Format | str, rounding: str = "nearest_even", seed: int | N
     fmt = parse_format(fmt)
     rng = np.random.default_rng(seed) if rounding == "stochastic" else None
     return fmt.quantize(x, rounding=rounding, rng=rng)
-
-
-# ---------------------------------------------------------------------------------------------
-# Range rules (thesis eq. 5.2 and 6.2)
-
-
-def integer_bits(max_abs: float) -> int:
-    """Integer length IL (sign bit included) that avoids saturating ``max_abs`` (eq. 5.2).
-
-    The thesis prints ``IL = ceil(lg2(max + 1))``; its text asks for "enough bits to avoid
-    saturation" and a sign bit, which is ``ceil(lg2(max)) + 1``: two's complement ``[IL.FL]``
-    reaches ``2**(IL-1)``. The two agree for ``max`` in (0, 1]; for larger ranges the printed form
-    would saturate (max = 3 gives IL = 2, whose largest value is < 2), so we use the latter.
-    """
-    if not np.isfinite(max_abs):
-        raise FormatError(f"cannot choose an integer length for a range of {max_abs}")
-    if max_abs <= 0:
-        return 1 - 126  # an all-zero group: any format represents it; keep the step tiny but legal
-    return math.ceil(math.log2(max_abs)) + 1
-
-
-def dfp_frac_bits(max_abs: float, bits: int, *, layer_output: bool = False) -> int:
-    """Fractional length of a dynamic fixed point group with ``bits`` bits (thesis 5.2.1).
-
-    Layer outputs get one integer bit fewer (one more fractional bit) than the no-saturation rule,
-    which the thesis found slightly better: the rare largest outputs saturate a little.
-    """
-    il = integer_bits(max_abs) - (1 if layer_output else 0)
-    fl = bits - il
-    # Stay inside the float32-representable formats (an all-zero group would otherwise overflow).
-    return int(min(max(fl, bits - 1 - _F32_EMAX), -_F32_EMIN))
-
-
-def dfp_format(max_abs: float, bits: int, *, layer_output: bool = False) -> Fixed:
-    """The dynamic fixed point format of a group whose largest magnitude is ``max_abs``."""
-    return Fixed(bits, dfp_frac_bits(max_abs, bits, layer_output=layer_output))
-
-
-def unsigned_of(fmt: Fixed) -> UFixed:
-    """The ``bits``-bit unsigned format with the range of ``fmt`` on non-negative values and
-    half its step: a non-negative group's dfp format (any range rule) with the sign bit reused."""
-    return UFixed(fmt.bits, fmt.frac_bits + 1) if fmt.frac_bits < -_F32_EMIN else UFixed(fmt.bits, fmt.frac_bits)
-
-
-def dfp_channel_format(max_abs, bits: int, axis: int = 0) -> PerChannel:
-    """Per-output-channel dynamic fixed point: eq. 5.2 applied to each channel's max."""
-    return PerChannel(tuple(dfp_format(float(m), bits) for m in np.asarray(max_abs).ravel()), axis)
-
-
-def minifloat_exp_bits(max_abs: float) -> int:
-    """Exponent bits that avoid saturation of ``max_abs`` (thesis eq. 6.2), at least 1.
-
-    With E exponent bits the largest exponent is ``2**(E-1)``, so the values reach ``2**(2**(E-1)+1)``
-    (with unbounded mantissa); eq. 6.2 is the smallest E for which that exceeds ``max_abs``.
-    """
-    if not np.isfinite(max_abs) or max_abs <= 0:
-        return 1
-    lg = math.log2(max_abs)
-    if lg - 1 <= 0:
-        return 1
-    return max(1, math.ceil(math.log2(lg - 1) + 1))
-
-
-def minifloat_format(max_abs: float, bits: int) -> Minifloat:
-    """The minifloat with ``bits`` bits and eq. 6.2's exponent width (capped by the bit budget)."""
-    e = min(minifloat_exp_bits(max_abs), bits - 1, 7)
-    return Minifloat(bits, max(1, e))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,14 @@
-"""Range statistics per group: the input of every format rule (thesis 4.3, 5.2.1, 6.3.1).
+"""The range stage: every group's range, the input of every format rule (thesis 4.3, 5.2.1, 6.3.1).
 
+``compress``, ``quantize`` and ``analyze`` all measure ranges here, with :func:`measure_groups`.
 Weights and biases are measured directly on their constant values; layer inputs and outputs on
 calibration data, all tensors in one pass (:func:`~ristretto_onnx.runtime.calibrate.calibrate`).
 A tensor shared by several groups (one layer's output is the next one's input) is measured once.
+
+For choosing formats two facts of the graph shape the ranges (read-only analyses in
+:mod:`ristretto_onnx.passes`): a layer output bounded by a Clip (ReLU6) is measured after the
+Clip, and layer outputs written into one Concat buffer are tied to the widest of them, so every
+rule gives them one format. ``analyze`` reports the raw ranges of the tensors instead.
 """
 
 from __future__ import annotations
@@ -14,9 +20,13 @@ import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.passes.clip_bounds import clip_bounds
+from ristretto_onnx.passes.concat_ties import concat_ties
 from ristretto_onnx.passes.graph_index import GraphIndex
 from ristretto_onnx.passes.layers import ACTIVATION_ROLES, Layer
-from ristretto_onnx.runtime.calibrate import RangeStats, calibrate
+from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
+from ristretto_onnx.runtime.calibrate import calibrate
+from ristretto_onnx.stats import GroupRange, RangeStats
 
 
 def parameter_ranges(model: ModelProto, layers: Iterable[Layer]) -> dict[str, RangeStats]:
@@ -97,4 +107,49 @@ def tie_ranges(ranges: Mapping[str, T], ties: Mapping[str, tuple[str, ...]]) -> 
         present = [m for m in members if m in ranges]
         if gid in ranges and present:
             out[gid] = ranges[max(present, key=lambda m: ranges[m].max_abs)]
+    return out
+
+
+def measure_groups(model: ModelProto, layers: Iterable[Layer], data=None, *, batch_size: int = 64,
+                   threads: int | None = None, for_formats: bool = True, unsigned: bool = False
+                   ) -> list[GroupRange]:
+    """Every group of ``layers`` as a :class:`GroupRange`, in layer order (the range stage).
+
+    Parameters always (weights with their per-output-channel ranges), activations when ``data``
+    is given. With ``for_formats`` bounded layer outputs are measured after their Clip and
+    Concat ties share the widest range (see the module docstring); without, the ranges are
+    those of the groups' own tensors. With ``unsigned`` (and ``for_formats``), activation groups
+    that cannot be negative are marked (passes.nonnegative) and layer outputs read only by a
+    ReLU are measured after it.
+    """
+    layers = list(layers)
+    params = parameter_ranges(model, layers)
+    bounds = clip_bounds(model, layers) if for_formats else {}
+    uns = unsigned_for(model, layers, data) if unsigned and for_formats and data is not None else frozenset()
+    measured: dict[str, RangeStats] = {}
+    if data is not None:
+        measure = {gid: t for gid, t in relu_measure(model, layers).items() if gid in uns}
+        measure.update({gid: b.tensor for gid, b in bounds.items()})
+        measured = activation_ranges(model, layers, data, batch_size=batch_size, threads=threads,
+                                     measure=measure)
+    acts = tie_ranges(measured, concat_ties(model, layers)) if for_formats else measured
+    channels = channel_ranges(model, layers)
+    images = max(len(data), 1) if data is not None else 1
+    out: list[GroupRange] = []
+    for layer in layers:
+        for g in layer.groups:
+            stats = params.get(g.id) or acts.get(g.id)
+            if stats is None:
+                continue
+            ch, axis, ch_stats, size = None, None, None, stats.count
+            if g.role == "weights":
+                if g.id in channels:
+                    axis, ch_stats = channels[g.id]
+                    ch = tuple(float(c.max_abs) for c in ch_stats)
+                size = int(np.prod(layer.weight_shape))
+            elif g.role in ACTIVATION_ROLES:
+                size = max(1, measured[g.id].count // images)  # values per image
+            out.append(GroupRange(g.id, g.role, g.kind, float(stats.max_abs), ch, axis, size, stats, ch_stats,
+                                  bounded=g.id in bounds, measured=params.get(g.id) or measured.get(g.id),
+                                  unsigned=g.id in uns))
     return out

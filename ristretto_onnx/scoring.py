@@ -1,5 +1,9 @@
 """Scoring format plans for the search: one metric value per plan, as cheaply as it can be had.
 
+The one scorer of the package: ``compress`` scores every plan of its search here, ``quantize`` the
+few alternatives of a scheme at its width. The metrics are those of the registry
+(:data:`ristretto_onnx.runtime.metrics.PER_SAMPLE`), compared image by image.
+
 The search scores dozens of plans on the same data, so everything that does not depend on the
 plan is done once: the images are preprocessed once and kept in memory (when they fit), the FP32
 model's predictions are computed once, and a simulator (:mod:`ristretto_onnx.runtime`) changes
@@ -22,27 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ristretto_onnx.errors import RistrettoError
-
-#: Per-sample metrics: (outputs, labels, fp32 predictions) -> one score in [0, 1] per sample.
-PerSample = Callable[[np.ndarray, np.ndarray | None, np.ndarray], np.ndarray]
-
-
-def _top1(out, labels, ref):
-    return (out.argmax(axis=1) == labels).astype(np.float64)
-
-
-def _top5(out, labels, ref):
-    k = min(5, out.shape[1])
-    top = np.argpartition(-out, k - 1, axis=1)[:, :k]
-    return (top == labels[:, None]).any(axis=1).astype(np.float64)
-
-
-def _fidelity(out, labels, ref):
-    return (out.argmax(axis=1) == ref).astype(np.float64)
-
-
-PER_SAMPLE: dict[str, PerSample] = {"top1": _top1, "top5": _top5, "fidelity": _fidelity}
-
+from ristretto_onnx.runtime.metrics import PER_SAMPLE
 
 @dataclass(frozen=True)
 class Score:
@@ -115,7 +99,7 @@ class Scorer:
 
     def _per_sample(self, out: np.ndarray, start: int, stop: int) -> np.ndarray:
         labels = None if self.labels is None else self.labels[start:stop]
-        return PER_SAMPLE[self.metric](out, labels, self.ref_pred[start:stop])
+        return PER_SAMPLE[self.metric](out, labels, self.ref_pred[start:stop]).astype(np.float64)
 
     def _value(self, out: np.ndarray, samples: np.ndarray | None) -> float:
         if self.metric_fn is not None:

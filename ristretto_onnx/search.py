@@ -21,8 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ristretto_onnx.formats import Format
-from ristretto_onnx.policies import GroupRange, Scheme, category_groups
+from ristretto_onnx.schemes import Scheme
 from ristretto_onnx.scoring import Score, Scorer
+from ristretto_onnx.stats import GroupRange, category_groups
 
 Log = Callable[[str], None]
 
@@ -74,7 +75,7 @@ class BitSearch:
         self.min_bits = max(scheme.min_bits, min_bits or scheme.min_bits)
         self.max_bits = min(scheme.max_bits, max_bits or scheme.max_bits)
         self.max_bits = max(self.max_bits, self.min_bits)
-        self.log = log or (lambda msg: None)
+        self.log = log if log is not None else (lambda msg: None)
         self.trials: list[Trial] = []
         self._cache: dict[tuple, tuple[bool, Score]] = {}
 

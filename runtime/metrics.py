@@ -1,4 +1,8 @@
-"""Evaluation metrics: top-1, top-5, fidelity, and user metrics given as ``module:function``.
+"""The metric registry: top-1, top-5, fidelity, and user metrics given as ``module:function``.
+
+One definition per metric for every reader: ``evaluate`` streams them through an
+:class:`Accumulator`, the search's :class:`~ristretto_onnx.scoring.Scorer` compares them image by
+image (:data:`PER_SAMPLE`).
 
 Built-in metrics are *streaming*: they keep two counters and see one batch at a time, so
 evaluating a dataset of any size needs memory for one batch only. A custom metric receives all
@@ -25,28 +29,52 @@ BUILTIN = ("top1", "top5", "fidelity")
 CustomFn = Callable[[np.ndarray, "np.ndarray | None"], float]
 
 
-def top1_correct(outputs: np.ndarray, labels: np.ndarray) -> int:
-    """Number of rows whose largest score is at the label (ties: the first maximum, as argmax)."""
-    return int(np.count_nonzero(_scores(outputs).argmax(axis=1) == labels))
+def top1_hits(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row: whether the largest score is at the label (ties: the first maximum, as argmax)."""
+    return _scores(outputs).argmax(axis=1) == labels
 
 
-def topk_correct(outputs: np.ndarray, labels: np.ndarray, k: int = 5) -> int:
-    """Number of rows whose label is among the ``k`` largest scores.
+def topk_hits(outputs: np.ndarray, labels: np.ndarray, k: int = 5) -> np.ndarray:
+    """Per row: whether the label is among the ``k`` largest scores.
 
     A label counts when fewer than ``k`` scores are strictly larger than the label's score, so
     ties at the k-th place count in favour of the label (deterministic, order-independent).
     """
     scores = _scores(outputs)
     if scores.shape[1] <= k:
-        return len(scores)
+        return np.ones(len(scores), dtype=bool)
     at_label = scores[np.arange(len(scores)), labels]
-    larger = np.count_nonzero(scores > at_label[:, None], axis=1)
-    return int(np.count_nonzero(larger < k))
+    return np.count_nonzero(scores > at_label[:, None], axis=1) < k
+
+
+def agreement_hits(outputs: np.ndarray, reference_top1: np.ndarray) -> np.ndarray:
+    """Per row: whether the top-1 class equals the reference (FP32) top-1 class."""
+    return _scores(outputs).argmax(axis=1) == reference_top1
+
+
+#: The built-in metrics per sample: (outputs, labels, FP32 top-1) -> one hit (0/1) per row.
+#: Evaluation sums them; the search's scorer also compares them per image (early rejection).
+PER_SAMPLE: dict[str, Callable[[np.ndarray, np.ndarray | None, np.ndarray | None], np.ndarray]] = {
+    "top1": lambda out, labels, ref: top1_hits(out, labels),
+    "top5": lambda out, labels, ref: topk_hits(out, labels, 5),
+    "fidelity": lambda out, labels, ref: agreement_hits(out, ref),
+}
+assert tuple(PER_SAMPLE) == BUILTIN
+
+
+def top1_correct(outputs: np.ndarray, labels: np.ndarray) -> int:
+    """Number of rows whose largest score is at the label."""
+    return int(np.count_nonzero(top1_hits(outputs, labels)))
+
+
+def topk_correct(outputs: np.ndarray, labels: np.ndarray, k: int = 5) -> int:
+    """Number of rows whose label is among the ``k`` largest scores (see :func:`topk_hits`)."""
+    return int(np.count_nonzero(topk_hits(outputs, labels, k)))
 
 
 def agreement(outputs: np.ndarray, reference_top1: np.ndarray) -> int:
     """Number of rows whose top-1 class equals the reference (FP32) top-1 class."""
-    return int(np.count_nonzero(_scores(outputs).argmax(axis=1) == reference_top1))
+    return int(np.count_nonzero(agreement_hits(outputs, reference_top1)))
 
 
 def _scores(outputs: np.ndarray) -> np.ndarray:
@@ -79,12 +107,8 @@ class Accumulator:
             self._outputs.append(np.array(outputs, copy=True))
             if labels is not None:
                 self._labels.append(np.asarray(labels))
-        elif self.name == "top1":
-            self.correct += top1_correct(outputs, labels)
-        elif self.name == "top5":
-            self.correct += topk_correct(outputs, labels, 5)
         else:
-            self.correct += agreement(outputs, reference_top1)
+            self.correct += int(np.count_nonzero(PER_SAMPLE[self.name](outputs, labels, reference_top1)))
         self.seen += n
 
     def value(self) -> float:

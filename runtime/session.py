@@ -127,6 +127,15 @@ def create_session(
     """
     providers = providers or default_providers()
     so = options or session_options(threads=threads, optimize=optimize, spinning=spinning)
+    if isinstance(model, onnx.ModelProto):
+        from ristretto_onnx.passes.save import needs_external_data, save_model
+
+        if needs_external_data(model):  # over 2 GB: through a file with external data
+            with tempfile.TemporaryDirectory(prefix="ristretto-session-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                save_model(model, path, external_data=True)
+                return create_session(path, providers=providers, threads=threads, optimize=optimize,
+                                      options=so, blocked_layout=blocked_layout, spinning=spinning)
     source = _source(model)
     if blocked_layout and optimize and providers == ["CPUExecutionProvider"]:
         session = _blocked_layout_session(source, so, providers)

@@ -76,8 +76,8 @@ def _raise_interrupted(signum, frame) -> None:
 
 def _interrupted_line(signum: int, command: str) -> str:
     name = signal.Signals(signum).name
-    doing = f" during {events.last.describe()}" if events.last is not None else ""
-    return f"interrupted by {name}: {command or 'ristretto-onnx'}{doing} stopped; no output was written"
+    doing = f" ({events.last.describe()})" if events.last is not None else ""
+    return f"interrupted by {name} during {command or 'ristretto-onnx'}{doing}; no output was written"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,16 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     command = next((a for a in args if not a.startswith("-")), "")
     events.last = None
-    previous = None
-    try:  # SIGTERM (docker stop, a CI timeout) unwinds like Ctrl-C: finally blocks remove temp files
-        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    except ValueError:  # not the main thread (an embedding application): leave signals alone
-        pass
+    previous = {}
+    # Ctrl-C and SIGTERM (docker stop, a CI timeout) raise Interrupted, which click does not turn
+    # into a silent exit; finally blocks on the way out remove temporary files.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, _raise_interrupted)
+        except ValueError:  # not the main thread (an embedding application): leave signals alone
+            pass
     try:
         code = _run(args, debug, command)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return _exit(code, argv)
 
 
@@ -130,7 +133,18 @@ def _run(args: list[str], debug: bool, command: str) -> int:
     except Exception as e:  # noqa: BLE001 - the CLI contract is "never a traceback"
         if debug:
             raise
+        if _from_onnxruntime(e):  # the model passed our checks but onnxruntime refuses it
+            return _fail(f"onnxruntime cannot run this model: {_first_line(e)}", 1)
         return _fail(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)", 1)
+
+
+def _from_onnxruntime(e: BaseException) -> bool:
+    return type(e).__module__.startswith("onnxruntime")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)[:300]
 
 
 def _exit(code: int, argv: list[str] | None) -> int:

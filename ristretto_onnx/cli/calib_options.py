@@ -41,11 +41,16 @@ def open_split(spec: str | None, model_spec: str, split: str, *, scale=None, mea
     For a zoo model the flags modify its own preprocessing, so ``--crop`` alone is enough."""
     from ristretto_onnx import zoo
 
+    from ristretto_onnx.data.metadata import recorded
+
     flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
-    pre = None
-    if any(v is not None for v in flags.values()):
-        base = zoo.get_model(model_spec).preprocess if model_spec.startswith("zoo:") else None
-        pre = preprocess_from_cli(**flags, base=base)
+    # The base is the zoo model's preprocessing, or what the model file recorded; flags modify it.
+    if model_spec.startswith("zoo:"):
+        base = zoo.get_model(model_spec).preprocess
+    else:
+        rec = recorded(model_spec) if spec is not None and Path(model_spec).is_file() else None
+        base = rec[0] if rec is not None else None
+    pre = preprocess_from_cli(**flags, base=base) if any(v is not None for v in flags.values()) else base
     if spec is None:
         if model_spec.startswith("zoo:"):
             return zoo.model_dataset(model_spec[4:], split, pre)

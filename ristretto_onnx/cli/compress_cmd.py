@@ -14,6 +14,7 @@ from ristretto_onnx.cli.progress import Reporter
 from ristretto_onnx.compress import CompressOptions, compress
 from ristretto_onnx.errors import UsageError
 from ristretto_onnx.events import ProgressEvent, emit
+from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
 
 
 @app.command("compress")
@@ -38,7 +39,7 @@ def compress_command(
                                                   "or layer (a width per layer's weights)."),
     weight_granularity: str = typer.Option("tensor", help="tensor (thesis) or channel (one scale per output "
                                                           "channel; dfp and pow2)."),
-    range_rule: str = typer.Option("mse", help="dfp fractional lengths: mse (least squared error on the "
+    range_rule: str = typer.Option(DEFAULT_RANGE_RULE, help="dfp fractional lengths: mse (least squared error on the "
                                                "calibration histogram), max (thesis eq. 5.2, no saturation) "
                                                "or percentile:P (e.g. percentile:99.99)."),
     min_bits: int = typer.Option(None, help="Smallest width the search may choose."),
@@ -69,6 +70,7 @@ def compress_command(
     memory, evaluations, time per stage).
     """
     from ristretto_onnx import zoo
+    from ristretto_onnx.range_rules import check_rule
     from ristretto_onnx.runtime.metrics import accumulator, load_metric
 
     out_path = onnx_output(out)
@@ -89,6 +91,12 @@ def compress_command(
         )
         flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         check_flags(**flags)
+        check_rule(range_rule)
+        if weight_granularity not in ("tensor", "channel"):
+            raise UsageError(f"--weight-granularity must be tensor or channel, not {weight_granularity!r}")
+        for name, value in (("--batch-size", batch_size), ("--min-bits", min_bits), ("--max-bits", max_bits)):
+            if value is not None and value < (1 if name == "--batch-size" else 2):
+                raise UsageError(f"{name} is too small: {value}")
     model_path = zoo.resolve_model(model_spec)
     check_outputs([out_path, report_path], [model_path, data, calib, test], force=force)
     dataset = open_split(data, model_spec, "test", **flags)

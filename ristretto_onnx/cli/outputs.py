@@ -11,6 +11,7 @@ All checks run before any work starts, so a long job never fails at its very end
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,13 +42,17 @@ def check_outputs(outputs: Iterable[Path | str | None], inputs: Iterable[Path | 
                 raise UsageError(f"{out} is an input of this command: refusing to overwrite an input")
         if out.is_dir():
             raise UsageError(f"{out} is a folder; give a file name")
-        if (out.exists() or out.is_symlink()) and not force:
-            raise UsageError(f"{out} exists; pass --force to overwrite it")
+        for existing in (out, out.with_name(out.name + ".data")) if out.suffix == ".onnx" else (out,):
+            if (existing.exists() or existing.is_symlink()) and not force:  # .data: external weights
+                raise UsageError(f"{existing} exists; pass --force to overwrite it")
         folder = out.parent if str(out.parent) else Path(".")
         if not folder.is_dir():
             raise RistrettoError(f"output folder {folder} does not exist (create it first)")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise RistrettoError(f"output folder {folder} is not writable")
+        try:  # really try: root ignores permission bits, read-only mounts ignore os.access
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise RistrettoError(f"output folder {folder} is not writable ({e.strerror or e})") from None
 
 
 def onnx_output(path: Path | str) -> Path:

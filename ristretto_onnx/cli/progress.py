@@ -9,6 +9,7 @@ The display is fed by :class:`~ristretto_onnx.events.ProgressEvent` objects, not
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -44,7 +45,11 @@ class Reporter:
             self._console.print(message, markup=False, highlight=False)
 
     def event(self, event: ProgressEvent) -> None:
-        self.current = event
+        prev = self.current  # later stages keep the search's counters and best plan on display
+        self.current = dataclasses.replace(
+            event, plans_scored=prev.plans_scored if event.plans_scored is None else event.plans_scored,
+            evaluations=prev.evaluations if event.evaluations is None else event.evaluations,
+            best=event.best or prev.best, scheme=event.scheme or prev.scheme)
         if event.stage == "search":
             return  # its lines arrive through __call__; the live display reads self.current
         if event.stage == "prepare" and self.mode == "plain":

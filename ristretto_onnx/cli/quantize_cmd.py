@@ -14,7 +14,8 @@ from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOptio
 from ristretto_onnx.cli.calib_options import check_flags, open_calibration, resolve_input, split_patterns
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.errors import UsageError
-from ristretto_onnx.formats import PerChannel, Pow2, parse_format
+from ristretto_onnx.formats import Minifloat, PerChannel, Pow2, parse_format
+from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
 
 
 @app.command("quantize")
@@ -34,30 +35,31 @@ def quantize_command(
                                                     "(default for zoo models: their calibration split)."),
     calib_size: int = typer.Option(500, help="Calibration images (seeded subset; the same default in "
                                              "every command and the Python API)."),
-    score_size: int = typer.Option(300, help="fixed: images scoring each integer/fractional split."),
+    score_size: int = typer.Option(300, help="fixed, minifloat: images scoring each split of the bit width."),
     layers: list[str] = typer.Option(None, "--layers", help="Only quantize layers matching these regexes "
                                                             "(comma-separated or repeated)."),
     exclude: list[str] = typer.Option(None, "--exclude", help="Keep layers matching these regexes in float."),
     no_fold_bn: bool = typer.Option(False, "--no-fold-bn", help="Keep BatchNormalization separate."),
     quantize_bias: bool = typer.Option(False, "--quantize-bias", help="Quantize biases too (weight bits)."),
-    exp_min: int = typer.Option(-8, help="pow2: smallest weight exponent."),
-    exp_max: int = typer.Option(-1, help="pow2: largest weight exponent."),
+    exp_min: int = typer.Option(None, help="pow2: smallest weight exponent (default -8, the thesis's "
+                                           "window, unless --bits sets the window's width)."),
+    exp_max: int = typer.Option(None, help="pow2: largest weight exponent (default -1)."),
     weight_granularity: str = typer.Option("tensor", "--weight-granularity",
                                            help="tensor (one format per layer's weights, as the thesis) or "
                                                 "channel (one per output channel: dfp fractional lengths, "
                                                 "pow2 windows of --exp-min..--exp-max's width)."),
-    range_rule: str = typer.Option("max", "--range-rule",
-                                   help="dfp: max (no saturation, eq. 5.2), percentile:P (e.g. "
-                                        "percentile:99.99) or mse (least squared error)."),
+    range_rule: str = typer.Option(DEFAULT_RANGE_RULE, "--range-rule",
+                                   help="dfp: mse (least squared error), max (no saturation, the "
+                                        "thesis's eq. 5.2) or percentile:P (e.g. percentile:99.99)."),
     signed_activations: bool = typer.Option(False, "--signed-activations",
                                             help="dfp: two's complement everywhere (no ufixed after ReLU)."),
     round_twice: bool = typer.Option(False, "--round-twice", help="dfp: inputs keep their own format even "
                                      "where they read another layer's output unchanged (the thesis)."),
     bias_correction: str = typer.Option("auto", "--bias-correction",
-                                        help="auto (kept when it lowers the error on calibration images), "
-                                             "on or off."),
+                                        help="auto (kept when it lowers the output error on calibration "
+                                             "images), on or off."),
     channel_rule: str = typer.Option("output", "--channel-rule",
-                                     help="per-channel weights: output (clip a channel only when its output "
+                                     help="per-channel dfp weights: output (clip a channel only when its output "
                                           "error drops) or range (--range-rule per channel)."),
     equalize: bool = typer.Option(False, "--equalize", help="Cross-layer equalization of Conv -> ReLU(6) -> "
                                                             "Conv pairs first (depthwise networks)."),
@@ -87,7 +89,9 @@ def quantize_command(
             scheme=scheme.lower() if scheme else None, bits=bits, weight_bits=weight_bits, act_bits=act_bits,
             format=parse_format(format) if format else None,
             layers=split_patterns(layers), exclude=split_patterns(exclude), fold_bn=not no_fold_bn,
-            quantize_bias=quantize_bias, pow2=Pow2(exp_min, exp_max), calib_size=calib_size,
+            quantize_bias=quantize_bias, calib_size=calib_size,
+            pow2=None if exp_min is None and exp_max is None else Pow2(-8 if exp_min is None else exp_min,
+                                                                       -1 if exp_max is None else exp_max),
             weight_granularity=weight_granularity.lower(), range_rule=range_rule.lower(),
             score_size=score_size, batch_size=batch_size, seed=seed, unsigned=not signed_activations,
             round_once=not round_twice, bias_correction=bias_correction.lower(),
@@ -102,6 +106,11 @@ def quantize_command(
         if data is None:
             raise UsageError(f"--scheme {options.scheme} needs calibration data: give --calib")
     result = quantize(in_path, options, data)
+    if data is None and model_in.startswith("zoo:"):  # no calibration data: record the zoo's recipe
+        from ristretto_onnx import zoo
+        from ristretto_onnx.data.metadata import record
+
+        record(result.model, zoo.get_model(model_in).preprocess)
     sidecar = result.sidecar(input=str(model_in), output=str(model_out),
                              calib=None if data is None else data.name)
     save_model(result.model, model_out)
@@ -116,13 +125,36 @@ def quantize_command(
     top = ", ".join(f"{f} x{n}" for f, n in counts.most_common(4)) + (" ..." if len(counts) > 4 else "")
     typer.echo(f"{len(result.selected)} of {len(result.layers)} layers, {len(quantized)} of "
                f"{len(result.layers.group_ids)} groups quantized: {top or 'none'}")
-    if result.fixed_search:
-        best = max(result.fixed_search, key=lambda s: s.key)
-        typer.echo("fixed point splits (IL: score): " + ", ".join(
-            f"{s.int_bits}: {(s.top1 if s.top1 is not None else s.agreement):.3f}"
-            for s in result.fixed_search) + f"; chose IL={best.int_bits}")
+    for cat in dict.fromkeys(s.category for s in result.variant_search):
+        tried = [s for s in result.variant_search if s.category == cat]
+        typer.echo(f"{cat} {tried[0].bits}-bit splits ({result.metric}): "
+                   + ", ".join(f"{s.what}: {s.value:.3f}" for s in tried)
+                   + "; chose " + next(s.what for s in tried if s.chosen))
+    for line in flush_warnings(result):
+        typer.echo(f"warning: {line}", err=True)
     if result.bias_correction != "off":
         typer.echo(f"bias correction: {result.bias_correction}")
     for s in result.layers.skipped:
         typer.echo(f"skipped {s.op_type} {s.node or '(unnamed)'}: {s.reason}")
     typer.echo(f"wrote {model_out} and {report_path} in {time.perf_counter() - start:.1f}s")
+
+
+def flush_warnings(result, threshold: float = 0.25) -> list[str]:
+    """Groups whose minifloat format rounds most of their values to zero (no silent wrong result).
+
+    Eq. 6.2 picks the exponent bits that keep the largest value; at 8 bits that can leave most
+    small weights below the smallest normal (issue 10: ResNet-20 at 9.9 % top-1). ``compress``
+    chooses the split on the histograms instead.
+    """
+    lost = {}
+    for gid, fmt in result.plan.items():
+        stats = result.ranges.get(gid) if isinstance(fmt, Minifloat) else None
+        if stats is not None and stats.fraction_below(fmt.smallest_positive) > threshold:
+            lost[gid] = (fmt, stats.fraction_below(fmt.smallest_positive))
+    if not lost:
+        return []
+    worst = max(lost, key=lambda g: lost[g][1])
+    fmt, share = lost[worst]
+    return [f"{fmt} rounds more than {100 * threshold:.0f} % of the values to zero in {len(lost)} of "
+            f"{sum(f is not None for f in result.plan.values())} groups (worst: {worst}, {100 * share:.0f} %): "
+            "eq. 6.2 keeps only the largest value; compress --scheme minifloat picks the split on the histograms"]

@@ -58,13 +58,24 @@ def conform(dataset: Dataset, model: ModelProto) -> Dataset:
                              "ristretto-onnx feeds float32 images")
     dims = _dims(inp)
     if dims is not None and len(dims) >= 1:
+        if dims[0] is not None:  # onnxruntime would refuse every batch of another size
+            raise RistrettoError(f"the model's input {inp.name!r} has a fixed batch dimension of {dims[0]}; "
+                                 "ristretto-onnx runs batches of any size: export the model with a dynamic "
+                                 "batch dimension")
         dataset = _fit_shape(dataset, inp.name, dims[1:])
     check_labels(dataset, model)
     return dataset
 
 
 def _fit_shape(dataset: Dataset, name: str, expected: tuple[int | None, ...]) -> Dataset:
-    item = dataset.sample_shape
+    try:
+        item = dataset.sample_shape
+    except RistrettoError:
+        if not dataset.preprocess.add_channel_axis:
+            raise
+        # a grayscale recipe (recorded in the model) on colour data: report the data's real shape
+        dataset = dataset.with_preprocess(dataclasses.replace(dataset.preprocess, add_channel_axis=False))
+        item = dataset.sample_shape
     if _fits(item, expected):
         return dataset
     pre = dataset.preprocess

@@ -36,6 +36,10 @@ def to_json(pre: Preprocess, *, label_offset: int = 0) -> str:
 
 
 def from_json(text: str) -> tuple[Preprocess, int]:
+    """``(preprocess, label_offset)`` from the JSON object, or from the compact string form
+    (``scale=1/255;add_channel_axis``) that the embedded digits model records."""
+    if not text.lstrip().startswith("{"):
+        return Preprocess.parse(text), 0
     try:
         d = json.loads(text)
         pre = Preprocess(**{f: d.get(f) if f not in ("add_channel_axis", "channels_last")

@@ -9,17 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ristretto_onnx.errors import FormatError
-from ristretto_onnx.formats import (
-    Fixed,
-    FormatInfo,
-    Minifloat,
-    Pow2,
-    dfp_frac_bits,
-    integer_bits,
-    minifloat_exp_bits,
-    parse_format,
-    quantize,
-)
+from ristretto_onnx.formats import Fixed, FormatInfo, Minifloat, Pow2, parse_format, quantize
+from ristretto_onnx.range_rules import dfp_frac_bits, integer_bits, minifloat_exp_bits
 
 
 @pytest.mark.parametrize("text", ["fixed:8:4", "fixed:16:-3", "fixed:4:12", "minifloat:8:4",

@@ -6,7 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ristretto_onnx.errors import FormatError, RistrettoError
-from ristretto_onnx.formats import PerChannel, dfp_channel_format, parse_format, quantize
+from ristretto_onnx.formats import PerChannel, parse_format, quantize
+from ristretto_onnx.range_rules import dfp_channel_format
 from ristretto_onnx.ops import attach_functions, make_quantize_node, node_format
 from ristretto_onnx.runtime.session import create_session
 

@@ -16,12 +16,16 @@ from tests.passes import synth
 
 MODELS = ("conv_relu_conv", "residual_block", "inception", "depthwise_grouped", "option_a_shortcut",
           "flatten_gemm", "matmul_add", "conv_transpose")
+# dfp with the thesis's max rule (eq. 5.2), the formats these exports were verified on; quantize's
+# default is mse, whose finer formats at 16 bits leave the qonnx executor's node-by-node float32
+# sums one output step off on inception (docs/EXPORT.md, exactness bounds).
 CONFIGS = {
-    "dfp8": dict(scheme="dfp", bits=8),
-    "dfp16": dict(scheme="dfp", bits=16),
-    "dfp3": dict(scheme="dfp", bits=3),                       # int4 with a Clip (opset 21)
-    "w4a12": dict(scheme="dfp", weight_bits=4, act_bits=12),  # int4 weights, int16 activations + Clip
-    "dfp6-channel-bias": dict(scheme="dfp", bits=6, weight_granularity="channel", quantize_bias=True),
+    "dfp8": dict(scheme="dfp", bits=8, range_rule="max"),
+    "dfp16": dict(scheme="dfp", bits=16, range_rule="max"),
+    "dfp3": dict(scheme="dfp", bits=3, range_rule="max"),                       # int4 with a Clip (opset 21)
+    "w4a12": dict(scheme="dfp", weight_bits=4, act_bits=12, range_rule="max"),  # int4 weights, int16 acts + Clip
+    "dfp6-channel-bias": dict(scheme="dfp", bits=6, weight_granularity="channel", quantize_bias=True,
+                              range_rule="max"),
     "minifloat8": dict(scheme="minifloat", bits=8),
     "pow2-channel": dict(scheme="pow2", weight_granularity="channel"),
     "fixed24": dict(format=Fixed(24, 12)),  # wider than int16: int32 weights, QuantizeSim activations

@@ -78,7 +78,7 @@ def test_output_channel_rule_never_clips_unless_the_output_error_drops():
     from types import SimpleNamespace
 
     from ristretto_onnx.channel_rule import output_error_format
-    from ristretto_onnx.formats import dfp_frac_bits
+    from ristretto_onnx.range_rules import dfp_frac_bits
 
     rng = np.random.default_rng(0)
     w = rng.normal(0, 0.05, (3, 64)).astype(np.float32)
@@ -109,7 +109,8 @@ def test_quantize_uses_the_output_rule_for_per_channel_weights():
               bias_correction="off")
     out = quantize(m, QuantizeOptions(**kw), load_dataset(x))
     rng = quantize(m, QuantizeOptions(channel_rule="range", **kw), load_dataset(x))
-    from ristretto_onnx.formats import PerChannel, dfp_frac_bits
+    from ristretto_onnx.formats import PerChannel
+    from ristretto_onnx.range_rules import dfp_frac_bits
     w1 = synth.weights((4, 3, 3, 3), 1)
     fmt = out.plan["conv1/weights"]
     assert isinstance(fmt, PerChannel) and isinstance(rng.plan["conv1/weights"], PerChannel)

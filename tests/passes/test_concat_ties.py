@@ -8,12 +8,13 @@ from onnx import helper
 
 from ristretto_onnx.compress import CompressOptions, build_context
 from ristretto_onnx.data import load_dataset
-from ristretto_onnx.formats import UFixed, dfp_format
+from ristretto_onnx.formats import UFixed
+from ristretto_onnx.range_rules import dfp_format
 from ristretto_onnx.passes.concat_ties import concat_ties
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.ranges import tie_ranges
-from ristretto_onnx.runtime.calibrate import RangeStats
+from ristretto_onnx.stats import RangeStats
 
 from . import synth
 
@@ -87,7 +88,8 @@ def test_quantize_and_compress_give_tied_outputs_one_format_of_the_widest_range(
     assert r.plan[FIRE[0]] == r.plan[FIRE[1]]
     widest = max(r.ranges[g].max_abs for g in FIRE)
     assert r.ranges[FIRE[0]].max_abs != r.ranges[FIRE[1]].max_abs  # they really differ
-    if rule == "max":  # ReLU outputs: unsigned, the rule as for 9 signed bits
+    if rule == "max":
+        # ReLU outputs: unsigned, the rule as for 9 signed bits
         assert r.plan[FIRE[0]] == UFixed(8, dfp_format(widest, 9, layer_output=True).frac_bits)
     ctx = build_context(m, x, options=CompressOptions(metric="fidelity"))
     by_group = {g.group: g for g in ctx.ranges}

@@ -26,13 +26,14 @@ def test_the_second_quantizer_becomes_an_exact_no_op():
     for build in (synth.flatten_gemm, synth.inception, synth.conv_relu_conv):
         m = build()
         x = synth.sample_input(m, batch=32, seed=3, scale=2.0)
-        r = quantize(m, QuantizeOptions(scheme="dfp", bits=5, calib_size=32, bias_correction="off"), load_dataset(x))
+        r = quantize(m, QuantizeOptions(scheme="dfp", bits=5, calib_size=32, bias_correction="off", range_rule="max"), load_dataset(x))
         p = prepare(m)
         tied = grid_sources(p.float_model, p.layers)
         assert tied and all(r.plan[i] == r.plan[o] for i, o in tied.items())
         without = simulate(p, {g: (None if g in tied else f) for g, f in r.plan.items()})
         run = lambda model: create_session(model).run(None, {"x": x})[0]  # noqa: E731
         assert np.array_equal(run(r.model), run(without))
-        off = quantize(m, QuantizeOptions(scheme="dfp", bits=5, calib_size=32, bias_correction="off", round_once=False),
+        off = quantize(m, QuantizeOptions(scheme="dfp", bits=5, calib_size=32, bias_correction="off", round_once=False,
+                                           range_rule="max"),
                        load_dataset(x))
         assert any(off.plan[i] != off.plan[o] for i, o in tied.items())  # the thesis's rule rounds twice

@@ -78,7 +78,7 @@ def test_fp32_zoo_accuracy_is_reproduced_exactly(zoo_env, name, capsys):
 @pytest.mark.slow
 def test_simulated_resnet20_is_bit_identical_on_the_whole_test_set(zoo_env):
     from ristretto_onnx import zoo
-    from ristretto_onnx.formats import dfp_format
+    from ristretto_onnx.range_rules import dfp_format
     from ristretto_onnx.passes.pipeline import prepare, simulate
     from ristretto_onnx.ranges import group_ranges
     from ristretto_onnx.runtime.simulator import Simulator

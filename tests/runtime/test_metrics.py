@@ -77,3 +77,23 @@ def test_custom_metric_that_raises_is_reported(tmp_path):
     with pytest.raises(RistrettoError, match="boom"):
         acc.value()
     assert load_metric(f"{f}:m").__name__ == "m"
+
+
+def test_one_registry_for_evaluation_and_the_search_scorer():
+    from ristretto_onnx.runtime.metrics import BUILTIN, PER_SAMPLE
+    from ristretto_onnx.scoring import Scorer
+
+    rng = np.random.default_rng(3)
+    out = rng.standard_normal((64, 10)).astype(np.float32)
+    out[:8, :6] = 1.0  # ties at the 5th place count for the label, in both readers
+    labels = rng.integers(0, 10, 64)
+    ref = rng.integers(0, 10, 64)
+    assert tuple(PER_SAMPLE) == BUILTIN
+    for name in BUILTIN:
+        acc = accumulator(name)
+        acc.update(out, labels, ref)
+        hits = PER_SAMPLE[name](out, labels, ref)
+        assert hits.shape == (64,) and acc.correct == int(hits.sum())
+    batches = [(out[:32], labels[:32]), (out[32:], labels[32:])]
+    scorer = Scorer(batches, lambda plan, x: x, lambda x: x, metric="top5", screen_fraction=1.0)
+    assert scorer.score({}).value == topk_correct(out, labels, 5) / 64

@@ -19,7 +19,8 @@ from ristretto_onnx.passes.clip_bounds import clip_bounds
 from ristretto_onnx.passes.graph_index import GraphIndex
 from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.passes.slots import read_slots
-from ristretto_onnx.policies import CATEGORIES, DynamicFixedPoint, plan_for
+from ristretto_onnx.schemes import DynamicFixedPoint, plan_for
+from ristretto_onnx.stats import CATEGORIES
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
 
@@ -68,12 +69,13 @@ def test_relu6_outputs_are_measured_after_the_clip_and_keep_their_integer_bit(ne
     outputs = {r.group: r for r in ctx.ranges if r.role == "outputs"}
     assert all(outputs[g].bounded and outputs[g].max_abs <= 6.0 for g in bounds)
     assert not outputs["fc/outputs"].bounded
-    plan = DynamicFixedPoint().formats(list(outputs.values()), 8)
+    plan = DynamicFixedPoint(range_rule="max").formats(list(outputs.values()), 8)
     # 6 needs 3 integer bits (plus the sign in fixed: fixed:8:4 reaches 7.94; unsigned after the
     # Clip(0, 6): ufixed:8:5 reaches 7.97); the thesis's layer-output rule would saturate every
     # value in (4, 6], making ReLU6 a ReLU4.
     assert all(outputs[g].unsigned and plan[g] == UFixed(8, 5) for g in bounds)
-    signed = DynamicFixedPoint().formats([dataclasses.replace(r, unsigned=False) for r in outputs.values()], 8)
+    signed = DynamicFixedPoint(range_rule="max").formats(
+        [dataclasses.replace(r, unsigned=False) for r in outputs.values()], 8)
     assert all(signed[g] == Fixed(8, 4) for g in bounds)
 
 
@@ -123,7 +125,7 @@ def test_simulated_depthwise_conv_with_per_channel_weights_is_numpy_conv_of_quan
     prepared = prepare(m)
     layer = prepared.layers["b1.dw"]
     gr = next(r for r in ctx.ranges if r.group == "b1.dw/weights")
-    fmt = DynamicFixedPoint(per_channel=True).formats([gr], 6)["b1.dw/weights"]
+    fmt = DynamicFixedPoint(per_channel=True, range_rule="max").formats([gr], 6)["b1.dw/weights"]
     assert len({f.frac_bits for f in fmt.formats}) > 3  # channels really differ
     model = simulate(prepared, {"b1.dw/weights": fmt})
     slot = next(s for s in read_slots(model) if s.group == "b1.dw/weights")

@@ -1,7 +1,8 @@
 """The bit-width search on a synthetic accuracy model: binary search, combination, per-layer."""
 
 from ristretto_onnx.formats import Fixed
-from ristretto_onnx.policies import DynamicFixedPoint, GroupRange, MinifloatScheme, StaticFixedPoint
+from ristretto_onnx.schemes import DynamicFixedPoint, MinifloatScheme, StaticFixedPoint
+from ristretto_onnx.stats import GroupRange
 from ristretto_onnx.scoring import Score
 from ristretto_onnx.search import BitSearch
 

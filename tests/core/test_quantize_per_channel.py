@@ -11,7 +11,8 @@ import pytest
 from ristretto_onnx.cli import main
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import Fixed, PerChannel, Pow2, dfp_format
+from ristretto_onnx.formats import Fixed, PerChannel, Pow2
+from ristretto_onnx.range_rules import dfp_format
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.range_rules import frac_bits
@@ -60,7 +61,8 @@ def test_pow2_per_channel_windows_keep_the_width_and_follow_each_channel(dw):
     (dict(scheme="fixed", bits=8, weight_granularity="channel"), "per-channel weights need --scheme dfp or pow2"),
     (dict(format="fixed:8:4", weight_granularity="channel"), "per-channel weights need"),
     (dict(scheme="dfp", bits=8, weight_granularity="filter"), "must be tensor or channel"),
-    (dict(scheme="minifloat", bits=8, range_rule="mse"), "applies to --scheme dfp only"),
+    (dict(scheme="minifloat", bits=8, range_rule="max"), "applies to --scheme dfp only"),
+    (dict(scheme="auto", bits=8), "compress tries them all"),
     (dict(scheme="dfp", bits=8, range_rule="p99"), "unknown range rule"),
 ])
 def test_bad_combinations_are_one_line_errors(kw, match):

@@ -6,7 +6,7 @@ import pytest
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Fixed, quantize
 from ristretto_onnx.range_rules import check_rule, expected_sq_error, frac_bits
-from ristretto_onnx.runtime.calibrate import RangeStats
+from ristretto_onnx.stats import RangeStats
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from ristretto_onnx.formats import PerChannel, quantize as q_ref
 from ristretto_onnx.passes.concat_ties import concat_ties
 from ristretto_onnx.passes.graph_index import GraphIndex
 from ristretto_onnx.passes.pipeline import prepare, simulate
-from ristretto_onnx.policies import CATEGORIES, DynamicFixedPoint, GroupRange, plan_for
+from ristretto_onnx.schemes import DynamicFixedPoint, plan_for
+from ristretto_onnx.stats import CATEGORIES, GroupRange
 from ristretto_onnx.runtime.session import create_session
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,7 @@ def test_resnet20_conv_with_per_channel_weights_is_exact(zoo_env):
     w = index.constant_value(layer.weight)
     maxes = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
     group = GroupRange("g", "weights", "conv", float(maxes.max()), tuple(float(m) for m in maxes), 0)
-    fmt = DynamicFixedPoint(per_channel=True).formats([group], 6)["g"]
+    fmt = DynamicFixedPoint(per_channel=True, range_rule="max").formats([group], 6)["g"]
     assert isinstance(fmt, PerChannel) and len({f.frac_bits for f in fmt.formats}) > 1
     x = zoo.model_dataset("resnet20-cifar10", "test").take(16)
     x = next(iter(x.batches(16)))[0]

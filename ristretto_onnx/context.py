@@ -1,0 +1,151 @@
+"""What every format choice on one (model, data) pair shares: prepared once, scored many times.
+
+Thesis 9.2 (fig. 9.1) runs the range analysis once and then scores many candidate formats on the
+same images. :func:`build_context` does the once-only part for ``compress`` (prepare the model,
+measure the ranges with :func:`~ristretto_onnx.ranges.measure_groups`, load the evaluation
+images, score the FP32 baseline); :func:`plan_scorer` is the scorer alone, which ``quantize``
+uses for the few alternatives of a scheme at its width. Data flows one way: data -> passes ->
+simulated model (:class:`PlanRunner`) -> runtime scores (:class:`~ristretto_onnx.scoring.Scorer`);
+the search and the commands above decide.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from ristretto_onnx.data import Dataset, load_dataset
+from ristretto_onnx.data.conform import conform
+from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.events import ProgressEvent, emit
+from ristretto_onnx.options import CompressOptions
+from ristretto_onnx.passes.pipeline import Prepared, prepare
+from ristretto_onnx.passes.plan import plan_to_dict
+from ristretto_onnx.ranges import measure_groups
+from ristretto_onnx.runtime.session import create_session
+from ristretto_onnx.runtime.simulator import Simulator
+from ristretto_onnx.scoring import Scorer
+from ristretto_onnx.stats import GroupRange
+
+Log = Callable[[str], None]
+Batches = list[tuple[np.ndarray, np.ndarray | None]]
+
+
+def as_dataset(data, what: str) -> Dataset:
+    if data is None:
+        raise RistrettoError(f"no {what} data given")
+    return data if isinstance(data, Dataset) else load_dataset(data)
+
+
+def model_input(model: ModelProto) -> str:
+    """The one runtime input of ``model`` (scoring feeds images to it)."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise RistrettoError(f"scoring needs a model with one input; this one has {len(inputs)}: {inputs}")
+    return inputs[0]
+
+
+def load_batches(ds: Dataset, batch_size: int) -> Batches:
+    """The evaluation images, preprocessed once (a search scores them dozens of times)."""
+    return [(np.ascontiguousarray(x, dtype=np.float32), y) for x, y in ds.batches(batch_size)]
+
+
+class PlanRunner:
+    """Runs plans through a :class:`~ristretto_onnx.runtime.simulator.Simulator`.
+
+    The simulator changes activation formats without a new session and keeps a few sessions
+    for weight assignments, so the search builds a handful of sessions, not one per plan.
+    """
+
+    def __init__(self, prepared: Prepared, input_name: str, threads: int | None = None) -> None:
+        self.sim = Simulator(prepared.annotated, threads=threads)
+        self.input = input_name
+        self._key: str | None = None
+
+    @property
+    def sessions_built(self) -> int:
+        return self.sim.sessions_built
+
+    def __call__(self, plan: Mapping, x: np.ndarray) -> np.ndarray:
+        key = json.dumps(plan_to_dict(plan), sort_keys=True)
+        if key != self._key:
+            self.sim.set_formats(plan, replace=True)
+            self._key = key
+        return self.sim.run(x)
+
+
+def plan_scorer(prepared: Prepared, batches: Batches, *, metric: str = "top1", metric_fn: Callable | None = None,
+                early_reject: bool = True, threads: int | None = None
+                ) -> tuple[Scorer, PlanRunner, Callable[[np.ndarray], np.ndarray]]:
+    """A scorer of plans on ``batches`` against the FP32 model, its runner and the FP32 runner."""
+    input_name = model_input(prepared.float_model)
+    float_session = create_session(prepared.float_model, blocked_layout=True, threads=threads)
+
+    def run_float(x):
+        return float_session.run(None, {input_name: x})[0]
+
+    runner = PlanRunner(prepared, input_name, threads)
+    scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
+                    screen_fraction=0.25 if early_reject else 1.0)
+    return scorer, runner, run_float
+
+
+@dataclass
+class SearchContext:
+    """What every search on one (model, data) pair shares: built once, scored many times.
+
+    ``prepared`` holds the FP32 reference (BN folded) and the annotated model; ``ranges`` the
+    range of every group; ``scorer`` the evaluation data in memory with the FP32 baseline.
+    Benchmarks and the thesis reproduction build one and run several searches on it.
+    """
+
+    prepared: Prepared
+    layers: tuple
+    input_name: str
+    ranges: list[GroupRange]
+    scorer: Scorer
+    run_float: Callable[[np.ndarray], np.ndarray]
+    seconds: dict[str, float]
+    runner: Any = None
+    preprocess: Any = None  # the evaluation data's Preprocess, recorded in the written model
+
+
+def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
+                  metric_fn: Callable | None = None, log: Log | None = None) -> SearchContext:
+    opts = options or CompressOptions()
+    log = log if log is not None else (lambda msg: None)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    emit(log, ProgressEvent("prepare", "checking and preparing the model"))
+    prepared = model if isinstance(model, Prepared) else prepare(model, fold_bn=opts.fold_bn)
+    layers = prepared.layers.select(opts.layers, opts.exclude)
+    if not layers:
+        raise RistrettoError("the model has no Conv, ConvTranspose, Gemm or MatMul layer to quantize")
+    input_name = model_input(prepared.float_model)
+    seconds["prepare"] = time.perf_counter() - t
+
+    ds = conform(as_dataset(data, "evaluation"), prepared.float_model)
+    calib_ds = conform(as_dataset(calib, "calibration"), prepared.float_model) if calib is not None else ds
+    calib_ds = calib_ds.subset(min(opts.calib_size, len(calib_ds)), opts.seed)  # CLI and API: same default
+    t = time.perf_counter()
+    emit(log, ProgressEvent("ranges", f"range analysis on {len(calib_ds)} calibration images"))
+    ranges = measure_groups(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64),
+                            unsigned=opts.unsigned and opts.scheme != "fixed")  # fixed: one signed format
+    seconds["ranges"] = time.perf_counter() - t
+    log(f"ranges of {len(ranges)} groups in {len(layers)} layers from {len(calib_ds)} calibration images")
+
+    t = time.perf_counter()
+    emit(log, ProgressEvent("baseline", f"FP32 baseline on {len(ds)} images"))
+    scorer, runner, run_float = plan_scorer(prepared, load_batches(ds, opts.batch_size), metric=opts.metric,
+                                            metric_fn=metric_fn, early_reject=opts.early_reject)
+    seconds["baseline"] = time.perf_counter() - t
+    log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
+    return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner,
+                         preprocess=ds.preprocess)
