@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from ristretto_onnx.passes.graph_index import GraphIndex, unique_name
+from ristretto_onnx.passes.analysis.proto_index import GraphIndex, unique_name
 from ristretto_onnx.passes.layers import Layer, group_id
 from ristretto_onnx.runtime.calibrate import session_any_size
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
-from ristretto_onnx.passes.graph_index import GraphIndex, unique_name
+from ristretto_onnx.passes.analysis.proto_index import GraphIndex, unique_name
 
 ITERATIONS = 3
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 
 from onnx import ModelProto
 
-from ristretto_onnx.passes.graph_index import GraphIndex
+from ristretto_onnx.passes.analysis.proto_index import GraphIndex
 from ristretto_onnx.passes.layers import Layer, group_id
 
 #: Single-data-input ops whose outputs are values of their input (or 0, which every grid holds).

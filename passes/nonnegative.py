@@ -24,8 +24,8 @@ from collections.abc import Collection, Iterable, Mapping
 import numpy as np
 from onnx import ModelProto
 
-from ristretto_onnx.passes.concat_ties import concat_ties
-from ristretto_onnx.passes.graph_index import GraphIndex
+from ristretto_onnx.passes.analysis.concat_ties import concat_ties
+from ristretto_onnx.passes.analysis.proto_index import GraphIndex
 from ristretto_onnx.passes.layers import Layer, group_id
 
 #: Ops whose output is never negative, whatever their input.

@@ -68,7 +68,7 @@ def output_rule_plan(model, layers, plan: Mapping[str, object], data, *, batch_s
     from onnx import helper
 
     from ristretto_onnx.passes.bias_correction import input_moments
-    from ristretto_onnx.passes.graph_index import GraphIndex
+    from ristretto_onnx.passes.analysis.proto_index import GraphIndex
 
     layers = [l for l in layers if isinstance(plan.get(f"{l.name}/weights"), PerChannel)]
     if not layers:

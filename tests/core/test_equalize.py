@@ -9,7 +9,7 @@ from ristretto_onnx.passes.equalize import equalize
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.runtime.session import create_session
 
-from .mobilenet_synth import mobilenet_like, random_inputs
+from tests.builders import mobilenet_like, random_inputs
 
 
 def _weights(model):
@@ -44,7 +44,7 @@ def test_equalization_is_exact_in_fp32_and_balances_the_ranges():
 
 
 def test_nothing_to_equalize_leaves_the_model_alone():
-    from tests.passes import synth
+    from tests import builders as synth
 
     m = synth.flatten_gemm()  # Conv -> MaxPool -> Gemm: no Conv pair
     assert equalize(m) == m

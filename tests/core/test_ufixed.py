@@ -10,7 +10,7 @@ from ristretto_onnx.formats import FormatInfo, UFixed, parse_format, quantize
 from ristretto_onnx.runtime.lowering import lower
 from ristretto_onnx.runtime.session import create_session
 
-from .opmodel import quantizer_model, run_quantizers, same_bits
+from tests.builders import quantizer_model, run_quantizers, same_bits
 from .test_ops import SPECIALS, assert_bit_exact, boundary_values, random_bit_patterns
 
 UFIXED = [f"ufixed:{b}:{f}" for b in (1, 2, 3, 4, 6, 7, 8, 9, 12, 16) for f in (-3, 0, 2, b, b + 4)]

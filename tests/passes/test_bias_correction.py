@@ -14,7 +14,7 @@ from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
 
-from . import synth
+from tests import builders as synth
 
 
 def conv_nobias_1x1():

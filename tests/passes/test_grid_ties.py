@@ -10,7 +10,7 @@ from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
 
-from . import synth
+from tests import builders as synth
 
 
 def test_sources_through_pooling_flatten_relu_and_concat():

@@ -9,14 +9,14 @@ from ristretto_onnx.data import load_dataset
 from ristretto_onnx.data.datasets import ArrayDataset
 from ristretto_onnx.data.preprocess import Preprocess
 from ristretto_onnx.formats import Fixed, UFixed
-from ristretto_onnx.passes.concat_ties import concat_ties
+from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.passes.nonnegative import (input_is_nonnegative, nonnegative_tensors, relu_measure,
                                                unsigned_groups)
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
 
-from . import synth
+from tests import builders as synth
 
 
 def groups_of(m, inputs=()):
