@@ -5,7 +5,7 @@ Quantizing weights (thesis ch. 5-7) changes every output channel's expected valu
 not average away (rounding errors of one channel's weights are fixed, not random, once the
 weights are quantized). Following Nagel et al. 2019 ("Data-free quantization", sec. 4.2, its
 empirical form), the mean ``E[x]`` of each layer input is measured per input channel on the
-calibration data in the FP32 model, and the bias becomes ``b - (W_q - W) E[x]``. In hardware
+calibration data in the FP32 model (:mod:`ristretto_onnx.moments`), and the bias becomes ``b - (W_q - W) E[x]``. In hardware
 this costs nothing: the bias is added in the accumulator, and it stays float (or is quantized
 like any bias) in the simulated model.
 
@@ -19,51 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, helper, numpy_helper
 
 from ristretto_onnx.passes.analysis.proto_index import GraphIndex, unique_name
 from ristretto_onnx.passes.layers import Layer, group_id
-from ristretto_onnx.runtime.calibrate import session_any_size
-
-
-def input_means(model: ModelProto, layers: Iterable[Layer], data, *, batch_size: int = 64,
-                threads: int | None = None) -> dict[str, np.ndarray]:
-    """``{layer name: per-channel mean of its input}`` over ``data`` in the FP32 ``model``
-    (channel axis 1 for convolutions, the last axis for fully connected layers)."""
-    return {k: m for k, (m, _) in input_moments(model, layers, data, batch_size=batch_size,
-                                                threads=threads).items()}
-
-
-def input_moments(model: ModelProto, layers: Iterable[Layer], data, *, batch_size: int = 64,
-                  threads: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{layer name: (E[x], E[x^2]) per input channel}``, as :func:`input_means`."""
-    layers = [l for l in layers if l.op_type in ("Conv", "Gemm", "MatMul")]
-    probe = ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    initializers = {t.name for t in probe.graph.initializer}
-    graph_inputs = [i.name for i in probe.graph.input if i.name not in initializers]
-    for t in dict.fromkeys(l.input for l in layers):
-        if t not in outputs and t not in graph_inputs:
-            probe.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    fetch = list(dict.fromkeys(l.input for l in layers if l.input not in graph_inputs))
-    session = session_any_size(probe, threads=threads)
-    sums: dict[str, np.ndarray] = {}
-    squares: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    axis = {l.input: (1 if l.kind == "conv" else -1) for l in layers}
-    for x, _ in data.batches(batch_size):
-        x = np.ascontiguousarray(x, np.float32)
-        values = dict(zip(fetch, session.run(fetch, {graph_inputs[0]: x}) if fetch else []))
-        values.update({name: x for name in graph_inputs if name in axis})
-        for name, v in values.items():
-            v = np.moveaxis(np.asarray(v, np.float64), axis[name], -1)
-            flat = v.reshape(-1, v.shape[-1])
-            sums[name] = sums.get(name, 0.0) + flat.sum(axis=0)
-            squares[name] = squares.get(name, 0.0) + np.square(flat).sum(axis=0)
-            counts[name] = counts.get(name, 0) + flat.shape[0]
-    return {l.name: (sums[l.input] / counts[l.input], squares[l.input] / counts[l.input])
-            for l in layers if l.input in sums}
 
 
 def weight_error_means(model: ModelProto, layers: Iterable[Layer], plan: Mapping[str, object],

@@ -13,7 +13,7 @@ squared error of the channel's *output* drops by at least ``margin``:
     err_o(F) = sum_i (q_F(w_oi) - w_oi)^2 * E[x_i^2]
 
 (the diagonal of ``E[(dw . x)^2]``), with ``E[x_i^2]`` the second moment of the input channel
-that weight ``i`` reads, measured on the calibration data (passes.bias_correction.input_moments).
+that weight ``i`` reads, measured on the calibration data (ristretto_onnx.moments.input_moments).
 Weights that read large inputs count more; their exact values are used, not histogram bins.
 """
 
@@ -67,7 +67,7 @@ def output_rule_plan(model, layers, plan: Mapping[str, object], data, *, batch_s
     rule, the input moments measured on ``data`` in the FP32 ``model``."""
     from onnx import helper
 
-    from ristretto_onnx.passes.bias_correction import input_moments
+    from ristretto_onnx.moments import input_moments
     from ristretto_onnx.passes.analysis.proto_index import GraphIndex
 
     layers = [l for l in layers if isinstance(plan.get(f"{l.name}/weights"), PerChannel)]

@@ -31,7 +31,8 @@ from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
 from ristretto_onnx.options import QuantizeOptions
 from ristretto_onnx.passes.layers import Group
-from ristretto_onnx.passes.bias_correction import apply_bias_correction, input_means, weight_error_means
+from ristretto_onnx.moments import input_means
+from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.passes.equalize import equalize
 from ristretto_onnx.passes.grid_ties import grid_sources, round_once

@@ -9,7 +9,8 @@ from onnx import helper
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Fixed
-from ristretto_onnx.passes.bias_correction import apply_bias_correction, input_means, weight_error_means
+from ristretto_onnx.moments import input_means
+from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
 from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
