@@ -197,10 +197,12 @@ def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[st
     """
     import onnx
 
+    from ristretto_onnx.runtime.session import provider_name
+
     path = library_path()
     if path is None:
         return source, False
-    on_cuda = bool(providers) and providers[0] == "CUDAExecutionProvider"
+    on_cuda = bool(providers) and provider_name(providers[0]) == "CUDAExecutionProvider"
     if on_cuda and "cuda" not in library_providers(str(path)):
         return source, False
     try:
