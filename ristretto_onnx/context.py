@@ -144,7 +144,8 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     calib_ds = calib_ds.subset(min(opts.calib_size, len(calib_ds)), opts.seed)  # CLI and API: same default
     t = time.perf_counter()
     emit(log, ProgressEvent("ranges", f"range analysis on {len(calib_ds)} calibration images"))
-    ranges = measure_groups(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64))
+    ranges = measure_groups(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64),
+                            unsigned=opts.unsigned and opts.scheme != "fixed")  # fixed: one signed format
     seconds["ranges"] = time.perf_counter() - t
     log(f"ranges of {len(ranges)} groups in {len(layers)} layers from {len(calib_ds)} calibration images")
 

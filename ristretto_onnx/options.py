@@ -64,6 +64,8 @@ class CompressOptions:
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     early_reject: bool = True
+    #: dfp: ufixed for activations that cannot be negative (passes.nonnegative).
+    unsigned: bool = True
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule)
@@ -108,6 +110,16 @@ class QuantizeOptions:
     score_size: int = 300
     batch_size: int = 256
     seed: int = 0
+    #: dfp: ufixed for activations that cannot be negative (passes.nonnegative).
+    unsigned: bool = True
+    #: dfp: a layer input reading another layer's output unchanged takes its format (passes.grid_ties).
+    round_once: bool = True
+    #: passes.bias_correction: on, off, or auto (kept when it lowers the output error on calibration images).
+    bias_correction: str = "auto"
+    #: per-channel dfp weights: "output" (ristretto_onnx.channel_rule) or "range" (the range rule per channel).
+    channel_rule: str = "output"
+    #: cross-layer equalization of Conv -> ReLU/ReLU6 -> Conv pairs first (passes.equalize).
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -124,6 +136,10 @@ class QuantizeOptions:
                 raise RistrettoError(f"--{name.replace('_', '-')} must be between 2 and 32, got {v}")
         if self.format is None and self.scheme != "pow2" and None in (self.weight_bits_, self.act_bits_):
             raise RistrettoError(f"--scheme {self.scheme} needs --bits (or both --weight-bits and --act-bits)")
+        if self.bias_correction not in ("auto", "on", "off"):
+            raise RistrettoError(f"--bias-correction must be auto, on or off, not {self.bias_correction!r}")
+        if self.channel_rule not in ("output", "range"):
+            raise RistrettoError(f"--channel-rule must be output or range, not {self.channel_rule!r}")
         _check_positive(self, ("calib_size", "score_size", "batch_size"))
 
     @property

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2
+from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, UFixed
 from ristretto_onnx.range_rules import (check_rule, dfp_frac_bits, frac_bits, integer_bits, minifloat_exp_bits,
                                         minifloat_exp_bits_mse)
 from ristretto_onnx.stats import CATEGORIES, GroupRange, RangeStats, category_groups
@@ -110,6 +110,8 @@ class DynamicFixedPoint(Scheme):
                 stats = g.channel_stats or (None,) * len(g.channel_max_abs)
                 chans = tuple(Fixed(bits, self._frac(s, m, bits)) for s, m in zip(stats, g.channel_max_abs))
                 out[g.group] = PerChannel(chans, g.channel_axis)
+            elif g.unsigned and bits < 32:  # ufixed:B:F equals fixed:B+1:F on non-negative values
+                out[g.group] = UFixed(bits, self._frac(g.stats, g.max_abs, bits + 1, g.layer_output))
             else:
                 out[g.group] = Fixed(bits, self._frac(g.stats, g.max_abs, bits, g.layer_output))
         return out
