@@ -9,18 +9,39 @@ space, thesis ch. 4-7).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format, Pow2, parse_format
-from ristretto_onnx.schemes import DEFAULT_POW2, DEFAULT_RANGE_RULE, Scheme, check_scheme, make_scheme
+from ristretto_onnx.schemes import (DEFAULT_POW2, DEFAULT_RANGE_RULE, Scheme, StaticFixedPoint, check_scheme,
+                                    make_scheme)
 
 
 def _check_positive(options: object, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(options, name) < 1:
             raise RistrettoError(f"--{name.replace('_', '-')} must be positive")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where plans are scored: ``local`` (this process) or ``ray`` (actors holding data shards).
+
+    Not part of :class:`CompressOptions`: the backend changes where the work runs, never what
+    is decided, so a report does not depend on it.
+    """
+
+    kind: str = "local"
+    address: str | None = None  # a Ray cluster's address; None starts a local one
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise RistrettoError(f"--backend must be local or ray, got {self.kind!r}")
+        if self.workers < 1:
+            raise RistrettoError(f"--workers must be at least 1, got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -140,9 +161,11 @@ class QuantizeOptions:
 
     def make_scheme(self) -> Scheme:
         window = self.pow2_window
-        return make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule,
-                           exp_min=None if window is None else window.exp_min,
-                           exp_max=None if window is None else window.exp_max)
+        scheme = make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule,
+                             exp_min=None if window is None else window.exp_min,
+                             exp_max=None if window is None else window.exp_max)
+        # quantize chooses fixed point splits on calibration images only: one bit of headroom first
+        return replace(scheme, headroom=1) if isinstance(scheme, StaticFixedPoint) else scheme
 
     def widths(self, scheme: Scheme) -> dict[str, int | None]:
         """The bit width of each category the scheme quantizes (biases only when asked)."""

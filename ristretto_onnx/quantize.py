@@ -13,6 +13,7 @@ agreement with the FP32 model.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import replace
@@ -143,11 +144,12 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
 
 def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str, int | None],
                      prepared: Prepared, calib_set, options: QuantizeOptions, threads: int | None):
-    """Each category's alternative at its width, as compress's first stage picks it.
+    """Each category's alternative at its width, among the candidates compress's search scores.
 
     A category with one alternative (dfp, pow2) needs no scoring; otherwise every alternative
-    is scored with only that category quantized, and the best one kept (the first of equals:
-    the one with the most integer bits, or the fewest exponent bits).
+    is scored with only that category quantized, and the first one (most integer bits: the
+    first fixed point split saturates nothing) within one standard error of the best score is
+    kept: a split that saturates more must be clearly better, not better by a few images.
     """
     variants: dict[str, int | None] = {}
     scores: list[VariantScore] = []
@@ -169,7 +171,14 @@ def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str,
         for v in cands:
             s = scorer.score(plan_for(scheme, ranges, {cat: bits}, {cat: v}))
             tried.append(VariantScore(cat, bits, v, scheme.describe(v), s.value, s.n))
-        best = max(range(len(tried)), key=lambda i: (tried[i].value, -i))
+        best = _first_within_noise([t.value for t in tried], scorer.n)
         variants[cat] = cands[best]
         scores += [replace(s, chosen=i == best) for i, s in enumerate(tried)]
     return variants, tuple(scores), None if scorer is None else scorer.metric
+
+
+def _first_within_noise(values: list[float], n: int) -> int:
+    """Index of the first score within one binomial standard error of the best of ``values``."""
+    top = max(values)
+    se = math.sqrt(max(top * (1.0 - top), 1.0 / n) / n)
+    return next(i for i, v in enumerate(values) if v >= top - se)

@@ -122,6 +122,9 @@ class StaticFixedPoint(Scheme):
     """One ``Fixed(bits, F)`` for every group of a category; F is a searched variant."""
 
     name: str = "fixed"
+    #: Extra integer bits above "no group saturates" for the first candidate: headroom for data
+    #: beyond the calibration maximum (quantize, which scores on calibration images only: 1).
+    headroom: int = 0
 
     def variants(self, groups, bits):
         """The split candidates (fractional lengths), most integer bits first.
@@ -135,7 +138,9 @@ class StaticFixedPoint(Scheme):
             return [bits - 1]
         hi = ils[-1]
         median = ils[len(ils) // 2]
-        cands = sorted({hi, hi - 1, median, median + 1, (hi + median) // 2}, reverse=True)
+        # No group saturates: without the layer-output bit, which would clip the largest output.
+        top = max(integer_bits(g.max_abs) for g in groups if g.max_abs > 0) + self.headroom
+        cands = sorted({top, hi, hi - 1, median, median + 1, (hi + median) // 2}, reverse=True)
         return [bits - il for il in cands if bits - 1 - (bits - il) <= 127 and bits - il <= 126][:4]
 
     def formats(self, groups, bits, variant=None):

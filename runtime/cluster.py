@@ -1,8 +1,12 @@
 """Score plans on a Ray cluster: the data in shards, one actor and one Simulator per shard.
 
 A search scores a dozen or more plans on the same validation set. On one machine that is one
-Simulator running every batch; on a cluster the batches are split into contiguous shards, each
-held by an actor with its own :class:`~ristretto_onnx.runtime.simulator.Simulator` (CPU or GPU).
+Simulator running every batch; on a cluster the batches are dealt round-robin to N actors, each
+with its own :class:`~ristretto_onnx.runtime.simulator.Simulator` and FP32 session (CPU or GPU),
+so any N consecutive batches run in parallel. The scorer still consumes batches one by one in
+order (its sequential decisions are unchanged); the runner keeps the next N batches of the
+current plan in flight ahead of it. Work done ahead of a decision that stops early is wasted,
+never counted: the report's evaluations, plans and decisions are the local backend's.
 Scoring a plan sends the *plan* (a few hundred bytes of format strings), never the model: the
 model and each shard travel once, when the actors start, through Ray's object store.
 
@@ -58,105 +62,110 @@ def connect(address: str | None = None, *, workers: int = 2):
     return ray
 
 
-def shard_bounds(sizes: Sequence[int], workers: int) -> list[tuple[int, int]]:
-    """Split batches (by their image counts) into at most ``workers`` contiguous shards.
-
-    Each cut falls on the batch boundary closest to an even split of the images.
-    """
-    cum = np.concatenate([[0], np.cumsum(sizes)])
-    workers = max(1, min(workers, len(sizes)))
-    cuts = [0]
-    for k in range(1, workers):
-        target = cum[-1] * k / workers
-        cut = int(np.argmin(np.abs(cum - target)))
-        cuts.append(min(max(cut, cuts[-1] + 1), len(sizes) - (workers - k)))
-    cuts.append(len(sizes))
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+def deal(n_batches: int, workers: int) -> list[list[int]]:
+    """Batch indices of each actor: batch ``k`` goes to actor ``k % workers``."""
+    workers = max(1, min(workers, n_batches))
+    return [list(range(i, n_batches, workers)) for i in range(workers)]
 
 
 class _ShardWorker:
-    """Body of the Ray actor: a Simulator and one shard of preprocessed batches."""
+    """Body of the Ray actor: a Simulator, the FP32 session and one shard of batches."""
 
-    def __init__(self, model_bytes: bytes, batches: list[np.ndarray], threads: int, providers) -> None:
+    def __init__(self, model_bytes: bytes, float_bytes: bytes, batches: dict, threads: int, providers) -> None:
+        from ristretto_onnx.runtime.session import create_session
         from ristretto_onnx.runtime.simulator import Simulator
 
         model = ModelProto()
         model.ParseFromString(model_bytes)
         self.sim = Simulator(model, threads=threads, providers=providers)
+        self.float_session = create_session(float_bytes_model(float_bytes), blocked_layout=True,
+                                            threads=threads, providers=providers)
+        self.input = self.float_session.get_inputs()[0].name
         self.batches = batches
         self._key: str | None = None
 
-    def run(self, plan_json: str | None, lo: int, hi: int) -> list[np.ndarray]:
-        """Outputs of local batches ``lo..hi`` under the plan (``None``: the model as given)."""
-        if plan_json is not None and plan_json != self._key:
+    def run(self, plan_json: str | None, k: int) -> np.ndarray:
+        """Output of batch ``k`` under the plan; ``None``: the FP32 model."""
+        x = self.batches[k]
+        if plan_json is None:
+            return np.asarray(self.float_session.run(None, {self.input: x})[0])
+        if plan_json != self._key:
             self.sim.set_formats(json.loads(plan_json), replace=True)
             self._key = plan_json
-        return [np.asarray(self.sim.run(x)) for x in self.batches[lo:hi]]
+        return np.asarray(self.sim.run(x))
 
     def sessions_built(self) -> int:
         return self.sim.sessions_built
 
-    def ping(self) -> bool:
-        return True
+
+def float_bytes_model(data: bytes) -> ModelProto:
+    model = ModelProto()
+    model.ParseFromString(data)
+    return model
 
 
-class RayBackend:
-    """Runs plans on the batches of one dataset, sharded over ``workers`` Ray actors.
+class RayRunner:
+    """Plan runner for :class:`~ristretto_onnx.scoring.Scorer` on Ray actors (module docstring).
 
-    ``run_batches(plan, lo, hi)`` returns the outputs of batches ``lo..hi`` (global indices, in
-    order) under ``plan``; :class:`~ristretto_onnx.scoring.Scorer` uses it instead of running
-    batch by batch. ``plan`` is a mapping of group (or node) names to formats, or ``None``.
+    ``run_batch(plan, k)`` is the output of batch ``k`` under ``plan`` (``None``: FP32);
+    :meth:`float_runner` gives the FP32 side. Both prefetch the next ``workers`` batches.
     """
 
-    def __init__(self, model: ModelProto, batches: Sequence[np.ndarray], *, workers: int = 2,
-                 address: str | None = None, gpus_per_worker: float = 0.0, threads: int | None = None) -> None:
+    def __init__(self, annotated: ModelProto, float_model: ModelProto, batches: Sequence[np.ndarray], *,
+                 workers: int = 2, address: str | None = None, gpus_per_worker: float = 0.0,
+                 threads: int | None = None) -> None:
         if workers < 1:
             raise RistrettoError(f"--workers must be at least 1, got {workers}")
         self.ray = connect(address, workers=workers)
-        sizes = [len(x) for x in batches]
-        self.bounds = shard_bounds(sizes, workers)
+        self.n = len(batches)
+        self.shards = deal(self.n, workers)
+        self.owner = {k: i for i, ks in enumerate(self.shards) for k in ks}
         self.gpus = gpus_per_worker
         cpus = int(self.ray.cluster_resources().get("CPU", workers))
-        self.threads = threads or max(1, cpus // len(self.bounds))
+        self.threads = threads or max(1, cpus // len(self.shards))
         self.providers = None if gpus_per_worker else ["CPUExecutionProvider"]
-        self._model_ref = self.ray.put(model.SerializeToString())
-        self._shard_refs = [self.ray.put([np.ascontiguousarray(x) for x in batches[a:b]]) for a, b in self.bounds]
+        self._model_ref = self.ray.put(annotated.SerializeToString())
+        self._float_ref = self.ray.put(float_model.SerializeToString())
+        self._shard_refs = [self.ray.put({k: np.ascontiguousarray(batches[k]) for k in ks}) for ks in self.shards]
         self._actor_cls = self.ray.remote(_ShardWorker)
-        self.actors = [self._start(i) for i in range(len(self.bounds))]
+        self.actors = [self._start(i) for i in range(len(self.shards))]
         self.restarts = 0
-
-    def _start(self, shard: int):
-        opts = {"num_cpus": self.threads if not self.gpus else 1, "max_restarts": 0}
-        if self.gpus:
-            opts["num_gpus"] = self.gpus
-        return self._actor_cls.options(**opts).remote(self._model_ref, self._shard_refs[shard],
-                                                      self.threads, self.providers)
+        self._pending: dict[tuple[str | None, int], object] = {}
+        self._current: object = ()
 
     @property
     def workers(self) -> int:
         return len(self.actors)
 
-    def _calls(self, plan_json, lo: int, hi: int) -> list[tuple[int, int, int]]:
-        """(shard, local lo, local hi) for every shard that holds batches of ``lo..hi``."""
-        out = []
-        for i, (a, b) in enumerate(self.bounds):
-            s, e = max(a, lo), min(b, hi)
-            if s < e:
-                out.append((i, s - a, e - a))
-        return out
+    def _start(self, shard: int):
+        opts = {"num_cpus": self.threads if not self.gpus else 1, "max_restarts": 0}
+        if self.gpus:
+            opts["num_gpus"] = self.gpus
+        return self._actor_cls.options(**opts).remote(self._model_ref, self._float_ref, self._shard_refs[shard],
+                                                      self.threads, self.providers)
 
-    def run_batches(self, plan: Mapping | None, lo: int, hi: int) -> list[np.ndarray]:
+    def _submit(self, key: str | None, k: int):
+        return self.actors[self.owner[k]].run.remote(key, k)
+
+    def run_batch(self, plan: Mapping | None, k: int) -> np.ndarray:
         from ristretto_onnx.passes.plan import plan_to_dict
 
-        plan_json = None if plan is None else json.dumps(plan_to_dict(plan), sort_keys=True)
-        calls = self._calls(plan_json, lo, hi)
-        pending = {i: self.actors[i].run.remote(plan_json, s, e) for i, s, e in calls}
-        results: dict[int, list[np.ndarray]] = {}
-        for i, s, e in calls:
-            results[i] = self._get(i, pending[i], plan_json, s, e)
-        return [x for i, _, _ in calls for x in results[i]]
+        key = None if plan is None else json.dumps(plan_to_dict(plan), sort_keys=True)
+        if key != self._current:  # a new plan: what was fetched ahead for another one is dropped
+            self._pending = {pk: ref for pk, ref in self._pending.items() if pk[0] == key}
+            self._current = key
+        for j in range(k, min(k + self.workers, self.n)):
+            if (key, j) not in self._pending:
+                self._pending[(key, j)] = self._submit(key, j)
+        return self._get(key, k, self._pending.pop((key, k)))
 
-    def _get(self, shard: int, ref, plan_json, lo: int, hi: int) -> list[np.ndarray]:
+    def __call__(self, plan: Mapping, x: np.ndarray) -> np.ndarray:  # pragma: no cover - scorer uses run_batch
+        raise RistrettoError("the ray backend scores whole batches by index (run_batch)")
+
+    def float_runner(self) -> _FloatRunner:
+        return _FloatRunner(self)
+
+    def _get(self, key: str | None, k: int, ref) -> np.ndarray:
         ray = self.ray
         for attempt in range(MAX_RETRIES + 1):
             try:
@@ -164,17 +173,37 @@ class RayBackend:
             except ray.exceptions.RayActorError:
                 if attempt == MAX_RETRIES:
                     break
+                shard = self.owner[k]
                 self.restarts += 1
                 self.actors[shard] = self._start(shard)
-                ref = self.actors[shard].run.remote(plan_json, lo, hi)
+                # everything queued on the dead actor is lost: send it again to the new one
+                for pk in list(self._pending):
+                    if self.owner[pk[1]] == shard:
+                        self._pending[pk] = self._submit(*pk)
+                ref = self._submit(key, k)
             except ray.exceptions.RayError as e:
                 raise RistrettoError(f"the Ray cluster failed: {' '.join(str(e).split())[:200]}") from None
-        raise RistrettoError(f"shard {shard} failed on {MAX_RETRIES + 1} actors in a row; giving up")
+        raise RistrettoError(f"batch {k} failed on {MAX_RETRIES + 1} actors in a row; giving up")
 
+    @property
     def sessions_built(self) -> int:
-        return int(sum(self.ray.get([a.sessions_built.remote() for a in self.actors])))
+        """Sessions of the busiest actor: each sees every plan, as the local Simulator does."""
+        return int(max(self.ray.get([a.sessions_built.remote() for a in self.actors])))
 
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
         self.actors = []
+
+
+class _FloatRunner:
+    """The FP32 side of a :class:`RayRunner` (the scorer's baseline pass)."""
+
+    def __init__(self, runner: RayRunner) -> None:
+        self.runner = runner
+
+    def run_batch(self, k: int) -> np.ndarray:
+        return self.runner.run_batch(None, k)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - scorer uses run_batch
+        raise RistrettoError("the ray backend runs the FP32 model by batch index (run_batch)")
