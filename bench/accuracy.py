@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rows = []
     for net in a.nets:
-        rows += run(net, rules=tuple(a.rules.split(",")), variants=tuple(a.variants.split(",")),
+        rows += run(net, rules=tuple(a.rules.split(",")), variants=tuple(v for v in a.variants.split(",") if v),
                     granularity=a.granularity, ort=a.ort)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
