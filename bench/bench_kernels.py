@@ -4,10 +4,10 @@
     python bench/bench_kernels.py --quick         # ResNet-20 only, fewer rounds
     python bench/bench_kernels.py --models resnet20-cifar10 --schemes dfp,minifloat
 
-For every zoo model and scheme (8 bits: ``fixed`` one shared integer length, ``dfp`` per-group
-fractional lengths, ``minifloat`` eq. 6.2's exponent bits, ``pow2`` weights ``pow2:-8:-1`` with
-float activations as in the thesis) it measures, in one run, the throughput ratio simulated / FP32
-of:
+For every zoo model and scheme (8 bits in every category, the plan ``quantize`` makes:
+``fixed`` one shared split, ``dfp`` per-group fractional lengths, ``minifloat`` one format per
+category, ``pow2`` weights ``pow2:-8:-1`` with float activations as in the thesis) it measures,
+in one run, the throughput ratio simulated / FP32 of:
 
 * ``written``: the model as ``compress``/``quantize`` write it (function bodies), in a plain
   session without the library (stock onnxruntime, as a user's ``InferenceSession`` runs it);
@@ -36,14 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from ristretto_onnx import zoo
-from ristretto_onnx.formats import Pow2
-from ristretto_onnx.range_rules import minifloat_format
 from ristretto_onnx.passes.pipeline import prepare, simulate
-from ristretto_onnx.ranges import group_ranges
+from ristretto_onnx.ranges import measure_groups
 from ristretto_onnx.runtime.kernels import ENV, library_path, library_providers
 from ristretto_onnx.runtime.session import available_cpus, create_session, gpu_available
 from ristretto_onnx.runtime.simulator import Simulator
-from ristretto_onnx.schemes import dfp_plan, fixed_candidates, fixed_plan, minifloat_plan, pow2_plan
+from ristretto_onnx.schemes import make_scheme, plan_for
+from ristretto_onnx.stats import CATEGORIES
 
 OUT = Path(__file__).resolve().parent / "out" / "kernels.json"
 MODELS = {"resnet20-cifar10": 256, "squeezenet1.1-imagenet": 64}
@@ -65,16 +64,13 @@ def library(on: bool):
             os.environ[ENV] = old
 
 
-def plans(prepared, ranges, bits: int = 8) -> dict[str, dict]:
-    groups = [g for g in prepared.layers.groups if g.role in ("inputs", "weights", "outputs")]
-    kw = {"weight_bits": bits, "act_bits": bits}
-    il = fixed_candidates(groups, ranges, **kw)[0]
-    return {
-        "fixed": fixed_plan(groups, il, **kw),
-        "dfp": dfp_plan(groups, ranges, **kw),
-        "minifloat": minifloat_plan(groups, ranges, **kw),
-        "pow2": pow2_plan([g for g in groups if g.role == "weights"], Pow2(-8, -1)),
-    }
+def plans(prepared, calib, bits: int = 8) -> dict[str, dict]:
+    """The plan of every scheme at ``bits`` for all categories, as ``quantize`` makes it."""
+    ranges = measure_groups(prepared.float_model, prepared.layers, calib)
+    widths = {c: bits for c in CATEGORIES}
+    out = {name: plan_for(make_scheme(name), ranges, widths) for name in ("fixed", "dfp", "minifloat")}
+    out["pow2"] = plan_for(make_scheme("pow2", exp_min=-8, exp_max=-1), ranges, widths)
+    return out
 
 
 def _runner(session, name: str, params: dict | None = None):
@@ -108,8 +104,7 @@ def bench_model(name: str, batch: int, n_batches: int, rounds: int, schemes, pro
     data = zoo.model_dataset(name, "test").take(batch * n_batches)
     batches = [np.ascontiguousarray(x) for x, _ in data.batches(batch)][:n_batches]
     prepared = prepare(str(model_path))
-    ranges = group_ranges(prepared.float_model, prepared.layers, zoo.model_dataset(name, "calib").take(256))
-    all_plans = plans(prepared, ranges)
+    all_plans = plans(prepared, zoo.model_dataset(name, "calib").take(256))
     inp = next(i.name for i in prepared.float_model.graph.input
                if i.name not in {t.name for t in prepared.float_model.graph.initializer})
     runners = {"fp32": _runner(create_session(prepared.float_model, providers=providers, kernels=False), inp)}

@@ -221,7 +221,7 @@ def through_onnxruntime(folder: Path, bench_seconds: float) -> bool:
 
         rounds = 2 if bench_seconds < 120 else 3
         bench_kernels.main(["--models", "resnet20-cifar10,squeezenet1.1-imagenet", "--rounds", str(rounds),
-                            "--batches", "4", "--gpu-only"])
+                            "--batches", "4", "--gpu-only", "--schemes", "dfp,minifloat"])
     else:
         print("throughput: SKIPPED (set RISTRETTO_ZOO to the zoo for the ResNet-20 / SqueezeNet ratios)")
     return ok

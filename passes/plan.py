@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, parse_format
+from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, UFixed, parse_format
 
 #: A group's format: a scalar or per-channel format, or ``None`` for float.
 GroupFormat = Optional[Format]
@@ -31,7 +31,7 @@ def format_of(value) -> GroupFormat:
     """Normalize one plan value: a Format, a format string, or ``None``/``"float"``."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("float", "none", "")):
         return None
-    if isinstance(value, (Fixed, Minifloat, Pow2, PerChannel, str)):
+    if isinstance(value, (Fixed, UFixed, Minifloat, Pow2, PerChannel, str)):
         return parse_format(value)
     raise RistrettoError(f"cannot use {value!r} as a group format: expected a format string "
                          "like fixed:8:4 or null")

@@ -31,7 +31,7 @@ from ristretto_onnx.data.metadata import record as record_preprocess
 from ristretto_onnx.data.zoo_inputs import zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit, search_log
-from ristretto_onnx.options import CompressOptions
+from ristretto_onnx.options import Backend, CompressOptions
 from ristretto_onnx.passes.pipeline import simulate
 from ristretto_onnx.passes.slots import set_metadata
 from ristretto_onnx.report import CompressResult, bits_of, compress_report, weight_bytes
@@ -55,9 +55,12 @@ def compress(
     metric_fn: Callable | None = None,
     options: CompressOptions | None = None,
     context: SearchContext | None = None,
+    backend: Backend | None = None,
     **kwargs,
 ) -> CompressResult:
     """Find the smallest formats that keep ``metric`` within the tolerance (see module docstring).
+
+    ``backend=Backend("ray", workers=N)`` scores on Ray actors (same decisions and report).
 
     ``model`` is a path or ModelProto; ``data``/``calib``/``test`` anything
     :func:`~ristretto_onnx.data.load_dataset` takes (path, arrays, iterable of batches, Dataset).
@@ -72,7 +75,8 @@ def compress(
     t0 = time.perf_counter()
     if context is None and data is None:
         raise RistrettoError("compress needs evaluation data (or a context from build_context)")
-    ctx = context or build_context(model, data, calib=calib, options=opts, metric_fn=metric_fn, log=log)
+    ctx = context or build_context(model, data, calib=calib, options=opts, metric_fn=metric_fn, log=log,
+                                   backend=backend)
     seconds = dict(ctx.seconds) if context is None else {}
     prepared, ranges, scorer, input_name = ctx.prepared, ctx.ranges, ctx.scorer, ctx.input_name
     evals0, plans0, screened0 = scorer.evaluations, scorer.plans_scored, scorer.screened_out

@@ -24,7 +24,8 @@ from ristretto_onnx.data import Dataset, load_dataset
 from ristretto_onnx.data.conform import conform
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit
-from ristretto_onnx.options import CompressOptions
+from ristretto_onnx.options import Backend, CompressOptions
+from ristretto_onnx.passes.graph import single_input
 from ristretto_onnx.passes.pipeline import Prepared, prepare
 from ristretto_onnx.passes.plan import plan_to_dict
 from ristretto_onnx.ranges import measure_groups
@@ -45,11 +46,7 @@ def as_dataset(data, what: str) -> Dataset:
 
 def model_input(model: ModelProto) -> str:
     """The one runtime input of ``model`` (scoring feeds images to it)."""
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise RistrettoError(f"scoring needs a model with one input; this one has {len(inputs)}: {inputs}")
-    return inputs[0]
+    return single_input(model, "scoring")
 
 
 def load_batches(ds: Dataset, batch_size: int) -> Batches:
@@ -82,10 +79,20 @@ class PlanRunner:
 
 
 def plan_scorer(prepared: Prepared, batches: Batches, *, metric: str = "top1", metric_fn: Callable | None = None,
-                early_reject: bool = True, threads: int | None = None
+                early_reject: bool = True, threads: int | None = None, backend: Backend | None = None
                 ) -> tuple[Scorer, PlanRunner, Callable[[np.ndarray], np.ndarray]]:
     """A scorer of plans on ``batches`` against the FP32 model, its runner and the FP32 runner."""
     input_name = model_input(prepared.float_model)
+    if backend is not None and backend.kind == "ray":
+        from ristretto_onnx.runtime.cluster import RayRunner
+
+        runner = RayRunner(prepared.annotated, prepared.float_model, [x for x, _ in batches],
+                           workers=backend.workers, address=backend.address,
+                           gpus_per_worker=backend.gpus_per_worker, threads=threads)
+        run_float = runner.float_runner()
+        scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
+                        screen_fraction=0.25 if early_reject else 1.0)
+        return scorer, runner, run_float
     float_session = create_session(prepared.float_model, blocked_layout=True, threads=threads)
 
     def run_float(x):
@@ -118,7 +125,8 @@ class SearchContext:
 
 
 def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
-                  metric_fn: Callable | None = None, log: Log | None = None) -> SearchContext:
+                  metric_fn: Callable | None = None, log: Log | None = None,
+                  backend: Backend | None = None) -> SearchContext:
     opts = options or CompressOptions()
     log = log if log is not None else (lambda msg: None)
     seconds: dict[str, float] = {}
@@ -136,14 +144,15 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     calib_ds = calib_ds.subset(min(opts.calib_size, len(calib_ds)), opts.seed)  # CLI and API: same default
     t = time.perf_counter()
     emit(log, ProgressEvent("ranges", f"range analysis on {len(calib_ds)} calibration images"))
-    ranges = measure_groups(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64))
+    ranges = measure_groups(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64),
+                            unsigned=opts.unsigned and opts.scheme != "fixed")  # fixed: one signed format
     seconds["ranges"] = time.perf_counter() - t
     log(f"ranges of {len(ranges)} groups in {len(layers)} layers from {len(calib_ds)} calibration images")
 
     t = time.perf_counter()
     emit(log, ProgressEvent("baseline", f"FP32 baseline on {len(ds)} images"))
     scorer, runner, run_float = plan_scorer(prepared, load_batches(ds, opts.batch_size), metric=opts.metric,
-                                            metric_fn=metric_fn, early_reject=opts.early_reject)
+                                            metric_fn=metric_fn, early_reject=opts.early_reject, backend=backend)
     seconds["baseline"] = time.perf_counter() - t
     log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
     return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner,

@@ -112,6 +112,60 @@ def _quantize_fixed(x64: np.ndarray, bits: int, frac_bits, rounding: str, rng) -
 
 
 @dataclass(frozen=True)
+class UFixed:
+    """Unsigned fixed point: ``k * 2**-frac_bits`` for integer ``k`` in ``[0, 2**bits - 1]``.
+
+    Beyond the thesis (two's complement everywhere): a tensor that cannot be negative (after a
+    ReLU, a softmax, an input in [0, 1]) wastes its sign bit in ``fixed``; ``ufixed:B:F`` spends
+    it on range, as uint8 activations do in onnxruntime. On non-negative values ``ufixed:B:F``
+    equals ``fixed:B+1:F``. Negative values saturate to 0 (+0, never -0): quantizing a layer
+    output that only a ReLU reads therefore already applies the ReLU.
+    """
+
+    bits: int
+    frac_bits: int
+    kind: ClassVar[str] = "ufixed"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 31:
+            raise FormatError(f"unsigned fixed point needs 1 to 31 bits, got {self.bits}")
+        if -self.frac_bits < F32_EMIN or self.bits - self.frac_bits > F32_EMAX:
+            raise FormatError(
+                f"{self}: range exceeds float32 (step 2^{-self.frac_bits}, max about "
+                f"2^{self.bits - self.frac_bits}); frac_bits must lie in [{self.bits - F32_EMAX}, {-F32_EMIN}]"
+            )
+
+    def __str__(self) -> str:
+        return f"ufixed:{self.bits}:{self.frac_bits}"
+
+    @property
+    def int_bits(self) -> int:
+        return self.bits - self.frac_bits
+
+    @property
+    def step(self) -> float:
+        return 2.0 ** -self.frac_bits
+
+    @property
+    def max_value(self) -> float:
+        return float(np.float32((2.0**self.bits - 1) * self.step))
+
+    @property
+    def min_value(self) -> float:
+        return 0.0
+
+    @property
+    def smallest_positive(self) -> float:
+        return self.step
+
+    def quantize(self, x, rounding: str = "nearest_even", rng=None) -> np.ndarray:
+        _check_rounding(rounding)
+        scale = np.ldexp(1.0, self.frac_bits)
+        k = np.clip(_round(_as_f64(x) * scale, rounding, rng), 0.0, 2.0**self.bits - 1) + 0.0  # -0 -> +0
+        return (k / scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
 class Minifloat:
     """Floating point with 1 sign bit, ``exp_bits`` exponent bits and the rest mantissa (ch. 6).
 
@@ -261,7 +315,7 @@ def _quantize_pow2(x64: np.ndarray, exp_min, exp_max, rounding: str, rng) -> np.
     return q.astype(np.float32)
 
 
-ScalarFormat = Union[Fixed, Minifloat, Pow2]
+ScalarFormat = Union[Fixed, UFixed, Minifloat, Pow2]
 
 
 @dataclass(frozen=True)
@@ -293,6 +347,8 @@ class PerChannel:
         first = self.formats[0]
         if isinstance(first, Minifloat):
             raise FormatError("minifloat has no per-channel form (each value has its own exponent)")
+        if isinstance(first, UFixed):
+            raise FormatError("ufixed has no per-channel form (it is for activations, one format per tensor)")
         if isinstance(first, Fixed) and len({f.bits for f in self.formats}) != 1:
             raise FormatError("all channels of a per-channel fixed point format must have the same bits")
 
@@ -363,8 +419,8 @@ def _join(values) -> str:
     return ",".join(str(int(v)) for v in values)
 
 
-Format = Union[Fixed, Minifloat, Pow2, PerChannel]
-FORMAT_KINDS = ("fixed", "minifloat", "pow2")
+Format = Union[Fixed, UFixed, Minifloat, Pow2, PerChannel]
+FORMAT_KINDS = ("fixed", "ufixed", "minifloat", "pow2")
 
 
 def _ints(text: str, source: str) -> list[int]:
@@ -375,12 +431,12 @@ def _ints(text: str, source: str) -> list[int]:
 
 
 def parse_format(text: str | Format, axis: int | None = None) -> Format:
-    """Parse ``fixed:B:F``, ``minifloat:B:E``, ``pow2:EMIN:EMAX`` or a per-channel form.
+    """Parse ``fixed:B:F``, ``ufixed:B:F``, ``minifloat:B:E``, ``pow2:EMIN:EMAX`` or a per-channel form.
 
     A per-channel format has a comma list in place of a parameter and ``@axis`` at the end (or
     the ``axis`` argument): ``fixed:8:5,7,6@0``. A format object passes through.
     """
-    if isinstance(text, (Fixed, Minifloat, Pow2, PerChannel)):
+    if isinstance(text, (Fixed, UFixed, Minifloat, Pow2, PerChannel)):
         return text
     source = str(text).strip()
     body, _, at = source.partition("@")
@@ -390,14 +446,14 @@ def parse_format(text: str | Format, axis: int | None = None) -> Format:
         except ValueError:
             raise FormatError(f"cannot parse format {source!r}: the axis after '@' must be an integer") from None
     parts = body.split(":")
-    usage = "expected fixed:BITS:FRAC_BITS, minifloat:BITS:EXP_BITS or pow2:EMIN:EMAX"
+    usage = "expected fixed:BITS:FRAC_BITS, ufixed:BITS:FRAC_BITS, minifloat:BITS:EXP_BITS or pow2:EMIN:EMAX"
     if len(parts) != 3:
         raise FormatError(f"cannot parse format {source!r}: {usage}")
     kind = parts[0].lower()
     if kind not in FORMAT_KINDS:
         raise FormatError(f"unknown format kind {parts[0]!r}: {usage}")
     a, b = _ints(parts[1], source), _ints(parts[2], source)
-    make = {"fixed": Fixed, "minifloat": Minifloat, "pow2": Pow2}[kind]
+    make = {"fixed": Fixed, "ufixed": UFixed, "minifloat": Minifloat, "pow2": Pow2}[kind]
     if axis is None:
         if len(a) != 1 or len(b) != 1:
             raise FormatError(f"cannot parse format {source!r}: a per-channel list needs an axis ('@AXIS')")
@@ -433,7 +489,7 @@ class FormatInfo:
         fmt = parse_format(fmt)
         if isinstance(fmt, PerChannel):
             levels = max(cls.of(f).levels for f in fmt.formats)
-        elif isinstance(fmt, Fixed):
+        elif isinstance(fmt, (Fixed, UFixed)):
             levels = 2**fmt.bits
         elif isinstance(fmt, Minifloat):
             levels = 2 * (2**fmt.exp_bits - 1) * 2**fmt.mant_bits + 1  # ± normals and zero

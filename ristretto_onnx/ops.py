@@ -2,7 +2,7 @@
 
 A ``QuantizeSim`` node has one float input ``X`` and one output ``Y`` of the same shape; its string
 attribute ``format`` holds a format's string form (``fixed:8:4``, ``minifloat:8:5``,
-``pow2:-8:-1``) and ``rounding`` is ``nearest_even`` (default) or ``stochastic``.
+``pow2:-8:-1``, ``ufixed:8:4``) and ``rounding`` is ``nearest_even`` (default) or ``stochastic``.
 
 So that a plain ``onnxruntime.InferenceSession`` runs an annotated model with nothing else
 installed, every model carries one ONNX function per distinct (format, rounding) pair, built from
@@ -32,7 +32,7 @@ import onnx
 from onnx import FunctionProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import ROUNDINGS, Fixed, Format, Minifloat, PerChannel, Pow2, parse_format
+from ristretto_onnx.formats import ROUNDINGS, Fixed, Format, Minifloat, PerChannel, Pow2, UFixed, parse_format
 
 DOMAIN = "ai.ristretto"
 OP_TYPE = "QuantizeSim"
@@ -193,6 +193,13 @@ def _fixed_body(b: _Body, fmt: Fixed | PerChannel, rounding: str) -> None:
     b.op("Mul", k, b.const(np.ldexp(1.0, -frac)), out="Y")
 
 
+def _ufixed_body(b: _Body, fmt: UFixed, rounding: str) -> None:
+    v = b.op("Mul", "X", b.const(np.ldexp(1.0, fmt.frac_bits)))
+    k = b.op("Clip", _round(b, v, rounding), b.const(0.0), b.const(2.0**fmt.bits - 1))
+    k = b.op("Abs", k)  # -0 (a small negative rounded) becomes +0, as in the reference
+    b.op("Mul", k, b.const(np.ldexp(1.0, -fmt.frac_bits)), out="Y")
+
+
 def _minifloat_body(b: _Body, fmt: Minifloat, rounding: str) -> None:
     exps = np.arange(fmt.emin, fmt.emax + 1)
     m = fmt.mant_bits
@@ -250,7 +257,7 @@ def function_proto(fmt: Format | str, rounding: str = "nearest_even", opset: int
             raise RistrettoError(f"per-channel format {fmt}: the op stores a negative axis")
         body = {Fixed: _fixed_body, Pow2: _pow2_body}[type(fmt.formats[0])]
     else:
-        body = {Fixed: _fixed_body, Minifloat: _minifloat_body, Pow2: _pow2_body}[type(fmt)]
+        body = {Fixed: _fixed_body, UFixed: _ufixed_body, Minifloat: _minifloat_body, Pow2: _pow2_body}[type(fmt)]
     body(b, fmt, rounding)
     fn = helper.make_function(
         DOMAIN, OP_TYPE, ["X"], ["Y"], b.nodes,

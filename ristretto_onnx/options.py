@@ -9,18 +9,39 @@ space, thesis ch. 4-7).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format, Pow2, parse_format
-from ristretto_onnx.schemes import DEFAULT_POW2, DEFAULT_RANGE_RULE, Scheme, check_scheme, make_scheme
+from ristretto_onnx.schemes import (DEFAULT_POW2, DEFAULT_RANGE_RULE, Scheme, StaticFixedPoint, check_scheme,
+                                    make_scheme)
 
 
 def _check_positive(options: object, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(options, name) < 1:
             raise RistrettoError(f"--{name.replace('_', '-')} must be positive")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where plans are scored: ``local`` (this process) or ``ray`` (actors holding data shards).
+
+    Not part of :class:`CompressOptions`: the backend changes where the work runs, never what
+    is decided, so a report does not depend on it.
+    """
+
+    kind: str = "local"
+    address: str | None = None  # a Ray cluster's address; None starts a local one
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise RistrettoError(f"--backend must be local or ray, got {self.kind!r}")
+        if self.workers < 1:
+            raise RistrettoError(f"--workers must be at least 1, got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -43,6 +64,8 @@ class CompressOptions:
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     early_reject: bool = True
+    #: dfp: ufixed for activations that cannot be negative (passes.nonnegative).
+    unsigned: bool = True
 
     def __post_init__(self) -> None:
         check_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule)
@@ -87,6 +110,16 @@ class QuantizeOptions:
     score_size: int = 300
     batch_size: int = 256
     seed: int = 0
+    #: dfp: ufixed for activations that cannot be negative (passes.nonnegative).
+    unsigned: bool = True
+    #: dfp: a layer input reading another layer's output unchanged takes its format (passes.grid_ties).
+    round_once: bool = True
+    #: passes.bias_correction: on, off, or auto (kept when it lowers the output error on calibration images).
+    bias_correction: str = "auto"
+    #: per-channel dfp weights: "output" (ristretto_onnx.channel_rule) or "range" (the range rule per channel).
+    channel_rule: str = "output"
+    #: cross-layer equalization of Conv -> ReLU/ReLU6 -> Conv pairs first (passes.equalize).
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -103,6 +136,10 @@ class QuantizeOptions:
                 raise RistrettoError(f"--{name.replace('_', '-')} must be between 2 and 32, got {v}")
         if self.format is None and self.scheme != "pow2" and None in (self.weight_bits_, self.act_bits_):
             raise RistrettoError(f"--scheme {self.scheme} needs --bits (or both --weight-bits and --act-bits)")
+        if self.bias_correction not in ("auto", "on", "off"):
+            raise RistrettoError(f"--bias-correction must be auto, on or off, not {self.bias_correction!r}")
+        if self.channel_rule not in ("output", "range"):
+            raise RistrettoError(f"--channel-rule must be output or range, not {self.channel_rule!r}")
         _check_positive(self, ("calib_size", "score_size", "batch_size"))
 
     @property
@@ -124,9 +161,11 @@ class QuantizeOptions:
 
     def make_scheme(self) -> Scheme:
         window = self.pow2_window
-        return make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule,
-                           exp_min=None if window is None else window.exp_min,
-                           exp_max=None if window is None else window.exp_max)
+        scheme = make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule,
+                             exp_min=None if window is None else window.exp_min,
+                             exp_max=None if window is None else window.exp_max)
+        # quantize chooses fixed point splits on calibration images only: one bit of headroom first
+        return replace(scheme, headroom=1) if isinstance(scheme, StaticFixedPoint) else scheme
 
     def widths(self, scheme: Scheme) -> dict[str, int | None]:
         """The bit width of each category the scheme quantizes (biases only when asked)."""

@@ -13,12 +13,16 @@ agreement with the FP32 model.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import replace
 
+import numpy as np
+
 from onnx import ModelProto
 
+from ristretto_onnx.channel_rule import output_rule_plan
 from ristretto_onnx.context import load_batches, plan_scorer
 from ristretto_onnx.data import Dataset, load_dataset
 from ristretto_onnx.data.conform import conform
@@ -28,8 +32,14 @@ from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
 from ristretto_onnx.options import QuantizeOptions
 from ristretto_onnx.passes.layers import Group
+from ristretto_onnx.moments import input_means
+from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
+from ristretto_onnx.passes.analysis.concat_ties import concat_ties
+from ristretto_onnx.passes.equalize import equalize
+from ristretto_onnx.passes.grid_ties import grid_sources, round_once
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.ranges import measure_groups
+from ristretto_onnx.runtime.calibrate import session_any_size
 from ristretto_onnx.report import QuantizeResult, VariantScore
 from ristretto_onnx.schemes import Scheme, plan_for
 from ristretto_onnx.stats import GroupRange, category_groups
@@ -50,6 +60,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     if is_zoo(source):  # "zoo:NAME" as on the command line, with its calibration split
         source, _, calib = zoo_inputs(source, (), calib)
     prepared = source if isinstance(source, Prepared) else prepare(source, fold_bn=options.fold_bn)
+    if options.equalize:
+        prepared = prepare(equalize(prepared.float_model), fold_bn=False)
     if calib is not None:
         calib = conform(calib if isinstance(calib, Dataset) else load_dataset(calib), prepared.float_model)
     seconds["prepare"] = time.perf_counter() - t
@@ -71,8 +83,9 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                 raise RistrettoError("the calibration data is empty")
             calib_set = calib.subset(n, options.seed)
         t = time.perf_counter()
+        dfp = options.scheme == "dfp"
         ranges = measure_groups(prepared.float_model, layers, calib_set, batch_size=options.batch_size,
-                                threads=threads)
+                                threads=threads, unsigned=dfp and options.unsigned)
         seconds["calibrate" if calib_set is not None else "ranges"] = time.perf_counter() - t
         scheme = options.make_scheme()
         widths = options.widths(scheme)
@@ -81,23 +94,62 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         if search:
             seconds["variant_search"] = time.perf_counter() - t
         plan = plan_for(scheme, ranges, widths, variants)
+        if dfp and options.round_once:
+            plan = round_once(plan, grid_sources(prepared.float_model, layers),
+                              concat_ties(prepared.float_model, layers))
+        if dfp and options.weight_granularity == "channel" and options.channel_rule == "output":
+            plan = output_rule_plan(prepared.float_model, layers, plan, calib_set,
+                                    batch_size=min(options.batch_size, 64), threads=threads)
     t = time.perf_counter()
     model = simulate(prepared, plan, rounding=options.rounding)
     seconds["simulate"] = time.perf_counter() - t
+    corrected = "off"
+    if calib is not None and options.bias_correction != "off" and options.format is None:
+        t = time.perf_counter()
+        model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads)
+        seconds["bias_correction"] = time.perf_counter() - t
     if calib is not None:
         record_preprocess(model, calib.preprocess)
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
-                          measured, search, metric, seconds)
+                          measured, search, metric, seconds, corrected)
+
+
+def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
+                     threads: int | None) -> tuple[ModelProto, str]:
+    """passes.bias_correction on the plan's weights; with ``auto``, kept only when it lowers the
+    output error against FP32 on the calibration images without losing top-1 (or agreement with
+    FP32) on more than one of them (top-1 on a few hundred images is too coarse to decide alone)."""
+    calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
+    means = input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                        threads=threads)
+    deltas = weight_error_means(prepared.float_model, layers, plan, means)
+    if not deltas:
+        return model, "off"
+    fixed = simulate(apply_bias_correction(prepared.annotated, layers, deltas), plan, rounding=options.rounding)
+    if options.bias_correction == "on":
+        return fixed, "applied"
+    batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
+    sessions = [session_any_size(m, threads=threads) for m in (prepared.float_model, model, fixed)]
+    name = sessions[0].get_inputs()[0].name
+    outs = [np.concatenate([s.run(None, {name: x})[0] for x, _ in batches]).reshape(
+        sum(len(x) for x, _ in batches), -1).astype(np.float64) for s in sessions]
+    labels = None if any(y is None for _, y in batches) else np.concatenate([y for _, y in batches])
+    truth = outs[0].argmax(1) if labels is None else labels
+    hits = [int((o.argmax(1) == truth).sum()) for o in outs[1:]]
+    errors = [float(np.mean(np.square(o - outs[0]))) for o in outs[1:]]
+    helps = errors[1] < errors[0] and hits[1] >= hits[0] - 1
+    return (fixed, "applied") if helps else (model, "rejected")
 
 
 def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str, int | None],
                      prepared: Prepared, calib_set, options: QuantizeOptions, threads: int | None):
-    """Each category's alternative at its width, as compress's first stage picks it.
+    """Each category's alternative at its width, among the candidates compress's search scores.
 
     A category with one alternative (dfp, pow2) needs no scoring; otherwise every alternative
-    is scored with only that category quantized, and the best one kept (the first of equals:
-    the one with the most integer bits, or the fewest exponent bits).
+    is scored with only that category quantized, and the first one (most integer bits: the
+    first fixed point split saturates nothing) within one standard error of the best score is
+    kept: a split that saturates more must be clearly better, not better by a few images.
     """
     variants: dict[str, int | None] = {}
     scores: list[VariantScore] = []
@@ -119,7 +171,14 @@ def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str,
         for v in cands:
             s = scorer.score(plan_for(scheme, ranges, {cat: bits}, {cat: v}))
             tried.append(VariantScore(cat, bits, v, scheme.describe(v), s.value, s.n))
-        best = max(range(len(tried)), key=lambda i: (tried[i].value, -i))
+        best = _first_within_noise([t.value for t in tried], scorer.n)
         variants[cat] = cands[best]
         scores += [replace(s, chosen=i == best) for i, s in enumerate(tried)]
     return variants, tuple(scores), None if scorer is None else scorer.metric
+
+
+def _first_within_noise(values: list[float], n: int) -> int:
+    """Index of the first score within one binomial standard error of the best of ``values``."""
+    top = max(values)
+    se = math.sqrt(max(top * (1.0 - top), 1.0 / n) / n)
+    return next(i for i, v in enumerate(values) if v >= top - se)

@@ -24,6 +24,7 @@ from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.passes.graph import constant_lookup
 from ristretto_onnx.passes.layers import ACTIVATION_ROLES, Layer
+from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
 from ristretto_onnx.runtime.calibrate import calibrate
 from ristretto_onnx.stats import GroupRange, RangeStats
 
@@ -110,21 +111,27 @@ def tie_ranges(ranges: Mapping[str, T], ties: Mapping[str, tuple[str, ...]]) -> 
 
 
 def measure_groups(model: ModelProto, layers: Iterable[Layer], data=None, *, batch_size: int = 64,
-                   threads: int | None = None, for_formats: bool = True) -> list[GroupRange]:
+                   threads: int | None = None, for_formats: bool = True, unsigned: bool = False
+                   ) -> list[GroupRange]:
     """Every group of ``layers`` as a :class:`GroupRange`, in layer order (the range stage).
 
     Parameters always (weights with their per-output-channel ranges), activations when ``data``
     is given. With ``for_formats`` bounded layer outputs are measured after their Clip and
     Concat ties share the widest range (see the module docstring); without, the ranges are
-    those of the groups' own tensors.
+    those of the groups' own tensors. With ``unsigned`` (and ``for_formats``), activation groups
+    that cannot be negative are marked (passes.nonnegative) and layer outputs read only by a
+    ReLU are measured after it.
     """
     layers = list(layers)
     params = parameter_ranges(model, layers)
     bounds = clip_bounds(model, layers) if for_formats else {}
+    uns = unsigned_for(model, layers, data) if unsigned and for_formats and data is not None else frozenset()
     measured: dict[str, RangeStats] = {}
     if data is not None:
+        measure = {gid: t for gid, t in relu_measure(model, layers).items() if gid in uns}
+        measure.update({gid: b.tensor for gid, b in bounds.items()})
         measured = activation_ranges(model, layers, data, batch_size=batch_size, threads=threads,
-                                     measure={gid: b.tensor for gid, b in bounds.items()})
+                                     measure=measure)
     acts = tie_ranges(measured, concat_ties(model, layers)) if for_formats else measured
     channels = channel_ranges(model, layers)
     images = max(len(data), 1) if data is not None else 1
@@ -143,5 +150,6 @@ def measure_groups(model: ModelProto, layers: Iterable[Layer], data=None, *, bat
             elif g.role in ACTIVATION_ROLES:
                 size = max(1, measured[g.id].count // images)  # values per image
             out.append(GroupRange(g.id, g.role, g.kind, float(stats.max_abs), ch, axis, size, stats, ch_stats,
-                                  bounded=g.id in bounds, measured=params.get(g.id) or measured.get(g.id)))
+                                  bounded=g.id in bounds, measured=params.get(g.id) or measured.get(g.id),
+                                  unsigned=g.id in uns))
     return out

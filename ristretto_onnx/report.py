@@ -19,7 +19,7 @@ import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx import __version__
-from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2
+from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, UFixed
 from ristretto_onnx.options import QuantizeOptions
 from ristretto_onnx.passes.layers import LayerSet
 from ristretto_onnx.passes.plan import GroupFormat, plan_to_dict
@@ -140,8 +140,8 @@ def format_example(plan: Mapping[str, Format | None], ranges: list[GroupRange], 
             f = plan[r.group]
             if isinstance(f, PerChannel):
                 return f"{f.base_kind}:{f.bits}-bit per channel"
-            if isinstance(f, (Fixed, Minifloat, Pow2)):
-                return str(f) + (" (per group)" if isinstance(f, Fixed) else "")
+            if isinstance(f, (Fixed, UFixed, Minifloat, Pow2)):
+                return str(f) + (" (per group)" if isinstance(f, (Fixed, UFixed)) else "")
     return ""
 
 
@@ -203,6 +203,8 @@ class QuantizeResult:
     variant_search: tuple[VariantScore, ...] = ()
     metric: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    #: "applied", "rejected" (auto: no lower output error on the calibration images) or "off".
+    bias_correction: str = "off"
 
     def sidecar(self, **extra: Any) -> dict[str, Any]:
         """The JSON written next to the output model: every group's format and how it was chosen."""
@@ -216,6 +218,7 @@ class QuantizeResult:
                         "selected": l.name in self.selected,
                         "groups": {g.role: g.tensor for g in l.groups}} for l in self.layers],
             "skipped_nodes": [asdict(s) for s in self.layers.skipped],
+            "bias_correction": self.bias_correction,
         })
         if self.ranges:
             d["max_abs"] = {gid: r.max_abs for gid, r in self.ranges.items()}

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2
+from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, UFixed
 from ristretto_onnx.range_rules import (check_rule, dfp_frac_bits, frac_bits, integer_bits, minifloat_exp_bits,
                                         minifloat_exp_bits_mse)
 from ristretto_onnx.stats import CATEGORIES, GroupRange, RangeStats, category_groups
@@ -110,6 +110,8 @@ class DynamicFixedPoint(Scheme):
                 stats = g.channel_stats or (None,) * len(g.channel_max_abs)
                 chans = tuple(Fixed(bits, self._frac(s, m, bits)) for s, m in zip(stats, g.channel_max_abs))
                 out[g.group] = PerChannel(chans, g.channel_axis)
+            elif g.unsigned and bits < 32:  # ufixed:B:F equals fixed:B+1:F on non-negative values
+                out[g.group] = UFixed(bits, self._frac(g.stats, g.max_abs, bits + 1, g.layer_output))
             else:
                 out[g.group] = Fixed(bits, self._frac(g.stats, g.max_abs, bits, g.layer_output))
         return out
@@ -120,6 +122,9 @@ class StaticFixedPoint(Scheme):
     """One ``Fixed(bits, F)`` for every group of a category; F is a searched variant."""
 
     name: str = "fixed"
+    #: Extra integer bits above "no group saturates" for the first candidate: headroom for data
+    #: beyond the calibration maximum (quantize, which scores on calibration images only: 1).
+    headroom: int = 0
 
     def variants(self, groups, bits):
         """The split candidates (fractional lengths), most integer bits first.
@@ -133,7 +138,9 @@ class StaticFixedPoint(Scheme):
             return [bits - 1]
         hi = ils[-1]
         median = ils[len(ils) // 2]
-        cands = sorted({hi, hi - 1, median, median + 1, (hi + median) // 2}, reverse=True)
+        # No group saturates: without the layer-output bit, which would clip the largest output.
+        top = max(integer_bits(g.max_abs) for g in groups if g.max_abs > 0) + self.headroom
+        cands = sorted({top, hi, hi - 1, median, median + 1, (hi + median) // 2}, reverse=True)
         return [bits - il for il in cands if bits - 1 - (bits - il) <= 127 and bits - il <= 126][:4]
 
     def formats(self, groups, bits, variant=None):

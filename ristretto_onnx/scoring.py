@@ -158,7 +158,8 @@ class Scorer:
 
     def _outputs(self, run: Callable[[np.ndarray], np.ndarray], lo: int = 0, hi: int | None = None) -> np.ndarray:
         hi = len(self.batches) if hi is None else hi
-        outs = [np.asarray(run(x)) for x, _ in self.batches[lo:hi]]
+        by_index = getattr(run, "run_batch", None)  # a cluster runner holds the batches itself
+        outs = [np.asarray(by_index(k) if by_index else run(self.batches[k][0])) for k in range(lo, hi)]
         out = np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
         return out.reshape(len(out), -1)
 
@@ -174,8 +175,9 @@ class Scorer:
     def _advance(self, plan: Mapping, p: _Progress, batches: int) -> None:
         """Score ``plan`` on its next batches, up to ``batches`` in all."""
         t0 = time.perf_counter()
+        by_index = getattr(self.run_plan, "run_batch", None)  # runtime.cluster.RayRunner
         for k in range(p.batches, batches):
-            out = np.asarray(self.run_plan(plan, self.batches[k][0]))
+            out = np.asarray(by_index(plan, k) if by_index else self.run_plan(plan, self.batches[k][0]))
             out = out.reshape(len(out), -1)
             lo, hi = p.n, p.n + self.sizes[k]
             if self.metric_fn is None:

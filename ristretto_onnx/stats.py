@@ -214,6 +214,9 @@ class GroupRange:
     #: A layer output bounded by a Clip (ReLU6): measured after the Clip, and the thesis's
     #: "one integer bit fewer for outputs" does not apply (see passes.analysis.clip_bounds).
     bounded: bool = False
+    #: An activation group that cannot be negative (passes.nonnegative): dfp gives it ``ufixed``
+    #: (the sign bit spent on range); static fixed point keeps the thesis's one signed format.
+    unsigned: bool = False
     #: The group's own statistics when ``stats`` are those of a wider group it is tied to
     #: (layer outputs sharing a Concat buffer); otherwise ``stats``.
     measured: RangeStats | None = field(default=None, repr=False, compare=False)

@@ -22,6 +22,9 @@ from ristretto_onnx.errors import RistrettoError
 #: Operator domains a model may use: ONNX itself and our QuantizeSim (with its function bodies).
 KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.ristretto"})
 
+_LISTS = {onnx.AttributeProto.INTS: "ints", onnx.AttributeProto.FLOATS: "floats",
+          onnx.AttributeProto.STRINGS: "strings"}
+
 _TYPED_FIELD = {
     TensorProto.FLOAT: "float_data", TensorProto.COMPLEX64: "float_data",
     TensorProto.DOUBLE: "double_data", TensorProto.COMPLEX128: "double_data",
@@ -37,8 +40,17 @@ def validate(model: ModelProto) -> None:
         raise RistrettoError("the model's graph has no outputs")
     if len(graph.node) == 0:
         raise RistrettoError("the model's graph has no nodes")
+    inits = {t.name for t in graph.initializer}
+    for value in list(graph.input) + list(graph.output):
+        if value.name not in inits and value.type.tensor_type.elem_type == TensorProto.UNDEFINED:
+            raise RistrettoError(f"the model's {'input' if value in graph.input else 'output'} "
+                                 f"{value.name!r} has no element type")
     local = {(f.domain, f.name) for f in model.functions}
     for node in graph.node:
+        for attr in node.attribute:
+            if attr.type in _LISTS and not len(getattr(attr, _LISTS[attr.type])):
+                raise RistrettoError(f"attribute {attr.name!r} of node {node.name or node.op_type!r} "
+                                     "is an empty list")
         if node.domain not in KNOWN_DOMAINS and (node.domain, node.op_type) not in local:
             raise RistrettoError(f"node {node.name or node.op_type!r} uses operator {node.op_type!r} of domain "
                                  f"{node.domain!r}; only standard ONNX operators are supported")

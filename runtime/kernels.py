@@ -159,6 +159,16 @@ def route(model: ModelProto) -> ModelProto | None:
     return out
 
 
+#: Format kinds the kernel library does not implement yet (their function bodies run instead).
+UNSUPPORTED_KINDS = frozenset({"ufixed"})
+
+
+def kernel_supports(model: ModelProto) -> bool:
+    """Whether the library implements every QuantizeSim format of ``model``."""
+    return not any(is_quantize_sim(n) and node_format(n)[0].kind in UNSUPPORTED_KINDS
+                   for n in _all_nodes(model.graph))
+
+
 def _all_nodes(graph):
     for node in graph.node:
         yield node
@@ -187,17 +197,22 @@ def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[st
     """
     import onnx
 
+    from ristretto_onnx.runtime.session import provider_name
+
     path = library_path()
     if path is None:
         return source, False
-    on_cuda = bool(providers) and providers[0] == "CUDAExecutionProvider"
+    on_cuda = bool(providers) and provider_name(providers[0]) == "CUDAExecutionProvider"
     if on_cuda and "cuda" not in library_providers(str(path)):
         return source, False
-    register(options, path)
     try:
         model = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
     except Exception:  # noqa: BLE001 - unreadable models fail with onnxruntime's own message later
+        register(options, path)
         return source, False
+    if not kernel_supports(model):
+        return source, False  # the function bodies run every quantizer (exact all the same)
+    register(options, path)
     routed = route(model)
     out = routed or model
     used = any(is_quantize_sim(n) for n in out.graph.node)

@@ -12,6 +12,7 @@ from ristretto_onnx.cli.calib_options import check_flags, open_split, split_patt
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.cli.progress import Reporter
 from ristretto_onnx.compress import CompressOptions, compress
+from ristretto_onnx.options import Backend
 from ristretto_onnx.errors import UsageError
 from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
@@ -63,6 +64,11 @@ def compress_command(
                                                               "for zoo models: their training split)."),
     epochs: int = typer.Option(3, "--epochs", help="--finetune: epochs per fine-tuned plan."),
     lr: float = typer.Option(1e-4, "--lr", help="--finetune: learning rate (Adam)."),
+    backend: str = typer.Option("local", "--backend", help="local (this process) or ray (data shards on Ray "
+                                                           "actors; same result; needs ristretto-onnx[ray])."),
+    ray_address: str = typer.Option(None, "--ray-address", help="--backend ray: the cluster (default: start "
+                                                                "a local one)."),
+    workers: int = typer.Option(2, "--workers", help="--backend ray: actors, each with a shard of the data."),
     scale: ScaleOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -95,6 +101,9 @@ def compress_command(
             fold_bn=not no_fold_bn, layers=split_patterns(layers), exclude=split_patterns(exclude),
             early_reject=not no_early_reject,
         )
+        where = Backend(backend, ray_address, workers)
+        if where.kind == "ray" and finetune:
+            raise UsageError("--finetune runs locally; use --backend local with --finetune")
         flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         check_flags(**flags)
         check_rule(range_rule)
@@ -118,8 +127,12 @@ def compress_command(
             result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags),
                                   epochs, lr, calib=calib_set, test=test_set, log=log, options=options)
         else:
+            if where.kind == "ray":
+                from ristretto_onnx.runtime.cluster import import_ray
+
+                import_ray()  # a one-line error saying how to install it, before any work
             result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
-                              metric_fn=metric_fn, options=options)
+                              metric_fn=metric_fn, options=options, backend=where)
         emit(log, ProgressEvent("write", f"writing {out_path} and {report_path}"))
         model_file, report_file = result.save(out_path, report_path)
     if as_json:

@@ -51,6 +51,18 @@ def quantize_command(
     range_rule: str = typer.Option(DEFAULT_RANGE_RULE, "--range-rule",
                                    help="dfp: mse (least squared error), max (no saturation, the "
                                         "thesis's eq. 5.2) or percentile:P (e.g. percentile:99.99)."),
+    signed_activations: bool = typer.Option(False, "--signed-activations",
+                                            help="dfp: two's complement everywhere (no ufixed after ReLU)."),
+    round_twice: bool = typer.Option(False, "--round-twice", help="dfp: inputs keep their own format even "
+                                     "where they read another layer's output unchanged (the thesis)."),
+    bias_correction: str = typer.Option("auto", "--bias-correction",
+                                        help="auto (kept when it lowers the output error on calibration "
+                                             "images), on or off."),
+    channel_rule: str = typer.Option("output", "--channel-rule",
+                                     help="per-channel dfp weights: output (clip a channel only when its output "
+                                          "error drops) or range (--range-rule per channel)."),
+    equalize: bool = typer.Option(False, "--equalize", help="Cross-layer equalization of Conv -> ReLU(6) -> "
+                                                            "Conv pairs first (depthwise networks)."),
     report: Path = typer.Option(None, "--report", help="JSON sidecar path (default: OUT with .json)."),
     batch_size: int = typer.Option(256, help="Images per onnxruntime run (the same default in every command)."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
@@ -81,7 +93,9 @@ def quantize_command(
             pow2=None if exp_min is None and exp_max is None else Pow2(-8 if exp_min is None else exp_min,
                                                                        -1 if exp_max is None else exp_max),
             weight_granularity=weight_granularity.lower(), range_rule=range_rule.lower(),
-            score_size=score_size, batch_size=batch_size, seed=seed,
+            score_size=score_size, batch_size=batch_size, seed=seed, unsigned=not signed_activations,
+            round_once=not round_twice, bias_correction=bias_correction.lower(),
+            channel_rule=channel_rule.lower(), equalize=equalize,
         )
         check_flags(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
     in_path = resolve_input(model_in)
@@ -118,6 +132,8 @@ def quantize_command(
                    + "; chose " + next(s.what for s in tried if s.chosen))
     for line in flush_warnings(result):
         typer.echo(f"warning: {line}", err=True)
+    if result.bias_correction != "off":
+        typer.echo(f"bias correction: {result.bias_correction}")
     for s in result.layers.skipped:
         typer.echo(f"skipped {s.op_type} {s.node or '(unnamed)'}: {s.reason}")
     typer.echo(f"wrote {model_out} and {report_path} in {time.perf_counter() - start:.1f}s")

@@ -33,7 +33,7 @@ from onnx import ModelProto, shape_inference
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.export.sim_graph import SimGraph, read_sim
-from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2
+from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, UFixed
 from ristretto_onnx.ops import is_quantize_sim
 from ristretto_onnx.passes.layers import Layer
 from ristretto_onnx.passes.slots import get_metadata
@@ -234,8 +234,9 @@ def _bits(fmt: Format | None) -> int:
 
 
 def _accumulator_bits(x_fmt, w_fmt, k: int) -> int | None:
-    """Thesis 5.1: an m x n product has m + n bits; adding K of them needs ceil(log2 K) more."""
-    if _base(x_fmt) is not Fixed:
+    """Thesis 5.1: an m x n product has m + n bits; adding K of them needs ceil(log2 K) more.
+    An unsigned m-bit input times a signed n-bit weight needs m + n bits too."""
+    if _base(x_fmt) not in (Fixed, UFixed):
         return None
     grow = math.ceil(math.log2(k)) if k > 1 else 0
     if _base(w_fmt) is Fixed:
@@ -260,6 +261,8 @@ def _kind(fmt: Format) -> str:
 def _window(fmt: Format) -> str:
     if isinstance(fmt, Fixed):
         return f"FL {fmt.frac_bits}"
+    if isinstance(fmt, UFixed):
+        return f"FL {fmt.frac_bits}, unsigned"
     if isinstance(fmt, Minifloat):
         return f"E{fmt.exp_bits} M{fmt.mant_bits}, 2^{fmt.emin}..2^{fmt.emax}"
     if isinstance(fmt, Pow2):

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.export.int_program import LayerNote, Program, Step, Tensor, bits_of, rne_div, shift_factors
 from ristretto_onnx.export.int_ops import lower_int_op
-from ristretto_onnx.formats import Fixed, PerChannel, Pow2, quantize
+from ristretto_onnx.formats import Fixed, PerChannel, Pow2, UFixed, quantize
 from ristretto_onnx.ops import default_opset, is_quantize_sim, node_format
 from ristretto_onnx.passes.slots import has_slots, read_layers
 
@@ -196,10 +196,13 @@ class Lowering:
             q = quantize(value, fmt).astype(np.float64)
             k = np.ldexp(q, np.broadcast_to(frac, q.shape).astype(np.int64))
             return QConst(k.astype(np.int64), frac.astype(np.int64), bits, axis, str(fmt))
-        if isinstance(fmt, PerChannel) or not isinstance(fmt, Fixed):
+        if isinstance(fmt, UFixed):  # unsigned codes: negative values saturate to 0
+            lo, hi = 0, 2**fmt.bits - 1
+        elif isinstance(fmt, PerChannel) or not isinstance(fmt, Fixed):
             raise RistrettoError(f"integer export: {where} has format {fmt}; activations must be "
-                                 "dynamic fixed point with one fractional length (fixed:B:F)")
-        lo, hi = -(2 ** (fmt.bits - 1)), 2 ** (fmt.bits - 1) - 1
+                                 "dynamic fixed point with one fractional length (fixed:B:F or ufixed:B:F)")
+        else:
+            lo, hi = -(2 ** (fmt.bits - 1)), 2 ** (fmt.bits - 1) - 1
         if isinstance(src, FloatT):
             if src.shape is None:
                 raise RistrettoError(f"integer export: the shape of {node.input[0]!r} is unknown")

@@ -16,6 +16,10 @@ requires) and both ``x / scale`` and ``q * scale`` are exact in float32. What ea
   Before an int4 QuantizeLinear the clip is written as Max + Min: onnxruntime 1.32's
   ClipQuantFusion optimizer fails session creation on a Clip followed by an int4 QuantizeLinear
   ("Unexpected data type for QuantizeLinear input y_zero_point of 22").
+* **unsigned activations** (``ufixed``, up to 16 bits): ``[Clip] -> QuantizeLinear ->
+  DequantizeLinear`` with uint8 (uint16 from opset 21) and zero point 0, the way onnxruntime's
+  own quantizer writes activations; QuantizeLinear saturates negative values to code 0 (+0),
+  as the format does.
 * **weights and biases** (constant inputs), fixed point: the integers themselves as an int8
   (int4/int16 where the opset already allows them, else int32) initializer and one
   ``DequantizeLinear`` (per-channel on the weights' output-channel axis): TensorRT's explicit
@@ -44,7 +48,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.export.rewrite import rewrite_quantizers
 from ristretto_onnx.export.sim_graph import Quantizer, read_sim
-from ristretto_onnx.formats import Fixed, Minifloat, PerChannel
+from ristretto_onnx.formats import Fixed, Minifloat, PerChannel, UFixed
 from ristretto_onnx.ops import DOMAIN, MIN_IR_VERSION, OP_TYPE, attach_functions, default_opset
 from ristretto_onnx.passes.graph import unique_name
 from ristretto_onnx.passes.slots import set_metadata
@@ -59,7 +63,7 @@ def export_qdq(sim: ModelProto) -> ModelProto:
     """The QDQ model of ``sim`` (see the module docstring); ``sim`` is not modified."""
     info = read_sim(sim)
     opset = default_opset(sim)
-    if any(_activation_type(q) in (TensorProto.INT4, TensorProto.INT16) for q in info.quantizers):
+    if any(_activation_type(q) in (TensorProto.INT4, TensorProto.INT16, TensorProto.UINT16) for q in info.quantizers):
         opset = max(opset, OPSET_NARROW_TYPES)
     chained = _chained(info.model.graph, info.quantizers)
     out, kept = rewrite_quantizers(
@@ -91,6 +95,9 @@ def _fixed_params(fmt) -> tuple[int, np.ndarray] | None:
 
 def _activation_type(q: Quantizer) -> int | None:
     """The Q/DQ integer type of an activation quantizer, or None when it stays a QuantizeSim."""
+    if isinstance(q.format, UFixed):
+        ok = not q.is_constant and q.rounding == "nearest_even" and q.format.bits <= 16
+        return (TensorProto.UINT8 if q.format.bits <= 8 else TensorProto.UINT16) if ok else None
     params = _fixed_params(q.format)
     if q.is_constant or q.rounding != "nearest_even" or params is None or params[0] > 16:
         return None
@@ -138,7 +145,35 @@ def _replace(q: Quantizer, graph: onnx.GraphProto, taken: set[str], opset: int,
     dtype = _activation_type(q)
     if dtype is None:
         return None
+    if isinstance(q.format, UFixed):
+        return _unsigned_qdq(q, dtype, graph, taken, chained)
     return _activation_qdq(q, params, dtype, graph, taken, chained)
+
+
+def _unsigned_qdq(q: Quantizer, dtype: int, graph, taken: set[str], chained: bool) -> list[NodeProto]:
+    """``ufixed:B:F`` as uint8/uint16 Q/DQ, scale 2^-F, zero point 0; a Clip to the top code
+    when B is narrower than the type, a Max(0) guard between chained pairs (see _chained)."""
+    fmt: UFixed = q.format
+    stem, source, nodes = q.output, q.input, []
+    width = 8 if dtype == TensorProto.UINT8 else 16
+    if fmt.bits < width:
+        hi = _add_init(graph, np.float32(fmt.max_value), unique_name(f"{stem}_clip_hi", taken))
+        lo = _add_init(graph, np.float32(0.0), unique_name(f"{stem}_clip_lo", taken))
+        clipped = unique_name(f"{stem}_clipped", taken)
+        nodes.append(helper.make_node("Clip", [source, lo, hi], [clipped], name=f"{q.node}:clip"))
+        source = clipped
+    elif chained:
+        lo = _add_init(graph, np.float32(0.0), unique_name(f"{stem}_guard_lo", taken))
+        guarded = unique_name(f"{stem}_guarded", taken)
+        nodes.append(helper.make_node("Max", [source, lo], [guarded], name=f"{q.node}:guard"))
+        source = guarded
+    scale = _add_init(graph, np.float32(fmt.step), unique_name(f"{stem}_scale", taken))
+    zero = unique_name(f"{stem}_zero_point", taken)
+    graph.initializer.append(helper.make_tensor(zero, dtype, [], [0]))
+    ints = unique_name(f"{stem}_uint{width}", taken)
+    nodes.append(helper.make_node("QuantizeLinear", [source, scale, zero], [ints], name=f"{q.node}:q"))
+    nodes.append(helper.make_node("DequantizeLinear", [ints, scale, zero], [q.output], name=f"{q.node}:dq"))
+    return nodes
 
 
 def _scale_and_zero(q: Quantizer, frac: np.ndarray, dtype: int, graph, taken, stem: str):

@@ -34,7 +34,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from ristretto_onnx.export.qdq import EXPORT_KEY
 from ristretto_onnx.export.rewrite import rewrite_quantizers
 from ristretto_onnx.export.sim_graph import Quantizer, read_sim
-from ristretto_onnx.formats import Fixed, Minifloat, PerChannel
+from ristretto_onnx.formats import Fixed, Minifloat, PerChannel, UFixed
 from ristretto_onnx.ops import DOMAIN, MIN_IR_VERSION, attach_functions
 from ristretto_onnx.passes.graph import unique_name
 from ristretto_onnx.passes.slots import set_metadata
@@ -63,7 +63,7 @@ def _replace(q: Quantizer, graph: onnx.GraphProto, taken: set[str]) -> list[Node
     fmt = q.format
     if q.rounding != "nearest_even":
         return None
-    fixed = isinstance(fmt, Fixed) or (isinstance(fmt, PerChannel) and isinstance(fmt.formats[0], Fixed))
+    fixed = isinstance(fmt, (Fixed, UFixed)) or (isinstance(fmt, PerChannel) and isinstance(fmt.formats[0], Fixed))
     if fixed:
         return [_quant(q, graph, taken)]
     if isinstance(fmt, Minifloat):
@@ -94,7 +94,8 @@ def _quant(q: Quantizer, graph: onnx.GraphProto, taken: set[str]) -> NodeProto:
     zero = _const(graph, taken, f"{stem}_zeropt", 0.0)
     width = _const(graph, taken, f"{stem}_bitwidth", float(bits))
     return helper.make_node("Quant", [q.input, scale, zero, width], [q.output], name=f"{q.node}:quant",
-                            domain=QONNX_DOMAIN, signed=1, narrow=0, rounding_mode="ROUND")
+                            domain=QONNX_DOMAIN, signed=0 if isinstance(fmt, UFixed) else 1, narrow=0,
+                            rounding_mode="ROUND")
 
 
 def _float_quant(q: Quantizer, graph: onnx.GraphProto, taken: set[str]) -> list[NodeProto]:

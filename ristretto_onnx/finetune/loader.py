@@ -67,7 +67,7 @@ class TrainBatches:
             yield from self._stream(batch_size, generator)
             return
         perm = torch.randperm(self.n, generator=generator)
-        on_device = self.x.device == self.device
+        on_device = self.x.device.type == self.device.type  # "cuda" vs "cuda:0"
         if on_device and self.device.type != "cpu":
             perm = perm.to(self.device)
         for start in range(0, self.n, batch_size):

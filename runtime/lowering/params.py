@@ -44,6 +44,11 @@ class Params:
             self._zero = gs.Constant(f"{PARAM_PREFIX}zero_int8", np.array(0, np.int8))
         return self._zero
 
+    def uint8_zero(self) -> gs.Constant:
+        if getattr(self, "_uzero", None) is None:
+            self._uzero = gs.Constant(f"{PARAM_PREFIX}zero_uint8", np.array(0, np.uint8))
+        return self._uzero
+
     def publish(self) -> dict[str, np.ndarray]:
         """Turn the parameters the graph still reads into inputs (parametric) or constants.
 

@@ -5,6 +5,9 @@
 * **Activations in fixed point** become ``Mul(2^f) -> Clip(lo, hi) -> Round -> Mul(2^-f)``, or
   ``QuantizeLinear -> [Clip] -> DequantizeLinear`` at 8 bits or fewer where the sign of a zero
   cannot reach a graph output (:func:`sign_free_outputs`).
+* **Unsigned activations** (``ufixed:B:F``) become a uint8 ``QuantizeLinear -> [Clip] ->
+  DequantizeLinear`` pair for B <= 8 (exact: QuantizeLinear saturates negatives to code 0, +0 as
+  the reference), else ``Mul -> Clip(0, hi) -> Round -> Abs -> Mul`` (Abs turns -0 into +0).
 * Other activation formats keep the function body.
 
 Before that, ``Constant`` nodes become constants and float slots (``Identity``) are bypassed so
@@ -17,7 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
-from ristretto_onnx.formats import Fixed, quantize
+from ristretto_onnx.formats import Fixed, UFixed, quantize
 from ristretto_onnx.passes.contract import PassResult, Transformation
 from ristretto_onnx.passes.graph import constant_value, is_op, remove_nodes, subgraph_inputs
 from ristretto_onnx.passes.transforms.set_formats import is_quantizer, quantizer_format
@@ -122,6 +125,11 @@ def lower_quantizers(graph: gs.Graph, params: Params, weights: WeightCache) -> b
             node.outputs.clear()
             y.to_constant(values)
             continue
+        if isinstance(fmt, UFixed) and rounding == "nearest_even":
+            node.inputs.clear()
+            node.outputs.clear()
+            nodes += _lower_ufixed(x, y, fmt, node.name or y.name, params)
+            continue
         if not (isinstance(fmt, Fixed) and rounding == "nearest_even"):
             nodes.append(node)
             continue
@@ -162,6 +170,35 @@ def lower_quantizers(graph: gs.Graph, params: Params, weights: WeightCache) -> b
     return changed
 
 
+def _lower_ufixed(x, y, fmt: UFixed, stem: str, params: Params) -> list[gs.Node]:
+    base = f"{y.name}__rsim"
+    if fmt.bits <= 8:
+        s = params.new(f"{stem}/step", 2.0 ** -fmt.frac_bits)
+        q = gs.Variable(f"{base}_q")
+        out = [gs.Node("QuantizeLinear", f"{base}/UQuantize", inputs=[x, s, params.uint8_zero()], outputs=[q])]
+        if fmt.bits < 8:
+            lo = params.new(f"{stem}/ulo", 0, TensorProto.UINT8)
+            hi = params.new(f"{stem}/uhi", 2**fmt.bits - 1, TensorProto.UINT8)
+            qc = gs.Variable(f"{base}_qc")
+            out.append(gs.Node("Clip", f"{base}/UClipInt", inputs=[q, lo, hi], outputs=[qc]))
+            q = qc
+        out.append(gs.Node("DequantizeLinear", f"{base}/UDequantize", inputs=[q, s, params.uint8_zero()],
+                           outputs=[y]))
+        return out
+    a = params.new(f"{stem}/scale", 2.0 ** fmt.frac_bits)
+    lo = params.new(f"{stem}/lo", 0.0)
+    hi = params.new(f"{stem}/hi", 2.0**fmt.bits - 1)
+    b = params.new(f"{stem}/step", 2.0 ** -fmt.frac_bits)
+    scaled, clipped, ints, pos = (gs.Variable(f"{base}_{s}") for s in ("scaled", "clipped", "int", "pos"))
+    return [
+        gs.Node("Mul", f"{base}/Mul", inputs=[x, a], outputs=[scaled]),
+        gs.Node("Clip", f"{base}/UClip", inputs=[scaled, lo, hi], outputs=[clipped]),
+        gs.Node("Round", f"{base}/URound", inputs=[clipped], outputs=[ints]),
+        gs.Node("Abs", f"{base}/UPositiveZero", inputs=[ints], outputs=[pos]),
+        gs.Node("Mul", f"{base}/UStep", inputs=[pos, b], outputs=[y]),
+    ]
+
+
 #: Ops through which a zero's sign cannot turn into a different value (sums, products, maxima,
 #: rounding, data movement): at worst the sign of an exact zero result differs.
 _SIGN_TRANSPARENT = frozenset({
@@ -196,7 +233,7 @@ def sign_free_outputs(graph: gs.Graph) -> set[str]:
                     and all(t is not tensor for t in node.inputs[2:]):
                 continue
             if is_quantizer(node):
-                transparent = isinstance(quantizer_format(node)[0], Fixed)
+                transparent = isinstance(quantizer_format(node)[0], (Fixed, UFixed))
             else:
                 transparent = (node.domain or "") in ("", "ai.onnx") and node.op in _SIGN_TRANSPARENT
             if not transparent or subgraph_inputs(node) \

@@ -67,7 +67,14 @@ def pow2(x: np.ndarray, emin: int, emax: int) -> np.ndarray:
     return q.astype(np.float32)
 
 
+def ufixed(x: np.ndarray, bits: int, frac: int) -> np.ndarray:
+    """Unsigned: codes 0 .. 2**bits - 1; every negative value and both zeros give +0."""
+    k = np.minimum(rne(x.astype(np.float64) * 2.0**frac), 2.0**bits - 1)
+    k = np.where(np.isnan(k), np.nan, np.where(k > 0, k, 0.0))
+    return (k * 2.0**-frac).astype(np.float32)
+
+
 def reference(x: np.ndarray, fmt: str) -> np.ndarray:
     kind, a, b = fmt.split(":")
-    fn = {"fixed": fixed, "minifloat": minifloat, "pow2": pow2}[kind]
+    fn = {"fixed": fixed, "ufixed": ufixed, "minifloat": minifloat, "pow2": pow2}[kind]
     return fn(np.asarray(x, np.float32), int(a), int(b))

@@ -88,8 +88,10 @@ def test_pow2_windows_one_rule_for_fixed_windows_widths_and_channels():
 def test_fixed_split_candidates_from_no_saturation_down_to_the_typical_group():
     acts = [g for g in GROUPS if g.category == "activations"]
     frac = StaticFixedPoint().variants(acts, 8)
-    # IL: inputs 2**3 > max (about 7.x) -> 4; outputs (about 35, one fewer) -> 6; most integer bits first
-    assert frac == sorted(frac) and frac[0] == 8 - 6 and len(frac) <= 4
+    # The first candidate saturates no group (the largest output's IL, eq. 5.2), then the
+    # layer-output rule's one bit fewer; most integer bits first.
+    il = int(np.ceil(np.log2(GROUPS[2].max_abs))) + 1
+    assert frac == sorted(frac) and frac[:2] == [8 - il, 8 - il + 1] and len(frac) <= 4
     plan = plan_for(StaticFixedPoint(), GROUPS, {"activations": 8}, {"activations": frac[1]})
     assert plan["c/inputs"] == plan["c/outputs"] == Fixed(8, frac[1]) and plan["c/weights"] is None
 

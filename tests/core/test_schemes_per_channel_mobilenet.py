@@ -5,6 +5,8 @@ Fidelity is agreement of the top-1 class with the FP32 network (BN folded) on ra
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -12,7 +14,7 @@ from onnx import TensorProto, helper
 
 from ristretto_onnx.compress import CompressOptions, build_context, compress
 from ristretto_onnx.data import load_dataset
-from ristretto_onnx.formats import Fixed, PerChannel, quantize as q_ref
+from ristretto_onnx.formats import Fixed, PerChannel, UFixed, quantize as q_ref
 from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
 from ristretto_onnx.passes.graph import constant_lookup
 from ristretto_onnx.passes.pipeline import prepare, simulate
@@ -68,9 +70,13 @@ def test_relu6_outputs_are_measured_after_the_clip_and_keep_their_integer_bit(ne
     assert all(outputs[g].bounded and outputs[g].max_abs <= 6.0 for g in bounds)
     assert not outputs["fc/outputs"].bounded
     plan = DynamicFixedPoint(range_rule="max").formats(list(outputs.values()), 8)
-    # 6 needs 3 integer bits plus the sign: fixed:8:4 reaches 7.94; fixed:8:5 (the thesis's
-    # layer-output rule) would saturate every value in (4, 6], making ReLU6 a ReLU4.
-    assert all(plan[g] == Fixed(8, 4) for g in bounds)
+    # 6 needs 3 integer bits (plus the sign in fixed: fixed:8:4 reaches 7.94; unsigned after the
+    # Clip(0, 6): ufixed:8:5 reaches 7.97); the thesis's layer-output rule would saturate every
+    # value in (4, 6], making ReLU6 a ReLU4.
+    assert all(outputs[g].unsigned and plan[g] == UFixed(8, 5) for g in bounds)
+    signed = DynamicFixedPoint(range_rule="max").formats(
+        [dataclasses.replace(r, unsigned=False) for r in outputs.values()], 8)
+    assert all(signed[g] == Fixed(8, 4) for g in bounds)
 
 
 def test_quantize_per_channel_writes_per_channel_weights_that_keep_fidelity(net):

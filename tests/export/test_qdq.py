@@ -51,14 +51,19 @@ def test_fixed_point_becomes_symmetric_power_of_two_qdq(config):
         zero = numpy_helper.to_array(inits[node.input[2]])
         assert not np.any(zero.astype(np.int64))
     types = {inits[n.input[2]].data_type for n in _nodes(qdq, "QuantizeLinear")}
-    expect = {"dfp8": {TensorProto.INT8}, "dfp3": {TensorProto.INT4}, "w4a12": {TensorProto.INT16},
-              "dfp6-channel-bias": {TensorProto.INT8}, "dfp16": {TensorProto.INT16}}[config]
+    # ReLU outputs and the inputs after them are ufixed: uint8 (uint16 above 8 bits)
+    u8, u16 = TensorProto.UINT8, TensorProto.UINT16
+    expect = {"dfp8": {TensorProto.INT8, u8}, "dfp3": {TensorProto.INT4, u8}, "w4a12": {TensorProto.INT16, u16},
+              "dfp6-channel-bias": {TensorProto.INT8, u8}, "dfp16": {TensorProto.INT16, u16}}[config]
     assert types == expect
-    narrow = bool(types & {TensorProto.INT4, TensorProto.INT16})
+    narrow = bool(types & {TensorProto.INT4, TensorProto.INT16, u16})
     assert default_opset(qdq) == (21 if narrow else 17)
     clips = _nodes(qdq, "Clip") + _nodes(qdq, "Min")  # int4: Max + Min (onnxruntime's ClipQuantFusion)
     assert len(clips) == (0 if config in ("dfp8", "dfp16") else len(_nodes(qdq, "QuantizeLinear")))
-    assert not _nodes(qdq, "Clip") if config == "dfp3" else not _nodes(qdq, "Min")
+    clipped = {n.output[0] for n in _nodes(qdq, "Clip")}
+    clip_types = {inits[n.input[2]].data_type for n in _nodes(qdq, "QuantizeLinear") if n.input[0] in clipped}
+    # int4 clips are Max + Min; a uint8 (ufixed) QuantizeLinear takes a plain Clip
+    assert clip_types <= {u8} if config == "dfp3" else not _nodes(qdq, "Min")
 
 
 def test_per_channel_weights_dequantize_on_the_output_channel_axis():

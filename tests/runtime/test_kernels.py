@@ -205,9 +205,10 @@ def test_resnet20_written_model_gives_identical_logits_with_and_without_the_libr
     bit-identical logits on real CIFAR-10 images for every scheme, and through the Simulator."""
     from ristretto_onnx import zoo
     from ristretto_onnx.passes.pipeline import prepare, simulate
-    from ristretto_onnx.ranges import group_ranges
+    from ristretto_onnx.ranges import measure_groups
     from ristretto_onnx.runtime.simulator import Simulator
-    from ristretto_onnx.schemes import dfp_plan, minifloat_plan, pow2_plan
+    from ristretto_onnx.schemes import make_scheme, plan_for
+    from ristretto_onnx.stats import CATEGORIES
 
     name = "resnet20-cifar10"
     try:
@@ -216,13 +217,9 @@ def test_resnet20_written_model_gives_identical_logits_with_and_without_the_libr
         pytest.skip(str(e))
     x = next(iter(zoo.model_dataset(name, "test").take(64).batches(64)))[0]
     prepared = prepare(str(path))
-    ranges = group_ranges(prepared.float_model, prepared.layers, zoo.model_dataset(name, "calib").take(64))
-    groups = [g for g in prepared.layers.groups if g.role in ("inputs", "weights", "outputs")]
-    plans = {
-        "dfp": dfp_plan(groups, ranges, weight_bits=8, act_bits=8),
-        "minifloat": minifloat_plan(groups, ranges, weight_bits=8, act_bits=8),
-        "pow2": pow2_plan([g for g in groups if g.role == "weights"]),
-    }
+    ranges = measure_groups(prepared.float_model, prepared.layers, zoo.model_dataset(name, "calib").take(64))
+    widths = {c: 8 for c in CATEGORIES}
+    plans = {s: plan_for(make_scheme(s), ranges, widths) for s in ("dfp", "minifloat", "pow2")}
     for scheme, plan in plans.items():
         written = simulate(prepared, plan)
         bodies = create_session(written, kernels=False).run(None, {"input": x})[0]

@@ -197,7 +197,7 @@ def test_input_is_not_modified_and_errors_are_clear():
 def test_set_formats_is_fast_enough_for_a_search():
     annotated = _annotated("residual_block")
     plan = {g: "fixed:8:4" for g in (s.group for s in read_slots(annotated))}
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time: other jobs on the cores must not fail this test
     for _ in range(50):
         set_formats(annotated, plan)
-    assert (time.perf_counter() - t) / 50 < 0.05
+    assert (time.process_time() - t) / 50 < 0.05

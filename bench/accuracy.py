@@ -1,0 +1,132 @@
+"""Accuracy rules of issue 15, before/after, on the zoo (calibration never on the scored images).
+
+Each row quantizes one network with one configuration through the public API
+(:func:`ristretto_onnx.quantize.quantize`) and scores it with a plain onnxruntime session:
+
+* LeNet / MNIST: calibrated on the training split, scored on the 10,000 test images;
+* ResNet-20 / CIFAR-10: calibrated on the training split, scored on the 10,000 test images;
+* SqueezeNet 1.1 / ImageNet sample: the 1,000 images split in two seeded halves, calibrated on
+  one and scored on the other; onnxruntime's quantize_static (uint8 activations, int8 weights,
+  MinMax / Percentile / Entropy, per tensor) on the same halves (``--ort``).
+
+Run: ``nice -n 10 python bench/accuracy.py [lenet] [resnet20] [squeezenet] [--ort] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ristretto_onnx import zoo  # noqa: E402
+from ristretto_onnx.quantize import QuantizeOptions, quantize  # noqa: E402
+from ristretto_onnx.runtime.session import create_session  # noqa: E402
+
+NETS = {
+    "lenet": ("lenet-mnist", [dict(weight_bits=4, act_bits=4)]),
+    "resnet20": ("resnet20-cifar10", [dict(weight_bits=6, act_bits=6)]),
+    "squeezenet": ("squeezenet1.1-imagenet", [dict(weight_bits=8, act_bits=8)]),
+}
+#: Each rule off (before) and on (after); each row adds one thing to the one above it.
+VARIANTS = {
+    "signed": ("signed codes (thesis)", dict(unsigned=False, round_once=False, bias_correction="off")),
+    "ufixed": ("+ ufixed after ReLU", dict(unsigned=True, round_once=False, bias_correction="off")),
+    "once": ("+ outputs rounded once", dict(unsigned=True, round_once=True, bias_correction="off")),
+    "bc": ("+ bias correction", dict(unsigned=True, round_once=True, bias_correction="on")),
+    "auto": ("+ bias correction auto", dict(unsigned=True, round_once=True, bias_correction="auto")),
+    "range": ("per-channel range rule (before)", dict(channel_rule="range", bias_correction="off")),
+    "output": ("per-channel output rule", dict(channel_rule="output", bias_correction="off")),
+}
+
+
+def splits(name: str, calib_size: int):
+    """(calibration set, scored set): disjoint."""
+    test = zoo.model_dataset(name, "test")
+    if name.startswith("squeezenet"):
+        calib, scored = test.split(len(test) // 2, seed=0)
+        return calib, scored
+    return zoo.model_dataset(name, "calib").subset(calib_size, seed=0), test
+
+
+def top1(model, data, batch: int = 250) -> float:
+    sess = create_session(model)
+    inp = sess.get_inputs()[0].name
+    hits = 0
+    for x, y in data.batches(batch):
+        hits += int((sess.run(None, {inp: np.ascontiguousarray(x, np.float32)})[0].argmax(1) == y).sum())
+    return hits / len(data)
+
+
+def ort_rows(model_path: Path, calib, scored, work: Path) -> list[dict]:
+    from bench import ort_quant
+
+    pre = ort_quant.preprocess_for_quantization(model_path, work)
+    batches = [np.ascontiguousarray(x, np.float32) for x, _ in calib.batches(50)]
+    rows = []
+    for method in ort_quant.METHODS:
+        cfg = ort_quant.OrtQuantConfig(False, method)
+        with contextlib.redirect_stdout(io.StringIO()):
+            q = ort_quant.quantize(pre, create_session(str(model_path)).get_inputs()[0].name, batches, cfg, work)
+        rows.append({"config": f"onnxruntime int8 {cfg.label}", "top1": top1(str(q.path), scored)})
+    return rows
+
+
+def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granularity: str = "tensor",
+        ort: bool = False, calib_size: int = 500, log=print) -> list[dict]:
+    name, widths = NETS[net]
+    calib, scored = splits(name, calib_size)
+    path = zoo.get_model(name).locate()
+    rows = [{"net": net, "config": "FP32", "top1": top1(str(path), scored)}]
+    log(f"{net}: FP32 {rows[0]['top1']:.4f} on {len(scored)} images, calibrated on {len(calib)}", flush=True)
+    for w in widths:
+        for rule in rules:
+            for key in variants:
+                label, extra = VARIANTS[key]
+                t = time.perf_counter()
+                opts = QuantizeOptions(scheme="dfp", range_rule=rule, calib_size=len(calib), batch_size=32,
+                                       weight_granularity=granularity, **w, **extra)
+                res = quantize(f"zoo:{name}", opts, calib)
+                acc = top1(res.model, scored)
+                n_u = sum(1 for f in res.plan.values() if f is not None and f.kind == "ufixed")
+                rows.append({"net": net, "config": f"dfp {w['act_bits']}/{w['weight_bits']} {granularity} {rule} {label}",
+                             "top1": acc, "ufixed_groups": n_u, "bias_correction": res.bias_correction,
+                             "seconds": round(time.perf_counter() - t, 1)})
+                log(f"  {rows[-1]['config']}: {acc:.4f} ({n_u} ufixed groups, bias correction "
+                    f"{res.bias_correction}, {rows[-1]['seconds']} s)", flush=True)
+    if ort:
+        import tempfile
+        with tempfile.TemporaryDirectory() as work:
+            for r in ort_rows(path, calib, scored, Path(work)):
+                rows.append({"net": net, **r})
+                log(f"  {r['config']}: {r['top1']:.4f}", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("nets", nargs="*", default=list(NETS))
+    ap.add_argument("--rules", default="max,mse")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--granularity", default="tensor")
+    ap.add_argument("--ort", action="store_true")
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    rows = []
+    for net in a.nets:
+        rows += run(net, rules=tuple(a.rules.split(",")), variants=tuple(a.variants.split(",")),
+                    granularity=a.granularity, ort=a.ort)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""Layer inputs that read another layer's quantized output unchanged (read-only analysis).
+
+In the thesis's data path (fig. 2.9/2.10) a layer output is quantized, and the next layer's
+input is quantized again. When only ops that keep every value on the output's grid lie between
+them (ReLU, max pooling, reshapes, a Concat of outputs that share one format), the second
+quantizer can only lose information if it has another format: dynamic fixed point gives layer
+outputs one integer bit fewer (eq. 5.2's variant), so the input rounds the same values again on
+a coarser grid. Giving such an input its source output's format makes the second quantizer an
+exact no-op: every value is rounded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from onnx import ModelProto
+
+from ristretto_onnx.passes.analysis.proto_index import GraphIndex
+from ristretto_onnx.passes.layers import Layer, group_id
+
+#: Single-data-input ops whose outputs are values of their input (or 0, which every grid holds).
+_GRID_KEEPING = frozenset({"Relu", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Squeeze",
+                           "Unsqueeze", "Transpose", "Identity", "Dropout", "Slice", "Split",
+                           "DepthToSpace", "SpaceToDepth"})
+
+
+def grid_sources(model: ModelProto, layers: Iterable[Layer]) -> dict[str, str]:
+    """``{inputs group id: outputs group id}`` for layer inputs whose values are a layer
+    output's values (see the module docstring); a Concat maps to the first of its sources."""
+    layers = list(layers)
+    index = GraphIndex(model.graph)
+    by_output = {l.output: l for l in layers}
+
+    def source(name: str, depth: int = 0) -> str | None:
+        if name in by_output:
+            return group_id(by_output[name].name, "outputs")
+        node = index.producer.get(name)
+        if node is None or depth > 64 or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type in _GRID_KEEPING:
+            return source(node.input[0], depth + 1)
+        if node.op_type == "Concat":
+            found = [source(i, depth + 1) for i in node.input]
+            return found[0] if found and all(found) else None
+        return None
+
+    out: dict[str, str] = {}
+    for layer in layers:
+        src = source(layer.input)
+        if src is not None:
+            out[group_id(layer.name, "inputs")] = src
+    return out
+
+
+def round_once(plan: Mapping[str, object], sources: Mapping[str, str],
+               ties: Mapping[str, tuple[str, ...]] | None = None) -> dict:
+    """``plan`` with each input in ``sources`` given its source output's format (both quantized;
+    a Concat's sources all sharing that format)."""
+    out = dict(plan)
+    for gid, src in sources.items():
+        fmt = plan.get(src)
+        if fmt is None or plan.get(gid) is None:
+            continue
+        members = (ties or {}).get(src, (src,))
+        if all(plan.get(m) == fmt for m in members):
+            out[gid] = fmt
+    return out

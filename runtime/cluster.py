@@ -1,0 +1,209 @@
+"""Score plans on a Ray cluster: the data in shards, one actor and one Simulator per shard.
+
+A search scores a dozen or more plans on the same validation set. On one machine that is one
+Simulator running every batch; on a cluster the batches are dealt round-robin to N actors, each
+with its own :class:`~ristretto_onnx.runtime.simulator.Simulator` and FP32 session (CPU or GPU),
+so any N consecutive batches run in parallel. The scorer still consumes batches one by one in
+order (its sequential decisions are unchanged); the runner keeps the next N batches of the
+current plan in flight ahead of it. Work done ahead of a decision that stops early is wasted,
+never counted: the report's evaluations, plans and decisions are the local backend's.
+Scoring a plan sends the *plan* (a few hundred bytes of format strings), never the model: the
+model and each shard travel once, when the actors start, through Ray's object store.
+
+Outputs come back per batch and in order, so the scorer sees exactly the arrays the local
+backend would compute (each actor runs the same onnxruntime graph on the same batches), and
+every decision of the search is the one the local backend makes on the same data.
+
+Fault tolerance: when an actor dies (a node lost, a process killed), the next call to it fails
+with ``RayActorError``; the backend starts a replacement on the same shard (the model and shard
+are still in the object store) and runs the lost work again. When the cluster itself is gone, the
+error is one line and nothing is written by the caller.
+
+Ray is optional (``pip install 'ristretto-onnx[ray]'``): nothing imports this module unless the
+ray backend is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from onnx import ModelProto
+
+from ristretto_onnx.errors import RistrettoError
+
+#: How often a shard's work is retried on a fresh actor before the run fails.
+MAX_RETRIES = 3
+
+
+def import_ray():
+    """The ``ray`` module, or a one-line error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise RistrettoError("the ray backend needs Ray: pip install 'ristretto-onnx[ray]'") from None
+    return ray
+
+
+def connect(address: str | None = None, *, workers: int = 2):
+    """Join the cluster at ``address`` or start a local one sized for ``workers`` actors."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        else:
+            ray.init(num_cpus=max(1, workers), log_to_driver=False, include_dashboard=False)
+    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+        raise RistrettoError(f"cannot reach the Ray cluster{f' at {address}' if address else ''}: "
+                             f"{' '.join(str(e).split())[:200]}") from None
+    return ray
+
+
+def deal(n_batches: int, workers: int) -> list[list[int]]:
+    """Batch indices of each actor: batch ``k`` goes to actor ``k % workers``."""
+    workers = max(1, min(workers, n_batches))
+    return [list(range(i, n_batches, workers)) for i in range(workers)]
+
+
+class _ShardWorker:
+    """Body of the Ray actor: a Simulator, the FP32 session and one shard of batches."""
+
+    def __init__(self, model_bytes: bytes, float_bytes: bytes, batches: dict, threads: int, providers) -> None:
+        from ristretto_onnx.runtime.session import create_session
+        from ristretto_onnx.runtime.simulator import Simulator
+
+        model = ModelProto()
+        model.ParseFromString(model_bytes)
+        self.sim = Simulator(model, threads=threads, providers=providers)
+        self.float_session = create_session(float_bytes_model(float_bytes), blocked_layout=True,
+                                            threads=threads, providers=providers)
+        self.input = self.float_session.get_inputs()[0].name
+        self.batches = batches
+        self._key: str | None = None
+
+    def run(self, plan_json: str | None, k: int) -> np.ndarray:
+        """Output of batch ``k`` under the plan; ``None``: the FP32 model."""
+        x = self.batches[k]
+        if plan_json is None:
+            return np.asarray(self.float_session.run(None, {self.input: x})[0])
+        if plan_json != self._key:
+            self.sim.set_formats(json.loads(plan_json), replace=True)
+            self._key = plan_json
+        return np.asarray(self.sim.run(x))
+
+    def sessions_built(self) -> int:
+        return self.sim.sessions_built
+
+
+def float_bytes_model(data: bytes) -> ModelProto:
+    model = ModelProto()
+    model.ParseFromString(data)
+    return model
+
+
+class RayRunner:
+    """Plan runner for :class:`~ristretto_onnx.scoring.Scorer` on Ray actors (module docstring).
+
+    ``run_batch(plan, k)`` is the output of batch ``k`` under ``plan`` (``None``: FP32);
+    :meth:`float_runner` gives the FP32 side. Both prefetch the next ``workers`` batches.
+    """
+
+    def __init__(self, annotated: ModelProto, float_model: ModelProto, batches: Sequence[np.ndarray], *,
+                 workers: int = 2, address: str | None = None, gpus_per_worker: float = 0.0,
+                 threads: int | None = None) -> None:
+        if workers < 1:
+            raise RistrettoError(f"--workers must be at least 1, got {workers}")
+        self.ray = connect(address, workers=workers)
+        self.n = len(batches)
+        self.shards = deal(self.n, workers)
+        self.owner = {k: i for i, ks in enumerate(self.shards) for k in ks}
+        self.gpus = gpus_per_worker
+        cpus = int(self.ray.cluster_resources().get("CPU", workers))
+        self.threads = threads or max(1, cpus // len(self.shards))
+        self.providers = None if gpus_per_worker else ["CPUExecutionProvider"]
+        self._model_ref = self.ray.put(annotated.SerializeToString())
+        self._float_ref = self.ray.put(float_model.SerializeToString())
+        self._shard_refs = [self.ray.put({k: np.ascontiguousarray(batches[k]) for k in ks}) for ks in self.shards]
+        self._actor_cls = self.ray.remote(_ShardWorker)
+        self.actors = [self._start(i) for i in range(len(self.shards))]
+        self.restarts = 0
+        self._pending: dict[tuple[str | None, int], object] = {}
+        self._current: object = ()
+
+    @property
+    def workers(self) -> int:
+        return len(self.actors)
+
+    def _start(self, shard: int):
+        opts = {"num_cpus": self.threads if not self.gpus else 1, "max_restarts": 0}
+        if self.gpus:
+            opts["num_gpus"] = self.gpus
+        return self._actor_cls.options(**opts).remote(self._model_ref, self._float_ref, self._shard_refs[shard],
+                                                      self.threads, self.providers)
+
+    def _submit(self, key: str | None, k: int):
+        return self.actors[self.owner[k]].run.remote(key, k)
+
+    def run_batch(self, plan: Mapping | None, k: int) -> np.ndarray:
+        from ristretto_onnx.passes.plan import plan_to_dict
+
+        key = None if plan is None else json.dumps(plan_to_dict(plan), sort_keys=True)
+        if key != self._current:  # a new plan: what was fetched ahead for another one is dropped
+            self._pending = {pk: ref for pk, ref in self._pending.items() if pk[0] == key}
+            self._current = key
+        for j in range(k, min(k + self.workers, self.n)):
+            if (key, j) not in self._pending:
+                self._pending[(key, j)] = self._submit(key, j)
+        return self._get(key, k, self._pending.pop((key, k)))
+
+    def __call__(self, plan: Mapping, x: np.ndarray) -> np.ndarray:  # pragma: no cover - scorer uses run_batch
+        raise RistrettoError("the ray backend scores whole batches by index (run_batch)")
+
+    def float_runner(self) -> _FloatRunner:
+        return _FloatRunner(self)
+
+    def _get(self, key: str | None, k: int, ref) -> np.ndarray:
+        ray = self.ray
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayActorError:
+                if attempt == MAX_RETRIES:
+                    break
+                shard = self.owner[k]
+                self.restarts += 1
+                self.actors[shard] = self._start(shard)
+                # everything queued on the dead actor is lost: send it again to the new one
+                for pk in list(self._pending):
+                    if self.owner[pk[1]] == shard:
+                        self._pending[pk] = self._submit(*pk)
+                ref = self._submit(key, k)
+            except ray.exceptions.RayError as e:
+                raise RistrettoError(f"the Ray cluster failed: {' '.join(str(e).split())[:200]}") from None
+        raise RistrettoError(f"batch {k} failed on {MAX_RETRIES + 1} actors in a row; giving up")
+
+    @property
+    def sessions_built(self) -> int:
+        """Sessions of the busiest actor: each sees every plan, as the local Simulator does."""
+        return int(max(self.ray.get([a.sessions_built.remote() for a in self.actors])))
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        self.actors = []
+
+
+class _FloatRunner:
+    """The FP32 side of a :class:`RayRunner` (the scorer's baseline pass)."""
+
+    def __init__(self, runner: RayRunner) -> None:
+        self.runner = runner
+
+    def run_batch(self, k: int) -> np.ndarray:
+        return self.runner.run_batch(None, k)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - scorer uses run_batch
+        raise RistrettoError("the ray backend runs the FP32 model by batch index (run_batch)")

@@ -1,0 +1,70 @@
+"""Unsigned fixed point (``ufixed:B:F``): format, QuantizeSim body and lowering, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ristretto_onnx.errors import FormatError
+from ristretto_onnx.formats import FormatInfo, UFixed, parse_format, quantize
+from ristretto_onnx.runtime.lowering import lower
+from ristretto_onnx.runtime.session import create_session
+
+from tests.builders import quantizer_model, run_quantizers, same_bits
+from .test_ops import SPECIALS, assert_bit_exact, boundary_values, random_bit_patterns
+
+UFIXED = [f"ufixed:{b}:{f}" for b in (1, 2, 3, 4, 6, 7, 8, 9, 12, 16) for f in (-3, 0, 2, b, b + 4)]
+UFIXED += ["ufixed:31:0", "ufixed:24:126", "ufixed:8:126", "ufixed:8:-119"]
+
+
+def test_string_form_and_values():
+    f = parse_format("ufixed:8:4")
+    assert f == UFixed(8, 4) and str(f) == "ufixed:8:4"
+    assert (f.min_value, f.max_value, f.step) == (0.0, 255 / 16, 1 / 16)
+    assert FormatInfo.of("ufixed:4:0").levels == 16
+    x = np.array([-3.0, -0.01, -0.0, 0.0, 0.03125, 0.09375, 1.0, 15.9, 100.0], np.float32)
+    q = quantize(x, "ufixed:8:4")
+    assert q.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, 0.125, 1.0, 15.875, 15.9375]
+    assert not np.signbit(q).any()  # negatives saturate to +0
+
+
+def test_equals_one_more_signed_bit_on_non_negative_values():
+    x = np.abs(random_bit_patterns(50_000, 3))
+    x = x[np.isfinite(x)]
+    for b, f in ((4, 2), (8, 5), (6, -1)):
+        assert np.array_equal(quantize(x, f"ufixed:{b}:{f}"), quantize(x, f"fixed:{b + 1}:{f}"))
+
+
+@pytest.mark.parametrize("text", ["ufixed:0:0", "ufixed:32:0", "ufixed:8:127", "ufixed:8:-120", "ufixed:8:1,2@0"])
+def test_bad_formats_are_rejected(text):
+    with pytest.raises(FormatError):
+        parse_format(text)
+
+
+def test_quantize_sim_body_is_bit_exact():
+    x = np.concatenate([random_bit_patterns(20_000, 4), SPECIALS] + [boundary_values(f) for f in UFIXED])
+    for fmt, got in zip(UFIXED, run_quantizers(UFIXED, x)):
+        assert_bit_exact(fmt, got, x)
+
+
+def test_stochastic_rounding_body_is_unbiased():
+    (got,) = run_quantizers(["ufixed:8:3"], np.full(100_000, 0.3, np.float32), rounding="stochastic")
+    assert set(np.unique(got)) == {0.25, 0.375} and abs(got.mean() - 0.3) < 2e-3
+
+
+@pytest.mark.parametrize("fmt", ["ufixed:8:4", "ufixed:4:2", "ufixed:8:-3", "ufixed:1:0", "ufixed:12:6"])
+def test_lowering_is_bit_exact(fmt):
+    """uint8 QuantizeLinear/DequantizeLinear (B <= 8) or the float chain equals the body."""
+    model = quantizer_model([fmt])
+    rng = np.random.default_rng(5)
+    x = np.concatenate([(rng.standard_normal(20_000) * 8).astype(np.float32), boundary_values(fmt),
+                        np.array([0.0, -0.0, 1e-40, -1e-40], np.float32)])
+    want = create_session(model).run(None, {"x": x})[0]
+    for parametric in (False, True):
+        low = lower(model, parametric=parametric)
+        ops = {n.op_type for n in low.model.graph.node}
+        assert ("QuantizeLinear" in ops) == (parse_format(fmt).bits <= 8)
+        assert "QuantizeSim" not in ops
+        got = create_session(low.model).run(None, {"x": x, **low.feeds})[0]
+        assert same_bits(got, want).all(), fmt
+        assert same_bits(got, quantize(x, fmt)).all()
