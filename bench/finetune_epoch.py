@@ -3,7 +3,7 @@
     RISTRETTO_ZOO=/work/shared/zoo python bench/finetune_epoch.py [--device cpu] [--epochs 1]
 
 Quantizes resnet20-cifar10 to dynamic fixed point with 4-bit weights and 8-bit layer inputs and
-outputs (thesis table 5.2's layout, the max rule of eq. 5.2), fine-tunes it for one epoch (the
+outputs (thesis table 5.2 layout, quantize's default range rule), fine-tunes it for one epoch (the
 thesis's procedure: shadow weights, stochastic rounding, float layer outputs, Adam) and prints
 one JSON line: seconds of training and of the exact scoring on the 10,000 test images, the
 accuracy after (before), and the machine's load average, which decides the wall times on a

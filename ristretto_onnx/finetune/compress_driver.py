@@ -144,7 +144,7 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
 
     def tune(sim: ModelProto, what: str) -> FinetuneResult:
         log(f"fine-tuning {what}")
-        return finetune(sim, train_data, val, options=fopts, log=log, progress=False)
+        return finetune(sim, train_data, val, options=fopts, log=log, progress=False, baseline=baseline)
 
     plan = post.plan
     best = tune(post.model, "the post-training plan")

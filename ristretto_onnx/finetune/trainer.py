@@ -184,12 +184,14 @@ class _ExactScorer:
 
 
 def finetune(model, train_data, data, *, options: FinetuneOptions | None = None, log: Log | None = None,
-             progress: bool | None = None, **kwargs) -> FinetuneResult:
+             progress: bool | None = None, baseline: float | None = None, **kwargs) -> FinetuneResult:
     """Fine-tune a simulated model (path or ModelProto); see the module docstring.
 
     ``train_data`` and ``data`` are anything :func:`~ristretto_onnx.data.load_dataset` takes
     (``zoo:mnist-train``, a path, arrays, a Dataset); ``data`` scores every epoch. Options are
-    :class:`FinetuneOptions` fields, as ``options=`` or keywords.
+    :class:`FinetuneOptions` fields, as ``options=`` or keywords. ``baseline``: the FP32 score
+    the tolerance is checked against (default: the model with every quantizer removed, which is
+    the FP32 model only while the weights are the original ones).
     """
     torch = require_torch()
     from ristretto_onnx.data import Dataset, load_dataset
@@ -227,14 +229,15 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
     data_gen = torch.Generator().manual_seed(opts.seed)
     batches = TrainBatches(train, device)
     scorer = _ExactScorer(base, val, opts.metric, opts.score_batch_size, opts.threads)
-    tolerance = _tolerance(base, opts, scorer.scorer.baseline)
+    fp32 = scorer.scorer.baseline if baseline is None else float(baseline)
+    tolerance = _tolerance(base, opts, fp32)
 
     t = time.perf_counter()
     before = scorer.score(None)
     records = [EpochRecord(0, None, before, 0.0, time.perf_counter() - t)]
     best, best_epoch, best_weights = before, 0, module.shadow_weights()
     log(f"{device}: {len(train)} training images, {scorer.n} scored; FP32 {opts.metric} "
-        f"{scorer.scorer.baseline:.4f}, before fine-tuning {before:.4f}")
+        f"{fp32:.4f}, before fine-tuning {before:.4f}")
 
     params = list(module.parameters())
     if opts.optimizer == "adam":
@@ -283,12 +286,11 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
             log(f"interrupted: keeping epoch {best_epoch} ({opts.metric} {best:.4f})")
     module.eval()
     summary = {"epochs": opts.epochs, "best_epoch": best_epoch, "before": round(before, 6),
-               "after": round(best, 6), "fp32": round(scorer.scorer.baseline, 6), "metric": opts.metric,
+               "after": round(best, 6), "fp32": round(fp32, 6), "metric": opts.metric,
                "lr": opts.lr, "optimizer": opts.optimizer, "seed": opts.seed,
                "quantize_activations": opts.quantize_activations,
                "weight_rounding": opts.weight_rounding, "tool": f"ristretto-onnx {__version__}"}
     out = write_back(base, best_weights, summary)
-    fp32 = scorer.scorer.baseline
     return FinetuneResult(
         model=out, metric=opts.metric, fp32=fp32, before=before, after=best, best_epoch=best_epoch,
         tolerance=tolerance, holds=fp32 - best <= tolerance + 1e-12, epochs=records,

@@ -39,7 +39,7 @@ def test_lenet_2bit_weights_4bit_outputs_win_six_points_back(zoo_env):
 
 
 def test_resnet20_4bit_weights_gain_three_points_in_one_short_epoch(zoo_env):
-    sim = _simulated("resnet20-cifar10", 4, 8, "max")
+    sim = _simulated("resnet20-cifar10", 4, 8, "mse")
     test = zoo.model_dataset("resnet20-cifar10", "test").take(2000)
     opts = FinetuneOptions(epochs=1, lr=1e-4, batch_size=128, train_size=2560, seed=0, device="cpu")
     r = finetune(sim, zoo.model_dataset("resnet20-cifar10", "train"), test, options=opts)
