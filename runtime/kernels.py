@@ -197,12 +197,11 @@ def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[st
     """
     import onnx
 
-    from ristretto_onnx.runtime.session import provider_name
-
     path = library_path()
     if path is None:
         return source, False
-    on_cuda = bool(providers) and provider_name(providers[0]) == "CUDAExecutionProvider"
+    first = providers[0] if providers else None  # a name or (name, options); session imports us
+    on_cuda = (first[0] if isinstance(first, tuple) else first) == "CUDAExecutionProvider"
     if on_cuda and "cuda" not in library_providers(str(path)):
         return source, False
     try:
