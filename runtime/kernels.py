@@ -200,7 +200,7 @@ def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[st
     path = library_path()
     if path is None:
         return source, False
-    first = providers[0] if providers else None  # a name or (name, options)
+    first = providers[0] if providers else None  # a name or (name, options); session imports us
     on_cuda = (first[0] if isinstance(first, tuple) else first) == "CUDAExecutionProvider"
     if on_cuda and "cuda" not in library_providers(str(path)):
         return source, False
