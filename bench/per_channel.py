@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable from
 from bench.common import machine_info, md_table  # noqa: E402
 from ristretto_onnx import zoo  # noqa: E402
 from ristretto_onnx.compress import CompressOptions, build_context  # noqa: E402
-from ristretto_onnx.passes.concat_ties import concat_ties  # noqa: E402
+from ristretto_onnx.passes.analysis.concat_ties import concat_ties  # noqa: E402
 from ristretto_onnx.schemes import DynamicFixedPoint, plan_for
 from ristretto_onnx.stats import CATEGORIES  # noqa: E402
 

@@ -1,8 +1,10 @@
 """The pass pipeline, top to bottom: load -> fold BN -> find layers -> insert slots -> set formats.
 
-:func:`prepare` runs the steps that depend only on the model, once; :func:`simulate` applies a
-format plan to the prepared model and is cheap enough to call in a search loop (it rewrites the
-slot nodes of a copy, nothing else)::
+:func:`prepare` runs the steps that depend only on the model, once: it imports the loaded model
+into the graph layer once, runs :func:`float_passes`, exports the FP32 reference, finds the
+layers (a read-only analysis) and exports the annotated model with one slot per group.
+:func:`simulate` applies a format plan to the prepared model and is cheap enough to call in a
+search loop (it rewrites the slot nodes of a copy, nothing else)::
 
     prepared = prepare("resnet20.onnx")                 # validated, BN folded, slots inserted
     model = simulate(prepared, {"conv1/weights": Fixed(8, 7), ...})
@@ -16,12 +18,19 @@ from dataclasses import dataclass, field
 
 from onnx import ModelProto
 
-from ristretto_onnx.passes.find_layers import find_layers
-from ristretto_onnx.passes.fold_batchnorm import fold_batchnorm
-from ristretto_onnx.passes.insert_quantizers import insert_quantizers
+from ristretto_onnx.passes.analysis.find_layers import find_layers
+from ristretto_onnx.passes.contract import Transformation, run_pipeline
+from ristretto_onnx.passes.graph import export_model, import_graph
 from ristretto_onnx.passes.layers import LayerSet
 from ristretto_onnx.passes.load import load_model
-from ristretto_onnx.passes.set_formats import set_formats
+from ristretto_onnx.passes.transforms.fold_batchnorm import FoldBatchNorm
+from ristretto_onnx.passes.transforms.insert_quantizers import annotate
+from ristretto_onnx.passes.transforms.set_formats import set_formats
+
+
+def float_passes(fold_bn: bool = True) -> list[Transformation]:
+    """The transformations that make the FP32 reference from the loaded model, in order."""
+    return [FoldBatchNorm()] if fold_bn else []
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,11 +48,13 @@ class Prepared:
 
 
 def prepare(source: str | os.PathLike | ModelProto, *, fold_bn: bool = True) -> Prepared:
-    model = load_model(source)
-    if fold_bn:
-        model = fold_batchnorm(model)
-    layers = find_layers(model)
-    annotated = insert_quantizers(model, layers)
+    """Load ``source`` and run every step that does not depend on a format plan (see above)."""
+    loaded = load_model(source)
+    graph = import_graph(loaded)
+    changed = run_pipeline(graph, float_passes(fold_bn)).changed
+    model = export_model(graph, loaded) if changed else loaded
+    layers = find_layers(graph)
+    annotated = annotate(graph, model, layers)
     return Prepared(model, annotated, layers)
 
 

@@ -3,7 +3,7 @@
 A plan maps group ids (``conv1/weights``) to a :data:`~ristretto_onnx.formats.Format`, or to
 ``None`` for "keep this group in float". Groups missing from a plan are float too. The plan is
 the whole interface between whoever chooses formats (a scheme, the search, a user's JSON file)
-and :func:`~ristretto_onnx.passes.set_formats.set_formats`, which applies it to an annotated
+and :func:`~ristretto_onnx.passes.transforms.set_formats.set_formats`, which applies it to an annotated
 model without re-inserting anything.
 
 Values are looked up through :func:`format_of` and written through :func:`format_to_json`; a

@@ -1,9 +1,9 @@
 """Quantizer slots: where an annotated model keeps its quantization points.
 
-:func:`~ristretto_onnx.passes.insert_quantizers.insert_quantizers` gives every group one *slot*:
+:func:`~ristretto_onnx.passes.transforms.insert_quantizers.insert_quantizers` gives every group one *slot*:
 a single node between the group's tensor (``source``) and the readers of its quantized value
 (``output``). Which node sits in a slot is decided by
-:func:`~ristretto_onnx.passes.set_formats.set_formats`: a ``QuantizeSim`` of ``source``, or an
+:func:`~ristretto_onnx.passes.transforms.set_formats.set_formats`: a ``QuantizeSim`` of ``source``, or an
 ``Identity`` when the group stays in float or another slot already produced the same quantized
 values. A slot's output name never changes, so changing formats only rewrites the slot nodes.
 
@@ -69,7 +69,7 @@ def read_slots(model: ModelProto) -> tuple[Slot, ...]:
     text = get_metadata(model, SLOTS_KEY)
     if text is None:
         raise RistrettoError("the model has no quantizer slots: insert quantizers first "
-                             "(ristretto_onnx.passes.insert_quantizers)")
+                             "(ristretto_onnx.passes.transforms.insert_quantizers)")
     try:
         return tuple(Slot(**s) for s in json.loads(text))
     except (ValueError, TypeError) as e:

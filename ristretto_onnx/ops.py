@@ -182,7 +182,14 @@ def _fixed_body(b: _Body, fmt: Fixed | PerChannel, rounding: str) -> None:
     else:
         bits, frac = fmt.bits, np.asarray(fmt.frac_bits)
     v = b.op("Mul", "X", b.const(np.ldexp(1.0, frac)))
-    k = b.op("Clip", _round(b, v, rounding), b.const(-(2.0 ** (bits - 1))), b.const(2.0 ** (bits - 1) - 1))
+    # Clip before rounding: exact (integer bounds, rounding is monotonic and keeps integers; NaN
+    # passes both), and onnxruntime fuses a Clip that follows a convolution (whose scale Mul it
+    # folds into the weights) into the convolution, one pass over the tensor less.
+    lo, hi = b.const(-(2.0 ** (bits - 1))), b.const(2.0 ** (bits - 1) - 1)
+    if rounding == "nearest_even":
+        k = b.op("Round", b.op("Clip", v, lo, hi))
+    else:
+        k = b.op("Clip", _round(b, v, rounding), lo, hi)
     b.op("Mul", k, b.const(np.ldexp(1.0, -frac)), out="Y")
 
 

@@ -20,9 +20,9 @@ import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.passes.clip_bounds import clip_bounds
-from ristretto_onnx.passes.concat_ties import concat_ties
-from ristretto_onnx.passes.graph_index import GraphIndex
+from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
+from ristretto_onnx.passes.analysis.concat_ties import concat_ties
+from ristretto_onnx.passes.graph import constant_lookup
 from ristretto_onnx.passes.layers import ACTIVATION_ROLES, Layer
 from ristretto_onnx.runtime.calibrate import calibrate
 from ristretto_onnx.stats import GroupRange, RangeStats
@@ -30,13 +30,13 @@ from ristretto_onnx.stats import GroupRange, RangeStats
 
 def parameter_ranges(model: ModelProto, layers: Iterable[Layer]) -> dict[str, RangeStats]:
     """Ranges of the ``weights`` and ``bias`` groups, from the constants (no data needed)."""
-    index = GraphIndex(model.graph)
+    constant = constant_lookup(model)
     out: dict[str, RangeStats] = {}
     for layer in layers:
         for g in layer.groups:
             if g.role in ACTIVATION_ROLES:
                 continue
-            value = index.constant_value(g.tensor)
+            value = constant(g.tensor)
             if value is None:
                 raise RistrettoError(f"{g.id}: {g.tensor!r} is not a constant of this model")
             out[g.id] = RangeStats.of(value)
@@ -49,7 +49,7 @@ def activation_ranges(model: ModelProto, layers: Iterable[Layer], data, *, batch
     """Ranges of the ``inputs`` and ``outputs`` groups over ``data``, in one streamed pass.
 
     ``measure`` maps group ids to another tensor whose values stand for the group's, e.g. the
-    output of the Clip that bounds a layer output (:mod:`~ristretto_onnx.passes.clip_bounds`).
+    output of the Clip that bounds a layer output (:mod:`~ristretto_onnx.passes.analysis.clip_bounds`).
     """
     measure = measure or {}
     groups = [g for layer in layers for g in layer.groups if g.role in ACTIVATION_ROLES]
@@ -79,11 +79,11 @@ def channel_ranges(model: ModelProto, layers: Iterable[Layer]) -> dict[str, tupl
     (``Layer.out_channel_axis`` is None, e.g. grouped ConvTranspose) are left out: their weights
     stay per tensor.
     """
-    index = GraphIndex(model.graph)
+    constant = constant_lookup(model)
     out: dict[str, tuple[int, tuple[RangeStats, ...]]] = {}
     for layer in layers:
         axis = layer.out_channel_axis
-        w = index.constant_value(layer.weight)
+        w = constant(layer.weight)
         if axis is None or w is None or w.ndim < 1:
             continue
         moved = np.moveaxis(np.asarray(w, np.float32), axis, 0).reshape(w.shape[axis], -1)
@@ -97,7 +97,7 @@ T = TypeVar("T")
 def tie_ranges(ranges: Mapping[str, T], ties: Mapping[str, tuple[str, ...]]) -> dict[str, T]:
     """``ranges`` with every tied group given the range of the widest member of its tie.
 
-    ``ties`` comes from :func:`~ristretto_onnx.passes.concat_ties.concat_ties`: layer outputs
+    ``ties`` comes from :func:`~ristretto_onnx.passes.analysis.concat_ties.concat_ties`: layer outputs
     written into one Concat buffer share one format, the one that saturates none of them. Any
     range rule then gives all members the same fractional length. Values need ``max_abs``.
     """

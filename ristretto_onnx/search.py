@@ -1,7 +1,8 @@
 """The bit-width search of Ristretto's quantization flow (thesis 9.2, fig. 9.1), and beyond it.
 
 1. Per category (layer activations, conv weights, fc weights): a binary search for the smallest
-   width whose accuracy stays within the tolerance while the other categories stay in float.
+   width whose accuracy stays within the tolerance while the other categories stay in float
+   (starting at the width found for the category before).
    Schemes with several formats per width (fixed point's integer/fractional splits, minifloat's
    exponent/mantissa splits) score each variant and keep the best.
 2. The combination of the chosen widths; while it breaks the tolerance, the most sensitive
@@ -10,8 +11,22 @@
    when only its weights lose one more bit; layers are then lowered greedily, cheapest drop per
    saved weight bit first, each step kept only if the whole network still holds the tolerance.
 
-Accuracy is assumed monotone in the width (as the thesis's binary search does); every accepted
-plan is confirmed on the full data (see :class:`~ristretto_onnx.scoring.Scorer`).
+Accuracy is assumed monotone in the width (as the thesis's binary search does), and quantizing
+more of the network is assumed not to help. Under these assumptions the search saves most of
+its scoring (:class:`~ristretto_onnx.scoring.Scorer` scores each plan only as far as needed):
+
+* A per-category width that holds on the screening part is taken *provisionally*, without
+  scoring the rest: the combination that is finally accepted quantizes that category at that
+  width or wider, so its acceptance on the full set implies the category's. A width whose drop
+  on the screening part breaks the tolerance is scored further, until the full set accepts it
+  or it is rejected (exactly, or by early rejection). A provisional width that would fail on
+  the full set makes its combination fail, and the category is widened like any other.
+* Sensitivities (which category to widen, which layer to lower first) and the choice between a
+  width's variants compare drops on the screening part, which every plan scored has.
+* Every plan that ends up in the result is accepted on the full set.
+
+With early rejection off (``screen_fraction=1``) the screening part is the full set and this is
+exactly the exhaustive search of the list above.
 """
 
 from __future__ import annotations
@@ -22,7 +37,7 @@ from dataclasses import dataclass, field
 
 from ristretto_onnx.formats import Format
 from ristretto_onnx.schemes import Scheme
-from ristretto_onnx.scoring import Score, Scorer
+from ristretto_onnx.scoring import Decision, Score, Scorer, plan_key
 from ristretto_onnx.stats import GroupRange, category_groups
 
 Log = Callable[[str], None]
@@ -40,6 +55,7 @@ class Trial:
     accepted: bool
     screened_out: bool
     n: int
+    provisional: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,7 +65,7 @@ class CategoryChoice:
     category: str
     bits: int | None
     variant: int | None
-    drop: float  # on its own, the rest of the network in float
+    drop: float  # on its own, the rest of the network in float (on the screening part)
     groups: int
 
 
@@ -77,7 +93,7 @@ class BitSearch:
         self.max_bits = max(self.max_bits, self.min_bits)
         self.log = log if log is not None else (lambda msg: None)
         self.trials: list[Trial] = []
-        self._cache: dict[tuple, tuple[bool, Score]] = {}
+        self._logged: set = set()
 
     # -- scoring helpers
 
@@ -89,19 +105,26 @@ class BitSearch:
                 plan.update(self.scheme.formats([r], bits, variants.get(r.category)))
         return plan
 
-    def _try(self, stage: str, what: str, bits: int | None, group_bits, variants) -> tuple[bool, Score]:
-        key = (tuple(sorted((g, b) for g, b in group_bits.items() if b is not None)),
-               tuple(sorted((c, v) for c, v in variants.items() if v is not None)))
-        if key in self._cache:
-            return self._cache[key]
-        ok, s = self.scorer.accepts(self._plan(group_bits, variants), self.tolerance)
-        drop = self.scorer.drop(s.value)
-        self.trials.append(Trial(stage, what, bits, s.value, drop, ok, s.screened_out, s.n))
-        self.log(f"{stage:<9} {what:<28} {('-' if bits is None else f'{bits}-bit'):>6}  "
-                 f"metric {s.value:.4f}  drop {drop:+.4f}{'  (screened out)' if s.screened_out else ''}"
-                 f"{'  ok' if ok else ''}")
-        self._cache[key] = (ok, s)
-        return ok, s
+    def _try(self, stage: str, what: str, bits: int | None, group_bits, variants, *,
+             provisional: bool = False) -> tuple[bool, Score]:
+        """Decide one plan (the scorer resumes plans it has seen; each call is logged once)."""
+        plan = self._plan(group_bits, variants)
+        d: Decision = self.scorer.decide(plan, self.tolerance, provisional=provisional)
+        s = d.score
+        trial = Trial(stage, what, bits, s.value, self.scorer.paired_drop(s), d.accepted, s.screened_out, s.n,
+                      d.verdict == "likely")
+        seen = (plan_key(plan), stage, s.n)
+        if seen not in self._logged:
+            self._logged.add(seen)
+            self.trials.append(trial)
+            state = {"accept": "  ok", "likely": "  ok on the screen", "reject": ""}[d.verdict]
+            self.log(f"{stage:<9} {what:<28} {('-' if bits is None else f'{bits}-bit'):>6}  "
+                     f"metric {s.value:.4f}  drop {trial.drop:+.4f} on {s.n} images"
+                     f"{'  (screened out)' if s.screened_out else ''}{state}")
+        return d.ok, s
+
+    def _sensitivity(self, s: Score) -> float:
+        return self.scorer.screen_drop(s)
 
     def _category_bits(self, category: str, bits: int) -> dict[str, int]:
         return {r.group: bits for r in category_groups(self.ranges, category)}
@@ -109,17 +132,24 @@ class BitSearch:
     # -- stage 1: one category at a time
 
     def _best_variant(self, category: str, bits: int) -> tuple[bool, Score, int | None]:
+        """The category alone at ``bits``: provisionally, each variant, the best on the screen."""
         groups = category_groups(self.ranges, category)
         best: tuple[bool, Score, int | None] | None = None
         for v in self.scheme.variants(groups, bits):
             ok, s = self._try("category", f"{category} {self.scheme.describe(v)}".strip(), bits,
-                              self._category_bits(category, bits), {category: v})
-            if best is None or (ok, s.value) > (best[0], best[1].value):
+                              self._category_bits(category, bits), {category: v}, provisional=True)
+            if best is None or (ok, -self._sensitivity(s)) > (best[0], -self._sensitivity(best[1])):
                 best = (ok, s, v)
         assert best is not None
         return best
 
-    def search_category(self, category: str) -> CategoryChoice:
+    def search_category(self, category: str, start: int | None = None) -> CategoryChoice:
+        """Binary search for the category's smallest width; ``start``: the first width to try.
+
+        Widths at or above the answer hold on the screening part and cost its images; widths
+        below are rejected, at few images when far below. A first probe near the answer (the
+        width of the category searched before) saves probes at wide widths.
+        """
         groups = category_groups(self.ranges, category)
         results: dict[int, tuple[bool, Score, int | None]] = {}
 
@@ -131,14 +161,16 @@ class BitSearch:
         lo, hi = self.min_bits, self.max_bits
         while lo < hi:  # the widest width is only scored if nothing narrower holds
             mid = (lo + hi) // 2
+            if start is not None:
+                mid, start = min(max(start, lo), hi - 1), None
             if ok(mid):
                 hi = mid
             else:
                 lo = mid + 1
         if not ok(hi):
-            return CategoryChoice(category, None, None, self.scorer.drop(results[hi][1].value), len(groups))
+            return CategoryChoice(category, None, None, self._sensitivity(results[hi][1]), len(groups))
         _, s, v = results[hi]
-        return CategoryChoice(category, hi, v, self.scorer.drop(s.value), len(groups))
+        return CategoryChoice(category, hi, v, self._sensitivity(s), len(groups))
 
     # -- stage 2: combine, widening the most sensitive category until the tolerance holds
 
@@ -161,7 +193,7 @@ class BitSearch:
                 continue
             nbits = worst.bits + 1
             okc, sc, v = self._best_variant(worst.category, nbits)
-            choices[worst.category] = CategoryChoice(worst.category, nbits, v, self.scorer.drop(sc.value), worst.groups)
+            choices[worst.category] = CategoryChoice(worst.category, nbits, v, self._sensitivity(sc), worst.groups)
 
     # -- stage 3: per-layer widths for weights
 
@@ -181,7 +213,7 @@ class BitSearch:
             trial = dict(group_bits, **{r.group: b - 1})
             ok, s = self._try("layer", f"{r.group}", b - 1, trial, variants)
             if ok:
-                costs.append((max(self.scorer.drop(s.value) - self.scorer.drop(current.value), 0.0) / max(r.size, 1), r))
+                costs.append((max(self._sensitivity(s) - self._sensitivity(current), 0.0) / max(r.size, 1), r))
         costs.sort(key=lambda t: t[0])
         best = current
         for _, r in costs:
@@ -199,7 +231,11 @@ class BitSearch:
         seconds: dict[str, float] = {}
         t = time.perf_counter()
         cats = [c for c in self.scheme.categories if category_groups(self.ranges, c)]
-        choices = {c: self.search_category(c) for c in cats}
+        choices: dict[str, CategoryChoice] = {}
+        start = None
+        for c in cats:
+            choices[c] = self.search_category(c, start)
+            start = choices[c].bits or start
         seconds["search_categories"] = time.perf_counter() - t
         t = time.perf_counter()
         choices, score = self.combine(choices)

@@ -212,7 +212,7 @@ class GroupRange:
     #: One RangeStats per output channel (weights), so range rules work per channel too.
     channel_stats: tuple[RangeStats, ...] | None = field(default=None, repr=False, compare=False)
     #: A layer output bounded by a Clip (ReLU6): measured after the Clip, and the thesis's
-    #: "one integer bit fewer for outputs" does not apply (see passes.clip_bounds).
+    #: "one integer bit fewer for outputs" does not apply (see passes.analysis.clip_bounds).
     bounded: bool = False
     #: The group's own statistics when ``stats`` are those of a wider group it is tied to
     #: (layer outputs sharing a Concat buffer); otherwise ``stats``.

@@ -77,27 +77,23 @@ def dataset_key(dataset) -> tuple:
             identity)
 
 
-def baseline(model: ModelProto | str | os.PathLike, dataset, *, batch_size: int = 256,
-             progress: bool | None = None) -> Baseline:
-    """The FP32 baseline of ``model`` on ``dataset``, from the memo when already computed."""
+def recall(model: ModelProto | str | os.PathLike, dataset) -> tuple[tuple, Baseline | None]:
+    """The memo key of (``model``, ``dataset``) and the baseline stored under it, if any.
+
+    :func:`ristretto_onnx.runtime.evaluate.baseline` computes and stores missing ones.
+    """
     key = (model_hash(model), dataset_key(dataset))
     hit = _MEMO.get(key)
     if hit is not None:
         _MEMO.move_to_end(key)
-        return hit
-    from ristretto_onnx.runtime.evaluate import evaluate
+    return key, hit
 
-    labels = getattr(dataset, "labels", None)
-    metrics = ("top1", "top5") if labels is not None else ()
-    result = evaluate(model, dataset, metrics, batch_size=batch_size, progress=progress,
-                      keep_predictions=True, _description="FP32 baseline")
-    entry = Baseline(result.predictions, result.n, result.metrics.get("top1"), result.metrics.get("top5"),
-                     result.images_per_s)
+
+def remember(key: tuple, entry: Baseline, dataset) -> None:
     _MEMO[key] = entry
     _PINNED[id(dataset)] = dataset
     while len(_MEMO) > MAX_ENTRIES:
         _MEMO.popitem(last=False)
-    return entry
 
 
 def clear() -> None:

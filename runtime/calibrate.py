@@ -18,6 +18,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.passes.graph import runtime_inputs as graph_runtime_inputs
 from ristretto_onnx.passes.save import needs_external_data, save_model
 from ristretto_onnx.runtime.session import create_session
 from ristretto_onnx.stats import RangeAccumulator, RangeStats
@@ -40,7 +41,7 @@ def calibrate(
     wanted = list(dict.fromkeys(tensors))
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
-    runtime_inputs = [i.name for i in graph.input if i.name not in initializers]
+    runtime_inputs = graph_runtime_inputs(model)
     graph_outputs = [o.name for o in graph.output]
     produced = {o for n in graph.node for o in n.output if o}
     for t in wanted:

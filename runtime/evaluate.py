@@ -23,8 +23,12 @@ from onnx import ModelProto
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.ops import is_quantize_sim
+from ristretto_onnx.passes.graph import single_input
+from ristretto_onnx.runtime.baseline import Baseline, recall, remember
 from ristretto_onnx.runtime.metrics import Accumulator, accumulator
 from ristretto_onnx.runtime.progress import Progress
+from ristretto_onnx.runtime.session import create_session
+from ristretto_onnx.runtime.simulator import Simulator, load_model
 
 #: ``metadata_props`` key a simulated model may carry to name its FP32 model (a path).
 REFERENCE_KEY = "ristretto.reference"
@@ -69,30 +73,20 @@ def _model_of(model) -> ModelProto | None:
     if isinstance(model, ModelProto):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from ristretto_onnx.runtime.simulator import load_model
-
         return load_model(model)
     return None
 
 
 def runner_for(model, *, providers=None, threads=None) -> Runner:
     """A function ``x -> first output`` for a model, a Simulator, a session or a callable."""
-    from ristretto_onnx.runtime.simulator import Simulator
-
     if isinstance(model, Simulator):
         return model.run
     proto = _model_of(model)
     if proto is not None:
         if any(is_quantize_sim(n) for n in proto.graph.node):
             return Simulator(proto, providers=providers, threads=threads).run
-        from ristretto_onnx.runtime.session import create_session
-
         session = create_session(proto, providers=providers, threads=threads, blocked_layout=True)
-        inits = {i.name for i in proto.graph.initializer}
-        inputs = [i.name for i in proto.graph.input if i.name not in inits]
-        if len(inputs) != 1:
-            raise RistrettoError(f"evaluation needs a model with one input, this one has {len(inputs)}")
-        name = inputs[0]
+        name = single_input(proto, "evaluation")
         return lambda x: session.run(None, {name: x})[0]
     if hasattr(model, "run") and hasattr(model, "get_inputs"):  # an InferenceSession
         name = model.get_inputs()[0].name
@@ -103,11 +97,23 @@ def runner_for(model, *, providers=None, threads=None) -> Runner:
                          "a Simulator or a callable")
 
 
+def baseline(model: ModelProto | str | os.PathLike, dataset, *, batch_size: int = 256,
+             progress: bool | None = None) -> Baseline:
+    """The FP32 baseline of ``model`` on ``dataset``, from the memo when already computed."""
+    key, hit = recall(model, dataset)
+    if hit is not None:
+        return hit
+    labels = getattr(dataset, "labels", None)
+    metrics = ("top1", "top5") if labels is not None else ()
+    result = evaluate(model, dataset, metrics, batch_size=batch_size, progress=progress,
+                      keep_predictions=True, _description="FP32 baseline")
+    entry = Baseline(result.predictions, result.n, result.metrics.get("top1"), result.metrics.get("top5"),
+                     result.images_per_s)
+    remember(key, entry, dataset)
+    return entry
+
+
 def _reference_predictions(reference, model, dataset, batch_size: int, progress) -> np.ndarray:
-    from ristretto_onnx.runtime.baseline import baseline
-
-    from ristretto_onnx.runtime.simulator import Simulator
-
     if reference is None:
         proto = model.source if isinstance(model, Simulator) else _model_of(model)
         named = None

@@ -17,12 +17,21 @@ Only ops whose result for an element depends on that element alone (and on scala
 are moved, and binary ops only when both operands have the same static NCHW shape, so no
 broadcast ever sees the blocked layout. Ops that could turn the zero channel padding of a
 blocked tensor into inf or NaN (``Div``, ``Log``, ...) are not moved.
+
+This pass is the one rewrite that stays on the raw ModelProto instead of the graph layer
+(:mod:`ristretto_onnx.passes.graph`): it runs at every session build on onnxruntime's optimized
+graph, and a graphsurgeon import and export of that graph alone costs 14.6 ms of CPU on
+ResNet-20, against 2.7 ms for this whole pass and 36 ms for the session build (process CPU
+time, best of 5, on 2 shared cores): a plan that needs a new session would pay a
+third more.
 """
 
 from __future__ import annotations
 
 import onnx
 from onnx import ModelProto, NodeProto, helper
+
+from ristretto_onnx.passes.graph import subgraph_inputs
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 
@@ -34,6 +43,13 @@ ELEMENTWISE = frozenset({
 })
 
 Shape = tuple
+
+
+def _elementwise(node: NodeProto) -> bool:
+    """Standard elementwise ops, and QuantizeSim kernels of scalar formats (0 stays 0)."""
+    if node.domain == "ai.ristretto" and node.op_type == "QuantizeSim":
+        return not any(a.name == "axis" for a in node.attribute)
+    return node.domain in ("", "ai.onnx") and node.op_type in ELEMENTWISE
 
 
 def static_shapes(model: ModelProto) -> dict[str, Shape]:
@@ -78,16 +94,6 @@ def _scalar_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _subgraph_inputs(node: NodeProto) -> set[str]:
-    names: set[str] = set()
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-            for n in g.node:
-                names.update(n.input)
-                names |= _subgraph_inputs(n)
-    return names
-
-
 def keep_blocked_layout(model: ModelProto, shapes: dict[str, Shape] | None = None) -> ModelProto | None:
     """A copy of onnxruntime's optimized ``model`` with elementwise ops kept in NCHWc.
 
@@ -127,8 +133,7 @@ def keep_blocked_layout(model: ModelProto, shapes: dict[str, Shape] | None = Non
                 alias[node.output[0]] = blocked[node.input[0]][0]
                 moved += 1
                 continue
-        if node.domain in ("", "ai.onnx") and node.op_type in ELEMENTWISE and node.input \
-                and not _subgraph_inputs(node):
+        if _elementwise(node) and node.input and not subgraph_inputs(node):
             data = [i for i in node.input if i and i not in scalars]
             keys = {blocked[d][2] for d in data if d in blocked}
             if data and all(d in blocked for d in data) and len(keys) == 1 and len(node.output) == 1:
@@ -144,7 +149,7 @@ def keep_blocked_layout(model: ModelProto, shapes: dict[str, Shape] | None = Non
                 nodes.append(new)
                 moved += 1
                 continue
-        for name in list(node.input) + sorted(_subgraph_inputs(node)):
+        for name in list(node.input) + sorted(subgraph_inputs(node)):
             materialize(name)
         nodes.append(node)
     for name in graph_outputs:

@@ -118,12 +118,14 @@ def create_session(
     options: ort.SessionOptions | None = None,
     blocked_layout: bool = False,
     spinning: bool = False,
+    kernels: bool = True,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for a ModelProto or a path, with sane threads and providers.
 
     ``blocked_layout=True`` (CPU only, ignored otherwise) runs the NCHWc layout pass described in
     the module docstring; if anything about it fails, the plain optimized session is returned,
-    so it is always safe to ask for.
+    so it is always safe to ask for. ``kernels=False`` keeps the QuantizeSim kernel library out
+    (function bodies only; see :mod:`ristretto_onnx.runtime.kernels`).
     """
     providers = providers or default_providers()
     so = options or session_options(threads=threads, optimize=optimize, spinning=spinning)
@@ -137,6 +139,12 @@ def create_session(
                 return create_session(path, providers=providers, threads=threads, optimize=optimize,
                                       options=so, blocked_layout=blocked_layout, spinning=spinning)
     source = _source(model)
+    if kernels:  # the QuantizeSim kernel library, when built (runtime/kernels.py)
+        from ristretto_onnx.runtime.kernels import prepare
+
+        source, used = prepare(source, so, providers)
+        # keep the kernels inside NCHWc chains (the pass re-sets the options' optimized model path)
+        blocked_layout = blocked_layout or (used and options is None)
     if blocked_layout and optimize and providers == ["CPUExecutionProvider"]:
         session = _blocked_layout_session(source, so, providers)
         if session is not None:

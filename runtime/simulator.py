@@ -19,7 +19,7 @@ same formats written into its ``QuantizeSim`` attributes (:meth:`Simulator.model
 model), which the tests check across format changes.
 
 Formats are addressed by group id (``conv1/weights``) for models annotated by
-:func:`~ristretto_onnx.passes.insert_quantizers.insert_quantizers`, and by ``QuantizeSim`` node
+:func:`~ristretto_onnx.passes.transforms.insert_quantizers.insert_quantizers`, and by ``QuantizeSim`` node
 name for any model with such nodes.
 """
 
@@ -32,12 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import ModelProto, helper
+import onnx_graphsurgeon as gs
+from onnx import ModelProto
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
-from ristretto_onnx.ops import attach_functions, is_quantize_sim, make_quantize_node, node_format
-from ristretto_onnx.runtime.lowering import PARAM_PREFIX, Lowered, WeightCache, lower
+from ristretto_onnx.ops import attach_functions, is_quantize_sim, node_format
+from ristretto_onnx.passes.graph import copy_graph, export_model, import_graph, runtime_inputs
+from ristretto_onnx.passes.plan import format_of
+from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_slots
+from ristretto_onnx.passes.transforms.set_formats import SetFormats, SetNodeFormats, set_formats
+from ristretto_onnx.runtime.lowering import PARAM_PREFIX, Lowered, WeightCache, lower_graph
 from ristretto_onnx.runtime.session import create_session
 
 FormatValue = Format | str | None
@@ -54,12 +59,6 @@ def load_model(model: ModelProto | str | os.PathLike) -> ModelProto:
         return onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - protobuf errors are long and technical
         raise RistrettoError(f"cannot read {path} as an ONNX model: {' '.join(str(e).split())[:200]}") from None
-
-
-def _format_of(value: FormatValue) -> Format | None:
-    from ristretto_onnx.passes.plan import format_of
-
-    return format_of(value)
 
 
 class Simulator:
@@ -80,8 +79,6 @@ class Simulator:
         blocked_layout: bool = True,
         spinning: bool = False,
     ) -> None:
-        from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_slots
-
         self._base = load_model(model)
         self.parametric = parametric
         self.providers = providers
@@ -93,6 +90,7 @@ class Simulator:
         self._weights = WeightCache()
         self.sessions_built = 0
         self._lowered: Lowered | None = None
+        self._template = None  # the annotated graph, imported once
 
         if has_slots(self._base):
             self._slots = read_slots(self._base)
@@ -112,8 +110,7 @@ class Simulator:
                     self._formats[node.name] = fmt
                     self._roundings[node.name] = rounding
             self._alias = {}
-        inits = {i.name for i in self._base.graph.initializer}
-        self.input_names = [i.name for i in self._base.graph.input if i.name not in inits]
+        self.input_names = runtime_inputs(self._base)
         if not self.input_names:
             raise RistrettoError("the model has no inputs to feed")
 
@@ -146,7 +143,7 @@ class Simulator:
                 known = next(iter(self._formats), "-")
                 raise RistrettoError(f"unknown quantizer {key!r}: this model has {len(self._formats)} "
                                      f"quantizer(s), named like {known!r}")
-            new[name] = _format_of(value)
+            new[name] = format_of(value)
         if new != self._formats:
             self._formats = new
             self._lowered = None
@@ -156,26 +153,26 @@ class Simulator:
     def model(self) -> ModelProto:
         """The plain simulated model for the current formats (runs in any onnxruntime)."""
         if self._slots is not None:
-            from ristretto_onnx.passes.set_formats import set_formats
-
             return set_formats(self._base, self._formats, rounding=self._rounding)
-        out = ModelProto()
-        out.CopyFrom(self._base)
-        for node in out.graph.node:
-            if node.name in self._formats and (is_quantize_sim(node) or node.op_type == "Identity"):
-                fmt = self._formats[node.name]
-                source, output, name = node.input[0], node.output[0], node.name
-                if fmt is None:
-                    node.CopyFrom(helper.make_node("Identity", [source], [output], name=name))
-                else:
-                    node.CopyFrom(make_quantize_node(source, output, fmt, rounding=self._roundings[name],
-                                                     name=name))
-        return attach_functions(out)
+        return attach_functions(export_model(self._graph(), self._base))
+
+    def _graph(self) -> gs.Graph:
+        """A copy of the model's graph (imported once) with the current formats set."""
+        if self._template is None:
+            self._template = import_graph(self._base)
+        graph = copy_graph(self._template)
+        if self._slots is not None:
+            SetFormats(self._slots, self._formats, self._rounding)(graph)
+        else:
+            SetNodeFormats(self._formats, self._roundings)(graph)
+        return graph
 
     def lowered(self) -> Lowered:
-        """The lowered graph for the current formats (computed once per format change)."""
+        """The lowered graph for the current formats (computed once per format change): one
+        graph copy, formats set and lowered on it, one export."""
         if self._lowered is None:
-            self._lowered = lower(self.model(), parametric=self.parametric, weights=self._weights)
+            self._lowered = lower_graph(self._graph(), self._base, parametric=self.parametric,
+                                        weights=self._weights)
         return self._lowered
 
     def session(self):
@@ -217,14 +214,6 @@ class Simulator:
 
     def __call__(self, x):
         return self.run(x)
-
-    def evaluate(self, dataset, metrics=("top1",), *, batch_size: int = 256, reference=None,
-                 progress=None):
-        """:func:`ristretto_onnx.runtime.evaluate.evaluate` with this simulator's current formats."""
-        from ristretto_onnx.runtime.evaluate import evaluate
-
-        return evaluate(self, dataset, metrics, batch_size=batch_size, reference=reference,
-                        progress=progress)
 
 
 def is_param_input(name: str) -> bool:

@@ -41,6 +41,8 @@ COMMAND_MODULES = [
     "export_cmd",
     "report_cmd",
     "zoo_cmd",
+    "finetune_cmd",
+    "kernels_cmd",
 ]
 
 

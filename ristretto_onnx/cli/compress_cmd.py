@@ -57,6 +57,12 @@ def compress_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or lines while working "
                                                             "(pipelines); the final table still prints."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report to stdout instead of the table."),
+    finetune: bool = typer.Option(False, "--finetune", help="Then fine-tune the plan and narrow it while it "
+                                                            "holds (needs torch and --train-data)."),
+    train_data: str = typer.Option(None, "--train-data", help="--finetune: labelled training data (default "
+                                                              "for zoo models: their training split)."),
+    epochs: int = typer.Option(3, "--epochs", help="--finetune: epochs per fine-tuned plan."),
+    lr: float = typer.Option(1e-4, "--lr", help="--finetune: learning rate (Adam)."),
     scale: ScaleOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -106,8 +112,14 @@ def compress_command(
     test_set = open_split(test, model_spec, "test", **flags) if test else None
 
     with Reporter(quiet=quiet) as log:
-        result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
-                          metric_fn=metric_fn, options=options)
+        if finetune:  # issue 12: fine-tune the chosen plan, then narrow it (ristretto_onnx.finetune)
+            from ristretto_onnx.finetune.compress_driver import run_from_cli
+
+            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags),
+                                  epochs, lr, calib=calib_set, test=test_set, log=log, options=options)
+        else:
+            result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
+                              metric_fn=metric_fn, options=options)
         emit(log, ProgressEvent("write", f"writing {out_path} and {report_path}"))
         model_file, report_file = result.save(out_path, report_path)
     if as_json:

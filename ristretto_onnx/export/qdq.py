@@ -46,7 +46,7 @@ from ristretto_onnx.export.rewrite import rewrite_quantizers
 from ristretto_onnx.export.sim_graph import Quantizer, read_sim
 from ristretto_onnx.formats import Fixed, Minifloat, PerChannel
 from ristretto_onnx.ops import DOMAIN, MIN_IR_VERSION, OP_TYPE, attach_functions, default_opset
-from ristretto_onnx.passes.graph_index import unique_name
+from ristretto_onnx.passes.graph import unique_name
 from ristretto_onnx.passes.slots import set_metadata
 
 EXPORT_KEY = "ristretto.export"

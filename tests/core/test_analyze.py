@@ -12,7 +12,7 @@ from ristretto_onnx.analyze import analyze_ranges
 from ristretto_onnx.cli import main
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.range_rules import dfp_format, integer_bits
-from tests.passes import synth
+from tests import builders as synth
 
 
 @pytest.fixture

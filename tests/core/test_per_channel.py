@@ -11,7 +11,7 @@ from ristretto_onnx.range_rules import dfp_channel_format
 from ristretto_onnx.ops import attach_functions, make_quantize_node, node_format
 from ristretto_onnx.runtime.session import create_session
 
-from .opmodel import same_bits
+from tests.builders import same_bits
 
 
 def run_one(fmt, x: np.ndarray, *, as_initializer: bool = False, rounding="nearest_even") -> np.ndarray:
@@ -23,7 +23,7 @@ def run_one(fmt, x: np.ndarray, *, as_initializer: bool = False, rounding="neare
     g = helper.make_graph([node], "pc", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)], inits)
     m = attach_functions(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     onnx.checker.check_model(m)
-    return create_session(m).run(None, {} if as_initializer else {"x": x})[0]
+    return create_session(m, kernels=False).run(None, {} if as_initializer else {"x": x})[0]  # bodies
 
 
 def weights(shape, seed=0, spread=8):

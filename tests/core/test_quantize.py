@@ -18,7 +18,7 @@ from ristretto_onnx.ranges import group_ranges, measure_groups
 from ristretto_onnx.schemes import MinifloatScheme, StaticFixedPoint, make_scheme, plan_for
 from ristretto_onnx.stats import RangeStats, category_groups
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from ristretto_onnx.cli import main
 from ristretto_onnx.formats import parse_format
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 @pytest.fixture

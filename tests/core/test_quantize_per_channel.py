@@ -17,7 +17,7 @@ from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.range_rules import frac_bits
 from ristretto_onnx.ranges import channel_ranges
-from tests.passes import synth
+from tests import builders as synth
 
 
 @pytest.fixture(scope="module")

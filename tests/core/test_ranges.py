@@ -7,7 +7,7 @@ import numpy as np
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.ranges import group_ranges, measure_groups
-from tests.passes import synth
+from tests import builders as synth
 
 
 def _fire():

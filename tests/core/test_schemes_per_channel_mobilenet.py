@@ -1,4 +1,4 @@
-"""Per-output-channel weight formats on a synthetic MobileNet-style network (see mobilenet_synth).
+"""Per-output-channel weight formats on a synthetic MobileNet-style network (see tests.builders.mobilenet_like).
 
 Fidelity is agreement of the top-1 class with the FP32 network (BN folded) on random inputs.
 """
@@ -13,8 +13,8 @@ from onnx import TensorProto, helper
 from ristretto_onnx.compress import CompressOptions, build_context, compress
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.formats import Fixed, PerChannel, quantize as q_ref
-from ristretto_onnx.passes.clip_bounds import clip_bounds
-from ristretto_onnx.passes.graph_index import GraphIndex
+from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
+from ristretto_onnx.passes.graph import constant_lookup
 from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.passes.slots import read_slots
 from ristretto_onnx.schemes import DynamicFixedPoint, plan_for
@@ -22,7 +22,7 @@ from ristretto_onnx.stats import CATEGORIES
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
 
-from .mobilenet_synth import mobilenet_like, random_inputs
+from tests.builders import mobilenet_like, random_inputs
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +128,9 @@ def test_simulated_depthwise_conv_with_per_channel_weights_is_numpy_conv_of_quan
     probe.CopyFrom(model)
     probe.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in extra)
     wq, xin, yout = create_session(probe).run(extra, {"x": x[:8]})
-    index = GraphIndex(prepared.float_model.graph)
-    w = index.constant_value(layer.weight)
-    bias = index.constant_value(layer.bias)
+    constant = constant_lookup(prepared.float_model)
+    w = constant(layer.weight)
+    bias = constant(layer.bias)
     ref_w = q_ref(w, fmt)
     assert np.array_equal(wq.view(np.uint32), ref_w.view(np.uint32))  # bit-exact weights
     ref = _grouped_conv(xin, ref_w, bias, stride=2, pad=1)

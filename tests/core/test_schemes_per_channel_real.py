@@ -14,8 +14,8 @@ from onnx import TensorProto, helper
 
 from ristretto_onnx.compress import CompressOptions, build_context
 from ristretto_onnx.formats import PerChannel, quantize as q_ref
-from ristretto_onnx.passes.concat_ties import concat_ties
-from ristretto_onnx.passes.graph_index import GraphIndex
+from ristretto_onnx.passes.analysis.concat_ties import concat_ties
+from ristretto_onnx.passes.graph import constant_lookup
 from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.schemes import DynamicFixedPoint, plan_for
 from ristretto_onnx.stats import CATEGORIES, GroupRange
@@ -57,8 +57,8 @@ def test_resnet20_conv_with_per_channel_weights_is_exact(zoo_env):
 
     p = prepare(zoo.resolve_model("zoo:resnet20-cifar10"))
     layer = next(l for l in p.layers if l.kind == "conv" and l.weight_shape[0] == 32)
-    index = GraphIndex(p.float_model.graph)
-    w = index.constant_value(layer.weight)
+    constant = constant_lookup(p.float_model)
+    w = constant(layer.weight)
     maxes = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
     group = GroupRange("g", "weights", "conv", float(maxes.max()), tuple(float(m) for m in maxes), 0)
     fmt = DynamicFixedPoint(per_channel=True, range_rule="max").formats([group], 6)["g"]
@@ -82,7 +82,7 @@ def test_resnet20_conv_with_per_channel_weights_is_exact(zoo_env):
     _, ref = probe(ref_model)
     assert np.array_equal(sim, ref)
     wq = q_ref(w, fmt).astype(np.float64)
-    b = index.constant_value(layer.bias).astype(np.float64)
+    b = constant(layer.bias).astype(np.float64)
     attrs = {a.name: helper.get_attribute_value(a) for a in
              next(n for n in p.float_model.graph.node if n.output[0] == layer.node_output).attribute}
     s, pad = attrs.get("strides", [1, 1])[0], attrs.get("pads", [0] * 4)[0]

@@ -3,7 +3,7 @@
 from ristretto_onnx.formats import Fixed
 from ristretto_onnx.schemes import DynamicFixedPoint, MinifloatScheme, StaticFixedPoint
 from ristretto_onnx.stats import GroupRange
-from ristretto_onnx.scoring import Score
+from ristretto_onnx.scoring import Decision, Score
 from ristretto_onnx.search import BitSearch
 
 
@@ -26,10 +26,16 @@ class FakeScorer:
     def drop(self, v: float) -> float:
         return self.baseline - v
 
-    def accepts(self, plan, tolerance):
+    def paired_drop(self, score: Score) -> float:
+        return self.drop(score.value)
+
+    def screen_drop(self, score: Score) -> float:
+        return self.drop(score.value)
+
+    def decide(self, plan, tolerance, *, provisional=False):
         self.calls += 1
         v = self.value(plan)
-        return self.drop(v) <= tolerance + 1e-12, Score(v, 100)
+        return Decision("accept" if self.drop(v) <= tolerance + 1e-12 else "reject", Score(v, 100))
 
 
 RANGES = [

@@ -12,7 +12,7 @@ from ristretto_onnx.data import load_dataset
 from ristretto_onnx.formats import Fixed
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import available_cpus, create_session
-from tests.passes import synth
+from tests import builders as synth
 
 MODELS = ("conv_relu_conv", "residual_block", "inception", "depthwise_grouped", "option_a_shortcut",
           "flatten_gemm", "matmul_add", "conv_transpose")

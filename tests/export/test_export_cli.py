@@ -63,7 +63,7 @@ def test_export_writes_the_model_and_needs_force_to_overwrite(sim_path, tmp_path
     (["{float}", "{tmp}/o.onnx", "--to", "qdq"], 1, "has no QuantizeSim node"),
 ])
 def test_export_errors_are_one_line_and_write_nothing(sim_path, tmp_path, args, code, text, capsys):
-    from tests.passes import synth
+    from tests import builders as synth
 
     onnx.save(synth.conv_relu_conv(), tmp_path / "float.onnx")
     fill = {"sim": sim_path, "tmp": tmp_path, "float": tmp_path / "float.onnx"}

@@ -13,7 +13,7 @@ from ristretto_onnx.export.hw_report_render import to_dict, to_markdown, write_j
 from ristretto_onnx.passes.slots import set_metadata
 from tests.export.independent import macs_per_image, weight_bits
 from tests.export.sims import sim_model
-from tests.passes import synth
+from tests import builders as synth
 
 REPORT_MODELS = ("conv_relu_conv", "residual_block", "inception", "depthwise_grouped", "option_a_shortcut",
                  "flatten_gemm", "matmul_add", "conv_transpose")

@@ -99,7 +99,7 @@ def test_no_float8_type_has_the_grid_of_our_minifloat():
 
 def test_stochastic_rounding_stays_a_quantize_sim_node():
     from ristretto_onnx.passes.pipeline import prepare, simulate
-    from tests.passes import synth
+    from tests import builders as synth
 
     prepared = prepare(synth.conv_relu_conv())
     plan = {g: "fixed:8:4" for g in prepared.layers.group_ids if not g.endswith("/bias")}

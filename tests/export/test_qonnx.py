@@ -90,7 +90,7 @@ def test_minifloat_is_floatquant_without_subnormals_then_a_flush():
 
 def test_what_qonnx_cannot_express_is_inlined_as_standard_ops():
     from ristretto_onnx.passes.pipeline import prepare, simulate
-    from tests.passes import synth
+    from tests import builders as synth
 
     prepared = prepare(synth.conv_relu_conv())
     plan = {g: "fixed:8:4" for g in prepared.layers.group_ids if g.endswith("/inputs")}

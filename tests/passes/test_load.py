@@ -14,7 +14,7 @@ from ristretto_onnx.ops import default_opset
 from ristretto_onnx.passes import save as save_module
 from ristretto_onnx.passes.load import load_model
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 def _run(m, x):

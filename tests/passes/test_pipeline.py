@@ -12,8 +12,8 @@ from ristretto_onnx.passes import save as save_module
 from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.passes.save import save_model
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
-from tests.passes.test_insert_quantizers import PATTERNS
+from tests import builders as synth
+from tests.passes.transforms.test_insert_quantizers import PATTERNS
 
 
 def _run(m, x):

@@ -13,7 +13,7 @@ from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.passes import save as save_module
 from ristretto_onnx.passes.save import save_model, write_text_atomic
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 def _files(folder):

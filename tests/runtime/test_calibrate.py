@@ -13,7 +13,7 @@ from ristretto_onnx.runtime import calibrate as calibrate_module
 from ristretto_onnx.runtime.calibrate import calibrate
 from ristretto_onnx.stats import RangeStats
 from ristretto_onnx.runtime.session import create_session
-from tests.passes import synth
+from tests import builders as synth
 
 
 def test_calibrate_matches_the_tensors_values_in_one_pass(monkeypatch):

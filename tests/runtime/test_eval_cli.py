@@ -10,7 +10,7 @@ import pytest
 
 from ristretto_onnx.cli import main
 from ristretto_onnx.runtime.session import create_session
-from tests.runtime.tiny_models import annotate, classifier_data, residual_cnn
+from tests.builders import annotate, classifier_data, residual_cnn
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ import pytest
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.runtime import baseline as baseline_mod
+from ristretto_onnx.runtime import evaluate as evaluate_mod
 from ristretto_onnx.runtime.evaluate import EvalResult, evaluate
 from ristretto_onnx.runtime.session import create_session
-from tests.runtime.tiny_models import annotate, classifier_data, residual_cnn
+from tests.builders import annotate, classifier_data, residual_cnn
 
 
 def numpy_scores(model, x):
@@ -54,11 +55,11 @@ def test_baseline_is_computed_once_per_model_and_data(monkeypatch):
 
     real = ev.evaluate
     monkeypatch.setattr(ev, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = baseline_mod.baseline(fp32, ds)
-    again = baseline_mod.baseline(fp32, ds)
+    first = evaluate_mod.baseline(fp32, ds)
+    again = evaluate_mod.baseline(fp32, ds)
     assert first is again and len(calls) == 1
     assert first.top1 == float(np.mean(numpy_scores(fp32, x).argmax(1) == y))
-    other = baseline_mod.baseline(fp32, ds.take(10))
+    other = evaluate_mod.baseline(fp32, ds.take(10))
     assert other.n == 10 and len(calls) == 2
 
 

@@ -10,7 +10,7 @@ from ristretto_onnx.runtime.layout import keep_blocked_layout, static_shapes
 from ristretto_onnx.runtime.lowering import lower
 from ristretto_onnx.runtime.session import (available_cpus, create_session, default_providers,
                                             optimized_model, session_options)
-from tests.runtime.tiny_models import annotate, images, residual_cnn
+from tests.builders import annotate, images, residual_cnn
 
 
 def test_threads_follow_the_affinity_mask():

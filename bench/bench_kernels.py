@@ -1,0 +1,179 @@
+"""Kernel benchmark (issue 14): simulated / FP32 throughput with and without the kernel library.
+
+    python bench/bench_kernels.py                 # ResNet-20 batch 256 and SqueezeNet 1.1
+    python bench/bench_kernels.py --quick         # ResNet-20 only, fewer rounds
+    python bench/bench_kernels.py --models resnet20-cifar10 --schemes dfp,minifloat
+
+For every zoo model and scheme (8 bits: ``fixed`` one shared integer length, ``dfp`` per-group
+fractional lengths, ``minifloat`` eq. 6.2's exponent bits, ``pow2`` weights ``pow2:-8:-1`` with
+float activations as in the thesis) it measures, in one run, the throughput ratio simulated / FP32
+of:
+
+* ``written``: the model as ``compress``/``quantize`` write it (function bodies), in a plain
+  session without the library (stock onnxruntime, as a user's ``InferenceSession`` runs it);
+* ``written+layout``: the same in a project session without the library (``eval`` and
+  ``compress`` run the NCHWc layout pass, :mod:`ristretto_onnx.runtime.layout`);
+* ``written+lib``: the same file in a project session with the library registered
+  (:mod:`ristretto_onnx.runtime.kernels` routes each quantizer);
+* ``sim`` and ``sim+lib``: the Simulator (lowered graph, NCHWc layout pass), without and with it;
+* the same on the CUDA EP when onnxruntime-gpu sees a GPU (``gpu:`` columns).
+
+Every option runs once per round on the same batches, rounds are interleaved (the machine may be
+shared) and the best round counts. The load average is printed with the results, which also go
+to ``bench/out/kernels.json``. RISTRETTO_ZOO must point at the zoo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ristretto_onnx import zoo
+from ristretto_onnx.formats import Pow2
+from ristretto_onnx.range_rules import minifloat_format
+from ristretto_onnx.passes.pipeline import prepare, simulate
+from ristretto_onnx.ranges import group_ranges
+from ristretto_onnx.runtime.kernels import ENV, library_path, library_providers
+from ristretto_onnx.runtime.session import available_cpus, create_session, gpu_available
+from ristretto_onnx.runtime.simulator import Simulator
+from ristretto_onnx.schemes import dfp_plan, fixed_candidates, fixed_plan, minifloat_plan, pow2_plan
+
+OUT = Path(__file__).resolve().parent / "out" / "kernels.json"
+MODELS = {"resnet20-cifar10": 256, "squeezenet1.1-imagenet": 64}
+SCHEMES = ("fixed", "dfp", "minifloat", "pow2")
+
+
+@contextmanager
+def library(on: bool):
+    """Project sessions built inside see the library (on) or not (off)."""
+    old = os.environ.get(ENV)
+    if not on:
+        os.environ[ENV] = "off"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = old
+
+
+def plans(prepared, ranges, bits: int = 8) -> dict[str, dict]:
+    groups = [g for g in prepared.layers.groups if g.role in ("inputs", "weights", "outputs")]
+    kw = {"weight_bits": bits, "act_bits": bits}
+    il = fixed_candidates(groups, ranges, **kw)[0]
+    return {
+        "fixed": fixed_plan(groups, il, **kw),
+        "dfp": dfp_plan(groups, ranges, **kw),
+        "minifloat": minifloat_plan(groups, ranges, **kw),
+        "pow2": pow2_plan([g for g in groups if g.role == "weights"], Pow2(-8, -1)),
+    }
+
+
+def _runner(session, name: str, params: dict | None = None):
+    params = {k: v for k, v in (params or {}).items() if k != name}
+    return lambda x: session.run(None, {name: x, **params})
+
+
+def measure(runners: dict, batches: list[np.ndarray], rounds: int) -> tuple[dict, dict]:
+    """Best images/s of every runner over interleaved rounds, by wall time and by CPU time.
+
+    Worker threads do not spin, so process CPU time measures the work done; on a shared machine
+    it is the steadier of the two.
+    """
+    wall = {k: 0.0 for k in runners}
+    cpu = {k: 0.0 for k in runners}
+    for fn in runners.values():  # warm-up
+        fn(batches[0])
+    n = sum(len(x) for x in batches)
+    for _ in range(rounds):
+        for key, fn in runners.items():
+            t, c = time.perf_counter(), time.process_time()
+            for x in batches:
+                fn(x)
+            wall[key] = max(wall[key], n / (time.perf_counter() - t))
+            cpu[key] = max(cpu[key], n / max(time.process_time() - c, 1e-9))
+    return wall, cpu
+
+
+def bench_model(name: str, batch: int, n_batches: int, rounds: int, schemes, providers) -> dict:
+    model_path = zoo.resolve_model(f"zoo:{name}")
+    data = zoo.model_dataset(name, "test").take(batch * n_batches)
+    batches = [np.ascontiguousarray(x) for x, _ in data.batches(batch)][:n_batches]
+    prepared = prepare(str(model_path))
+    ranges = group_ranges(prepared.float_model, prepared.layers, zoo.model_dataset(name, "calib").take(256))
+    all_plans = plans(prepared, ranges)
+    inp = next(i.name for i in prepared.float_model.graph.input
+               if i.name not in {t.name for t in prepared.float_model.graph.initializer})
+    runners = {"fp32": _runner(create_session(prepared.float_model, providers=providers, kernels=False), inp)}
+    for scheme in schemes:
+        written = simulate(prepared, all_plans[scheme])
+        runners[f"{scheme}/written"] = _runner(create_session(written, providers=providers, kernels=False), inp)
+        runners[f"{scheme}/written+layout"] = _runner(
+            create_session(written, providers=providers, kernels=False, blocked_layout=True), inp)
+        runners[f"{scheme}/written+lib"] = _runner(create_session(written, providers=providers), inp)
+        for lib in (False, True):
+            with library(lib):
+                sim = Simulator(prepared.annotated, providers=providers)
+                sim.set_formats(all_plans[scheme], replace=True)
+                sess = sim.session()
+            runners[f"{scheme}/sim{'+lib' if lib else ''}"] = _runner(sess, inp, sim.feeds(batches[0]))
+    wall, cpu = measure(runners, batches, rounds)
+    return {"wall": {k: v / wall["fp32"] for k, v in wall.items()},
+            "cpu": {k: v / cpu["fp32"] for k, v in cpu.items()},
+            "fp32 images/s": wall["fp32"], "fp32 images/cpu-s": cpu["fp32"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="ResNet-20 only, 2 rounds")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--batches", type=int, default=4, help="batches per round")
+    ap.add_argument("--gpu-only", action="store_true", help="only the CUDA EP rows (bench/device_kernels.py)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    models = ["resnet20-cifar10"] if args.quick else args.models.split(",")
+    rounds = args.rounds or (2 if args.quick else 3)
+    schemes = args.schemes.split(",")
+    lib = library_path()
+    if lib is None:
+        print("kernel library not built (ristretto-onnx kernels --build): the +lib columns equal the stock ones")
+    devices = {} if args.gpu_only else {"cpu": ["CPUExecutionProvider"]}
+    if gpu_available():
+        devices["gpu"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    results = {"library": str(lib) if lib else None,
+               "library kernels": list(library_providers(str(lib))) if lib else [],
+               "cpus": available_cpus(), "load average before": os.getloadavg(), "models": {}}
+    for name in models:
+        for dev, providers in devices.items():
+            batch = MODELS.get(name, 64)
+            n = args.batches if dev == "cpu" or name != "squeezenet1.1-imagenet" else args.batches
+            results["models"][f"{dev}:{name}"] = bench_model(name, batch, n, rounds, schemes, providers)
+    results["load average after"] = os.getloadavg()
+    print(f"library: {results['library']} ({','.join(results['library kernels']) or '-'}), "
+          f"{results['cpus']} CPUs, load average {results['load average before'][0]:.1f} -> "
+          f"{results['load average after'][0]:.1f}")
+    cols = ["written", "written+layout", "written+lib", "sim", "sim+lib"]
+    for key, r in results["models"].items():
+        print(f"\n{key} (batch {MODELS.get(key.split(':', 1)[1], 64)}), FP32 {r['fp32 images/s']:.0f} images/s, "
+              f"{r['fp32 images/cpu-s']:.0f} images/CPU-s; simulated / FP32 by wall time | by CPU time:")
+        print(f"  {'scheme':<10}" + "".join(f"{c:>15}" for c in cols) + "  |" + "".join(f"{c:>15}" for c in cols))
+        for s in schemes:
+            print(f"  {s:<10}" + "".join(f"{r['wall'][f'{s}/{c}']:>15.2f}" for c in cols) + "  |"
+                  + "".join(f"{r['cpu'][f'{s}/{c}']:>15.2f}" for c in cols))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

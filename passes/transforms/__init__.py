@@ -1,0 +1,2 @@
+"""Graph transformations on the pass contract (:mod:`ristretto_onnx.passes.contract`): fold
+BatchNormalization, insert quantizer slots, set formats."""

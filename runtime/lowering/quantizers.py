@@ -1,0 +1,209 @@
+"""Lower every ``QuantizeSim`` node to standard ops onnxruntime runs fast (exact, see the package).
+
+* **Weights** (a ``QuantizeSim`` of a constant) are quantized once in numpy with the reference
+  quantizer and become the constant the layer reads.
+* **Activations in fixed point** become ``Mul(2^f) -> Clip(lo, hi) -> Round -> Mul(2^-f)``, or
+  ``QuantizeLinear -> [Clip] -> DequantizeLinear`` at 8 bits or fewer where the sign of a zero
+  cannot reach a graph output (:func:`sign_free_outputs`).
+* Other activation formats keep the function body.
+
+Before that, ``Constant`` nodes become constants and float slots (``Identity``) are bypassed so
+the rules see the data path itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx import TensorProto
+
+from ristretto_onnx.formats import Fixed, quantize
+from ristretto_onnx.passes.contract import PassResult, Transformation
+from ristretto_onnx.passes.graph import constant_value, is_op, remove_nodes, subgraph_inputs
+from ristretto_onnx.passes.transforms.set_formats import is_quantizer, quantizer_format
+from ristretto_onnx.runtime.lowering.params import Params
+
+
+class WeightCache:
+    """Quantized weights by (tensor, format): a search re-quantizes the same tensors many times."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._items: dict[tuple[str, str, str], np.ndarray] = {}
+        self.max_entries = max_entries
+
+    def get(self, tensor: gs.Constant, fmt, rounding: str) -> np.ndarray:
+        key = (tensor.name, str(fmt), rounding)
+        hit = self._items.get(key)
+        if hit is None:
+            if len(self._items) >= self.max_entries:
+                self._items.clear()
+            hit = quantize(constant_value(tensor), fmt, rounding=rounding)
+            self._items[key] = hit
+        return hit
+
+
+class ConstantsToInitializers(Transformation):
+    """``Constant`` nodes with a tensor value become constants, so weights are recognized."""
+
+    name = "constants_to_initializers"
+
+    def apply(self, graph: gs.Graph) -> PassResult:
+        return PassResult(graph, constants_to_initializers(graph))
+
+
+class DropIdentities(Transformation):
+    """Bypass ``Identity`` nodes (float slots) so the rules see the data path itself."""
+
+    name = "drop_identities"
+
+    def apply(self, graph: gs.Graph) -> PassResult:
+        return PassResult(graph, drop_identities(graph))
+
+
+class LowerQuantizers(Transformation):
+    """Every ``QuantizeSim`` node becomes a baked constant or standard ops (module docstring)."""
+
+    name = "lower_quantizers"
+
+    def __init__(self, params: Params, weights: WeightCache) -> None:
+        self.params, self.weights = params, weights
+
+    def apply(self, graph: gs.Graph) -> PassResult:
+        return PassResult(graph, lower_quantizers(graph, self.params, self.weights))
+
+
+def constants_to_initializers(graph: gs.Graph) -> bool:
+    done = []
+    for node in graph.nodes:
+        value = node.attrs.get("value") if is_op(node, "Constant") else None
+        if len(node.attrs) == 1 and isinstance(value, gs.Constant):
+            out = node.outputs[0]
+            node.outputs.clear()
+            out.to_constant(value._values)
+            done.append(node)
+    remove_nodes(graph, done)
+    return bool(done)
+
+
+def drop_identities(graph: gs.Graph) -> bool:
+    outputs = {t.name for t in graph.outputs}
+    nested: set[str] = set()
+    for node in graph.nodes:
+        nested |= subgraph_inputs(node)
+    dropped = []
+    for node in [n for n in graph.nodes if is_op(n, "Identity")]:
+        out = node.outputs[0]
+        if out.name in outputs or out.name in nested:
+            continue
+        src = node.inputs[0]
+        for user in list(out.outputs):
+            for k, t in enumerate(user.inputs):
+                if t is out:
+                    user.inputs[k] = src
+        dropped.append(node)
+    remove_nodes(graph, dropped)
+    return bool(dropped)
+
+
+def lower_quantizers(graph: gs.Graph, params: Params, weights: WeightCache) -> bool:
+    sign_free = sign_free_outputs(graph)
+    before = len(graph.nodes)
+    overridable = {id(t) for t in graph.inputs}
+    nodes: list[gs.Node] = []
+    for node in graph.nodes:
+        if not is_quantizer(node):
+            nodes.append(node)
+            continue
+        fmt, rounding = quantizer_format(node)
+        x, y = node.inputs[0], node.outputs[0]
+        if isinstance(x, gs.Constant) and id(x) not in overridable and rounding == "nearest_even":
+            values = weights.get(x, fmt, rounding)
+            node.inputs.clear()
+            node.outputs.clear()
+            y.to_constant(values)
+            continue
+        if not (isinstance(fmt, Fixed) and rounding == "nearest_even"):
+            nodes.append(node)
+            continue
+        node.inputs.clear()
+        node.outputs.clear()
+        stem, base = node.name or y.name, f"{y.name}__rsim"
+        if fmt.bits <= 8 and y.name in sign_free:
+            # Only the sign of a zero result could differ from Round (QuantizeLinear gives +0),
+            # and nothing downstream can see it (see sign_free_outputs).
+            s = params.new(f"{stem}/step", 2.0 ** -fmt.frac_bits)
+            q = gs.Variable(f"{base}_q")
+            nodes.append(gs.Node("QuantizeLinear", f"{base}/Quantize", inputs=[x, s, params.int8_zero()],
+                                 outputs=[q]))
+            # Parametric graphs clip even at 8 bits (a no-op there), so that every width from 2
+            # to 8 shares one structure, hence one session, in a search over widths.
+            if fmt.bits < 8 or params.parametric:
+                lo = params.new(f"{stem}/lo", -(2 ** (fmt.bits - 1)), TensorProto.INT8)
+                hi = params.new(f"{stem}/hi", 2 ** (fmt.bits - 1) - 1, TensorProto.INT8)
+                qc = gs.Variable(f"{base}_qc")
+                nodes.append(gs.Node("Clip", f"{base}/ClipInt", inputs=[q, lo, hi], outputs=[qc]))
+                q = qc
+            nodes.append(gs.Node("DequantizeLinear", f"{base}/Dequantize",
+                                 inputs=[q, s, params.int8_zero()], outputs=[y]))
+            continue
+        a = params.new(f"{stem}/scale", 2.0 ** fmt.frac_bits)
+        lo = params.new(f"{stem}/lo", -(2.0 ** (fmt.bits - 1)))
+        hi = params.new(f"{stem}/hi", 2.0 ** (fmt.bits - 1) - 1)
+        b = params.new(f"{stem}/step", 2.0 ** -fmt.frac_bits)
+        scaled, clipped, ints = (gs.Variable(f"{base}_{s}") for s in ("scaled", "clipped", "int"))
+        nodes += [
+            gs.Node("Mul", f"{base}/Mul", inputs=[x, a], outputs=[scaled]),
+            gs.Node("Clip", f"{base}/Clip", inputs=[scaled, lo, hi], outputs=[clipped]),
+            gs.Node("Round", f"{base}/Round", inputs=[clipped], outputs=[ints]),
+            gs.Node("Mul", f"{base}/Step", inputs=[ints, b], outputs=[y]),
+        ]
+    changed = len(nodes) != before or any(a is not b for a, b in zip(nodes, graph.nodes))
+    graph.nodes = nodes
+    return changed
+
+
+#: Ops through which a zero's sign cannot turn into a different value (sums, products, maxima,
+#: rounding, data movement): at worst the sign of an exact zero result differs.
+_SIGN_TRANSPARENT = frozenset({
+    "Add", "AveragePool", "Clip", "Concat", "Flatten", "GlobalAveragePool", "GlobalMaxPool",
+    "Identity", "Max", "MaxPool", "Min", "Mul", "Pad", "Relu", "Reshape", "Round", "Slice", "Split",
+    "Squeeze", "Sub", "Transpose", "Unsqueeze",
+})
+#: Ops whose result cannot depend on the sign of a zero input: onnxruntime's convolution and
+#: matrix kernels accumulate from +0, and +0 + (-0) = +0 (checked by the tests).
+_SIGN_ABSORBING = frozenset({"Conv", "Gemm", "MatMul"})
+
+
+def sign_free_outputs(graph: gs.Graph) -> set[str]:
+    """Quantizer outputs whose zeros' signs can never reach a graph output.
+
+    Every path from such a tensor goes through sign-transparent ops (or fixed-point quantizers)
+    into a convolution or matrix product. For those quantizers a rounding that returns +0 where
+    ``Round`` returns -0 (QuantizeLinear) gives bit-identical model outputs.
+    """
+    outputs = {t.name for t in graph.outputs}
+    verdict: dict[int, bool] = {}
+
+    def free(tensor: gs.Tensor, depth: int = 0) -> bool:
+        if id(tensor) in verdict:
+            return verdict[id(tensor)]
+        if tensor.name in outputs or depth > 200:
+            return False
+        verdict[id(tensor)] = False  # cycles (there are none in a valid graph) count as visible
+        ok = True
+        for node in tensor.outputs:
+            if node.op in _SIGN_ABSORBING and (node.domain or "") in ("", "ai.onnx") \
+                    and all(t is not tensor for t in node.inputs[2:]):
+                continue
+            if is_quantizer(node):
+                transparent = isinstance(quantizer_format(node)[0], Fixed)
+            else:
+                transparent = (node.domain or "") in ("", "ai.onnx") and node.op in _SIGN_TRANSPARENT
+            if not transparent or subgraph_inputs(node) \
+                    or not all(free(o, depth + 1) for o in node.outputs):
+                ok = False
+                break
+        verdict[id(tensor)] = ok
+        return ok
+
+    return {n.outputs[0].name for n in graph.nodes if is_quantizer(n) and free(n.outputs[0])}

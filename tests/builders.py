@@ -1,0 +1,513 @@
+"""The one synthetic-model builder of the test suite: small graphs of the patterns real models
+contain, built with onnx.helper and seeded, so every test can compare bit for bit.
+
+* pass patterns (:func:`conv_relu_conv`, :func:`residual_block`, :func:`inception` ...): input
+  ``x`` (float32, dynamic batch ``N``), output ``y``, IR 8;
+* :func:`residual_cnn` and :func:`annotate`: a small CNN for the runtime tests, with its
+  QuantizeSim nodes;
+* :func:`mobilenet_like`: a MobileNet-style network whose folded weights need per-channel
+  formats (dead channels whose BN variance is 0, see its docstring);
+* :func:`quantizer_model`: QuantizeSim nodes only, for the op tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ristretto_onnx.ops import attach_functions, make_quantize_node
+from ristretto_onnx.runtime.session import create_session
+
+RNG_SEED = 0
+
+
+def rng(seed: int = RNG_SEED) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def init(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def weights(shape, seed: int, scale: float = 0.3) -> np.ndarray:
+    return (rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def model(nodes, inits, *, x_shape=("N", 3, 8, 8), y_shape=None, opset: int = 17,
+          inputs=None, outputs=None, ir_version: int = 8) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "synth",
+        inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape or [])],
+        initializer=inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+    if outputs is None and y_shape is None:  # take the output shape from shape inference
+        del m.graph.output[:]
+        inferred = onnx.shape_inference.infer_shapes(m)
+        vi = next(v for v in inferred.graph.value_info if v.name == "y")
+        m.graph.output.append(vi)
+    return m
+
+
+def conv_relu_conv(opset: int = 17, bias: bool = True) -> onnx.ModelProto:
+    """x -> Conv(3->4, 3x3, pad 1) -> Relu -> Conv(4->2, 1x1) -> y."""
+    inits = [init("w1", weights((4, 3, 3, 3), 1)), init("w2", weights((2, 4, 1, 1), 2))]
+    c1 = ["x", "w1"]
+    c2 = ["r1", "w2"]
+    if bias:
+        inits += [init("b1", weights((4,), 3, 0.1)), init("b2", weights((2,), 4, 0.1))]
+        c1.append("b1")
+        c2.append("b2")
+    nodes = [
+        helper.make_node("Conv", c1, ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", c2, ["y"], name="conv2"),
+    ]
+    return model(nodes, inits, opset=opset)
+
+
+def conv_conv() -> onnx.ModelProto:
+    """x -> Conv -> Conv -> y: the second layer's input is the first layer's output."""
+    inits = [init("w1", weights((4, 3, 3, 3), 1)), init("w2", weights((2, 4, 1, 1), 2))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c1", "w2"], ["y"], name="conv2"),
+    ]
+    return model(nodes, inits)
+
+
+def bn_params(prefix: str, c: int, seed: int) -> list[onnx.TensorProto]:
+    r = rng(seed)
+    return [
+        init(f"{prefix}.gamma", (r.uniform(0.5, 2.0, c)).astype(np.float32)),
+        init(f"{prefix}.beta", (r.standard_normal(c) * 0.2).astype(np.float32)),
+        init(f"{prefix}.mean", (r.standard_normal(c) * 0.3).astype(np.float32)),
+        init(f"{prefix}.var", (r.uniform(0.2, 3.0, c)).astype(np.float32)),
+    ]
+
+
+def bn(prefix: str, x: str, y: str, eps: float = 1e-5) -> onnx.NodeProto:
+    return helper.make_node("BatchNormalization", [x] + [f"{prefix}.{p}" for p in ("gamma", "beta", "mean", "var")],
+                            [y], name=f"{prefix}", epsilon=eps)
+
+
+def residual_block() -> onnx.ModelProto:
+    """ResNet basic block: x -> Conv -> BN -> Relu -> Conv -> BN -> Add(x) -> Relu -> y."""
+    c = 3
+    inits = [init("w1", weights((c, c, 3, 3), 1)), init("w2", weights((c, c, 3, 3), 2))]
+    inits += bn_params("bn1", c, 5) + bn_params("bn2", c, 6)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="/block/conv1/Conv", pads=[1, 1, 1, 1]),
+        bn("bn1", "c1", "b1"),
+        helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="/block/conv2/Conv", pads=[1, 1, 1, 1]),
+        bn("bn2", "c2", "b2"),
+        helper.make_node("Add", ["b2", "x"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["y"], name="relu2"),
+    ]
+    return model(nodes, inits)
+
+
+def bn_not_foldable() -> onnx.ModelProto:
+    """Conv output read by a BN *and* a Relu: folding would lose the unnormalized output."""
+    inits = [init("w1", weights((3, 3, 3, 3), 1))] + bn_params("bn1", 3, 5)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        bn("bn1", "c1", "b1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+        helper.make_node("Add", ["b1", "r1"], ["y"], name="add"),
+    ]
+    return model(nodes, inits)
+
+
+def inception() -> onnx.ModelProto:
+    """SqueezeNet fire module: squeeze Conv -> (1x1 Conv, 3x3 Conv) -> Concat -> Conv -> y.
+
+    The squeeze output feeds two layers (a shared layer input).
+    """
+    inits = [init("ws", weights((2, 3, 1, 1), 1)), init("we1", weights((4, 2, 1, 1), 2)),
+             init("we3", weights((4, 2, 3, 3), 3)), init("wo", weights((2, 8, 1, 1), 4))]
+    nodes = [
+        helper.make_node("Conv", ["x", "ws"], ["s"], name="squeeze"),
+        helper.make_node("Relu", ["s"], ["sr"], name="squeeze_relu"),
+        helper.make_node("Conv", ["sr", "we1"], ["e1"], name="expand1x1"),
+        helper.make_node("Conv", ["sr", "we3"], ["e3"], name="expand3x3", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["e1", "e3"], ["cat"], name="concat", axis=1),
+        helper.make_node("Conv", ["cat", "wo"], ["y"], name="out"),
+    ]
+    return model(nodes, inits)
+
+
+def depthwise_grouped() -> onnx.ModelProto:
+    """Depthwise Conv (group = channels) then grouped Conv (group 2), both with BN."""
+    inits = [init("wd", weights((4, 1, 3, 3), 1)), init("wg", weights((4, 2, 1, 1), 2))]
+    inits += bn_params("bnd", 4, 7) + bn_params("bng", 4, 8)
+    nodes = [
+        helper.make_node("Conv", ["x", "wd"], ["d"], name="depthwise", group=4, pads=[1, 1, 1, 1]),
+        bn("bnd", "d", "db"),
+        helper.make_node("Conv", ["db", "wg"], ["g"], name="grouped", group=2),
+        bn("bng", "g", "y"),
+    ]
+    return model(nodes, inits, x_shape=("N", 4, 6, 6))
+
+
+def option_a_shortcut() -> onnx.ModelProto:
+    """A strided Conv whose shortcut is the option-A Slice (step 2) + channel Pad, then Add.
+
+    The pads are computed at run time from a Constant through Cast, as the PyTorch exporter does.
+    """
+    inits = [init("w", weights((6, 3, 3, 3), 1)),
+             init("starts", np.array([0, 0], np.int64)), init("ends", np.array([2**31, 2**31], np.int64)),
+             init("axes", np.array([2, 3], np.int64)), init("steps", np.array([2, 2], np.int64))]
+    pads_value = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 3, 0, 0], np.int32), "pads_c")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["sl"], name="slice"),
+        helper.make_node("Constant", [], ["pads32"], name="pads_const", value=pads_value),
+        helper.make_node("Cast", ["pads32"], ["pads"], name="pads_cast", to=TensorProto.INT64),
+        helper.make_node("Pad", ["sl", "pads"], ["pad"], name="pad"),
+        helper.make_node("Add", ["c", "pad"], ["y"], name="add"),
+    ]
+    return model(nodes, inits)
+
+
+def flatten_gemm(reshape: bool = False) -> onnx.ModelProto:
+    """Conv -> MaxPool -> Flatten (or Reshape) -> Gemm(transB) -> Relu -> Gemm -> y (LeNet)."""
+    inits = [init("wc", weights((2, 3, 3, 3), 1)), init("bc", weights((2,), 2, 0.1)),
+             init("w1", weights((5, 18), 3)), init("b1", weights((5,), 4, 0.1)),
+             init("w2", weights((5, 4), 5)), init("b2", weights((4,), 6, 0.1)),
+             init("shape", np.array([-1, 18], np.int64))]
+    flat = (helper.make_node("Reshape", ["p", "shape"], ["f"], name="reshape") if reshape
+            else helper.make_node("Flatten", ["p"], ["f"], name="flatten"))
+    nodes = [
+        helper.make_node("Conv", ["x", "wc", "bc"], ["c"], name="conv"),
+        helper.make_node("MaxPool", ["c"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        flat,
+        helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+        helper.make_node("Gemm", ["hr", "w2", "b2"], ["y"], name="fc2"),
+    ]
+    return model(nodes, inits)
+
+
+def matmul_add() -> onnx.ModelProto:
+    """x (N, 6) -> MatMul W (6, 4) -> Add b (4,) -> Relu -> MatMul (4, 3) -> Add (1, 3) -> y."""
+    inits = [init("w1", weights((6, 4), 1)), init("b1", weights((4,), 2, 0.1)),
+             init("w2", weights((4, 3), 3)), init("b2", weights((1, 3), 4, 0.1))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+        helper.make_node("Relu", ["a1"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["m2"], name="fc2"),
+        helper.make_node("Add", ["b2", "m2"], ["y"], name="fc2_bias"),
+    ]
+    return model(nodes, inits, x_shape=("N", 6))
+
+
+def shared_weights() -> onnx.ModelProto:
+    """Two MatMuls with the same weight initializer (tied weights), then Add."""
+    inits = [init("w", weights((6, 6), 1))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m1"], name="fc1"),
+        helper.make_node("Relu", ["m1"], ["r1"], name="relu"),
+        helper.make_node("MatMul", ["r1", "w"], ["m2"], name="fc2"),
+        helper.make_node("Add", ["m1", "m2"], ["y"], name="add"),
+    ]
+    return model(nodes, inits, x_shape=("N", 6))
+
+
+def weights_as_inputs() -> onnx.ModelProto:
+    """Weights listed as graph inputs with initializer defaults, plus a true runtime weight input.
+
+    ``fc1`` uses ``w1`` (input with a default: a weight); ``fc2`` multiplies by ``wr``, a runtime
+    input without default (not a layer).
+    """
+    w1 = weights((6, 4), 1)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
+              helper.make_tensor_value_info("w1", TensorProto.FLOAT, [6, 4]),
+              helper.make_tensor_value_info("wr", TensorProto.FLOAT, [4, 3])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+        helper.make_node("MatMul", ["m1", "wr"], ["y"], name="fc2"),
+    ]
+    return model(nodes, [init("w1", w1)], inputs=inputs)
+
+
+def constant_weights() -> onnx.ModelProto:
+    """Weights through a Constant node, a Transpose of an initializer, and a Cast from float16."""
+    wc = weights((4, 3, 3, 3), 1)
+    wt = weights((4, 4 * 36), 2)  # (out, in): transposed to (in, out) for the MatMul
+    w16 = weights((4, 3), 3).astype(np.float16)
+    nodes = [
+        helper.make_node("Constant", [], ["wc"], name="wc_const", value=numpy_helper.from_array(wc, "wc")),
+        helper.make_node("Conv", ["x", "wc"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["c"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Transpose", ["wt"], ["wtT"], name="wt_transpose", perm=[1, 0]),
+        helper.make_node("MatMul", ["f", "wtT"], ["h"], name="fc1"),
+        helper.make_node("Cast", ["w16"], ["w16f"], name="w16_cast", to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["h", "w16f"], ["y"], name="fc2"),
+    ]
+    return model(nodes, [init("wt", wt), init("w16", w16)], x_shape=("N", 3, 12, 12))
+
+
+def conv_transpose() -> onnx.ModelProto:
+    """ConvTranspose (3 -> 2 channels, stride 2) with bias."""
+    inits = [init("w", weights((3, 2, 2, 2), 1)), init("b", weights((2,), 2, 0.1))]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="deconv", strides=[2, 2])]
+    return model(nodes, inits)
+
+
+def attention_matmul() -> onnx.ModelProto:
+    """A MatMul of two runtime tensors (x @ x^T): no weights, not a layer."""
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], name="t", perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "xt"], ["y"], name="scores")]
+    return model(nodes, [], x_shape=(5, 6))
+
+
+def sample_input(m: onnx.ModelProto, batch: int = 2, seed: int = 10, scale: float = 1.0) -> np.ndarray:
+    """Random data for the model's ``x`` (the dynamic batch axis set to ``batch``)."""
+    inp = next(i for i in m.graph.input if i.name == "x")
+    dims = [d.dim_value if d.HasField("dim_value") else batch for d in inp.type.tensor_type.shape.dim]
+    return (rng(seed).standard_normal(dims) * scale).astype(np.float32)
+
+
+def _f32(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+# ---- a small residual CNN for the runtime tests ----------------------------------------------
+
+IR_VERSION = 10
+
+
+
+def residual_cnn(seed: int = 0, channels: int = 16, classes: int = 10) -> onnx.ModelProto:
+    """input (N,3,8,8) -> conv -> relu -> conv -> relu -> conv -> add(residual) -> relu -> pool -> gemm.
+
+    16 channels so onnxruntime uses its NCHWc kernels (the layout pass has work to do).
+    """
+    rng = np.random.default_rng(seed)
+    c = channels
+    inits = [
+        _f32("w1", rng.normal(0, 0.4, (c, 3, 3, 3))), _f32("b1", rng.normal(0, 0.1, c)),
+        _f32("w2", rng.normal(0, 0.15, (c, c, 3, 3))), _f32("b2", rng.normal(0, 0.1, c)),
+        _f32("w3", rng.normal(0, 0.15, (c, c, 3, 3))),
+        _f32("wf", rng.normal(0, 0.3, (classes, c))), _f32("bf", rng.normal(0, 0.1, classes)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c3", "r1"], ["a3"], name="add3"),
+        helper.make_node("Relu", ["a3"], ["r3"], name="relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["gp"], name="pool"),
+        helper.make_node("Flatten", ["gp"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "residual_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+LAYERS = ("conv1", "conv2", "conv3", "fc")
+
+
+def annotate(model: onnx.ModelProto, fmt: str = "fixed:8:4", weight_fmt: str = "fixed:8:6") -> onnx.ModelProto:
+    """QuantizeSim on every Conv/Gemm input, weight and output, named ``<layer>/<role>``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for node in out.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            nodes.append(node)
+            continue
+        layer = node.name
+        q_in = make_quantize_node(node.input[0], f"{layer}_in_q", fmt, name=f"{layer}/inputs")
+        q_w = make_quantize_node(node.input[1], f"{layer}_w_q", weight_fmt, name=f"{layer}/weights")
+        raw = f"{node.output[0]}__float"
+        q_out = make_quantize_node(raw, node.output[0], fmt, name=f"{layer}/outputs")
+        node.input[0], node.input[1], node.output[0] = q_in.output[0], q_w.output[0], raw
+        nodes += [q_in, q_w, node, q_out]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return attach_functions(out)
+
+
+def images(n: int = 64, seed: int = 1) -> np.ndarray:
+    """Inputs with exact zeros and tiny negatives, where signed zeros show up."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1.0, (n, 3, 8, 8)).astype(np.float32)
+    x[:, :, :2] = 0.0
+    x[:, :, 2, :4] = -1e-3
+    return x
+
+
+def classifier_data(n: int = 96, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return images(n, seed), rng.integers(0, 10, n)
+
+
+# ---- a MobileNet-style network for the per-channel tests -------------------------------------
+
+EPS = 1e-5
+
+
+
+def _measured_bn(prefix: str, x: str, y: str, c: int, rng, dead=None) -> tuple[list, list]:
+    """BN statistics as training measured them; channels ``dead`` at the input saw only zeros."""
+    gamma = rng.uniform(0.8, 1.2, c)
+    beta = rng.uniform(0.0, 0.5, c)
+    mean = rng.normal(0.0, 0.1, c)
+    var = rng.uniform(0.8, 1.2, c)
+    if dead is not None:
+        mean, var = np.where(dead, 0.0, mean), np.where(dead, 0.0, var)
+    inits = [_f32(f"{prefix}.{k}", v) for k, v in
+             (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var))]
+    node = helper.make_node("BatchNormalization", [x, f"{prefix}.gamma", f"{prefix}.beta", f"{prefix}.mean",
+                                                   f"{prefix}.var"], [y], name=f"/{prefix}/bn/BatchNormalization", epsilon=EPS)
+    return [node], inits
+
+
+def _relu6(x: str, y: str, name: str) -> onnx.NodeProto:
+    return helper.make_node("Clip", [x, "zero", "six"], [y], name=f"/{name}/Clip")
+
+
+def mobilenet_like(*, channels: int = 32, blocks: int = 3, classes: int = 10, size: int = 16,
+                   dead_every: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A synthetic MobileNet-style network whose folded weights need per-channel formats.
+
+    Stem conv 3x3 -> blocks of (depthwise 3x3 stride 2 -> BN -> ReLU6, pointwise 1x1 -> BN -> ReLU6) ->
+    global average pool -> Gemm classifier. ReLU6 is ``Clip(0, 6)``; every BN is folded by the
+    pipeline.
+
+    Why per-tensor formats fail on it, as on real MobileNets: some pointwise output channels are
+    *dead* (zero weights, negative bias: ReLU6 keeps them at 0), so the BN after the next depthwise
+    conv measured a running variance of 0 there, and folding divides those channels' weights by
+    ``sqrt(0 + eps)``: their weights become about 2^8 larger than the live channels'. A per-tensor
+    8-bit format sized for them rounds every live weight to a step or two; a per-channel one gives
+    each channel its own fractional length. Activations stay in a normal range (dead channels only
+    carry their bias), so per-tensor activation formats are fine. ``dead_every``: one dead
+    channel in that many.
+    """
+    rng = np.random.default_rng(seed)
+    c = channels
+    nodes: list = []
+    inits = [_f32("zero", 0.0), _f32("six", 6.0)]
+    dead = np.zeros(c, bool)
+    dead[::dead_every] = True
+
+    def conv(name: str, x: str, w: np.ndarray, group: int = 1, pads: int = 0, stride: int = 1) -> str:
+        inits.append(_f32(f"{name}.weight", w))
+        nodes.append(helper.make_node("Conv", [x, f"{name}.weight"], [f"{name}.out"], name=f"/{name}/Conv",
+                                      group=group, pads=[pads] * 4, strides=[stride] * 2,
+                                      kernel_shape=list(w.shape[2:])))
+        return f"{name}.out"
+
+    w = rng.standard_normal((c, 3, 3, 3)) * np.sqrt(2.0 / 27)
+    h = conv("stem", "x", w, pads=1)
+    bn_nodes, bn_inits = _measured_bn("stem", h, "stem.bn", c, rng)
+    nodes += bn_nodes + [_relu6("stem.bn", "stem.act", "stem/relu6")]
+    inits += bn_inits
+    h = "stem.act"
+    for b in range(blocks):
+        # depthwise: channels that are dead at the input have running variance 0
+        w = rng.standard_normal((c, 1, 3, 3)) * np.sqrt(2.0 / 9)
+        h = conv(f"b{b}.dw", h, w, group=c, pads=1, stride=2)
+        bn_nodes, bn_inits = _measured_bn(f"b{b}.dw", h, f"b{b}.dw.bn", c, rng, dead if b > 0 else None)
+        nodes += bn_nodes + [_relu6(f"b{b}.dw.bn", f"b{b}.dw.act", f"b{b}.dw/relu6")]
+        inits += bn_inits
+        # pointwise: dead output channels have zero weights (and a negative bias after BN)
+        w = rng.standard_normal((c, c, 1, 1)) * np.sqrt(2.0 / c)
+        w[dead] = 0.0
+        h = conv(f"b{b}.pw", f"b{b}.dw.act", w)
+        bn_nodes, bn_inits = _measured_bn(f"b{b}.pw", h, f"b{b}.pw.bn", c, rng)
+        beta = numpy_helper.to_array(bn_inits[1]).copy()
+        beta[dead] = -1.0
+        bn_inits[1] = _f32(f"b{b}.pw.beta", beta)
+        nodes += bn_nodes + [_relu6(f"b{b}.pw.bn", f"b{b}.pw.act", f"b{b}.pw/relu6")]
+        inits += bn_inits
+        h = f"b{b}.pw.act"
+    nodes.append(helper.make_node("GlobalAveragePool", [h], ["pool"], name="/pool/GlobalAveragePool"))
+    nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], name="/flatten/Flatten"))
+    # A nearest-class-mean head on the pooled features of the input classes (see random_inputs),
+    # as a trained classifier would be: logit_k = m_k . f - |m_k|^2 / 2, with centered means.
+    x, labels = labelled_inputs(1024, size, classes, seed=seed + 100)
+    features = _run(_mobilenet_graph(nodes, inits, "flat", c, size), x).astype(np.float64)
+    mu = features.mean(axis=0)
+    means = np.stack([features[labels == k].mean(axis=0) for k in range(classes)]) - mu
+    fc = means / np.linalg.norm(means, axis=1).mean()
+    bias = -fc @ mu - 0.5 * (fc * means).sum(axis=1)
+    inits += [_f32("fc.weight", fc), _f32("fc.bias", bias)]
+    nodes.append(helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["y"], name="/fc/Gemm", transB=1))
+    model = _mobilenet_graph(nodes, inits, "y", classes, size)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _mobilenet_graph(nodes, inits, output: str, width: int, size: int) -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), "mobilenet_like",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", width])], list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def labelled_inputs(n: int = 2000, size: int = 16, classes: int = 10, *, noise: float = 0.2,
+                    seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Random images of ``classes`` fixed random prototypes plus Gaussian noise, and their class.
+
+    The prototypes are the same for every seed (the network's head is fit to them); ``seed``
+    draws the classes and the noise.
+    """
+    protos = np.random.default_rng(12345).standard_normal((classes, 3, size, size))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    x = protos[labels] + noise * rng.standard_normal((n, 3, size, size))
+    return x.astype(np.float32), labels
+
+
+def random_inputs(n: int = 2000, size: int = 16, seed: int = 1) -> np.ndarray:
+    """The images of :func:`labelled_inputs` without their classes."""
+    return labelled_inputs(n, size, seed=seed)[0]
+
+
+# ---- QuantizeSim-only models for the op tests ------------------------------------------------
+
+def quantizer_model(formats: list[str], rounding: str = "nearest_even", opset: int = 17) -> onnx.ModelProto:
+    """One input ``x``, one QuantizeSim output ``y{i}`` per format (all in one session)."""
+    nodes = [make_quantize_node("x", f"y{i}", f, rounding=rounding) for i, f in enumerate(formats)]
+    graph = helper.make_graph(
+        nodes, "quantizers",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["N"]) for i in range(len(formats))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    return attach_functions(model)
+
+
+def run_quantizers(formats: list[str], x: np.ndarray, rounding: str = "nearest_even") -> list[np.ndarray]:
+    sess = create_session(quantizer_model(formats, rounding), kernels=False)  # the function bodies
+    return sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise bit equality of float32 arrays; any NaN matches any NaN."""
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    return (a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))
