@@ -224,6 +224,10 @@ class Scorer:
 
     # -- API
 
+    def forget(self) -> None:
+        """Drop every cached plan result: the runner's model changed (e.g. new weights)."""
+        self._progress.clear()
+
     @property
     def evaluations(self) -> float:
         """Images scored, in units of full passes over the data."""

@@ -179,6 +179,7 @@ class _ExactScorer:
 
         model = self.model if weights is None else write_back(self.model, weights)
         self._run = Simulator(model, threads=self.threads).run
+        self.scorer.forget()  # same (empty) plan, new weights: the scorer's cache must not answer
         return self.scorer.score({}).value
 
 
