@@ -29,7 +29,7 @@ def test_compress_reports_structured_events():
     search = [e for e in events if e.stage == "search" and e.plans_scored]
     assert [e.plans_scored for e in search] == list(range(1, result.report.plans_scored + 1))
     assert search[-1].evaluations == result.report.evaluations and search[-1].scheme == "dfp"
-    assert search[-1].best.startswith("combine ") and "(metric 0.98" in search[-1].best
+    assert search[-1].best.startswith("combine ") and f"(metric {result.report.final:.4f})" in search[-1].best
     assert events[-1].stage == "write"
     assert any(isinstance(m, str) and m.startswith("baseline top1 0.9840") for m in sink)
 
