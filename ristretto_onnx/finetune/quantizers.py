@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ristretto_onnx.finetune import require_torch
-from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, parse_format
+from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, UFixed, parse_format
 
 torch = require_torch()
 
@@ -76,6 +76,9 @@ class TorchFormat:
         x = x.to(torch.float32)
         if isinstance(fmt, Fixed):
             return _fixed(x, fmt.bits, 2.0 ** fmt.frac_bits, 2.0 ** -fmt.frac_bits, rounding, generator)
+        if isinstance(fmt, UFixed):  # unsigned: k in [0, 2**bits - 1], -0 -> +0 as the reference
+            k = torch.clamp(_round(x * 2.0 ** fmt.frac_bits, rounding, generator), 0.0, 2.0 ** fmt.bits - 1) + 0.0
+            return k * 2.0 ** -fmt.frac_bits
         if isinstance(fmt, Minifloat):
             return _minifloat(x, fmt, rounding, generator)
         if isinstance(fmt, Pow2):
