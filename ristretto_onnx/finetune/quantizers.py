@@ -76,9 +76,9 @@ class TorchFormat:
         x = x.to(torch.float32)
         if isinstance(fmt, Fixed):
             return _fixed(x, fmt.bits, 2.0 ** fmt.frac_bits, 2.0 ** -fmt.frac_bits, rounding, generator)
-        if isinstance(fmt, UFixed):
-            return _fixed(x, fmt.bits, 2.0 ** fmt.frac_bits, 2.0 ** -fmt.frac_bits, rounding, generator,
-                          signed=False)
+        if isinstance(fmt, UFixed):  # unsigned: k in [0, 2**bits - 1], -0 -> +0 as the reference
+            k = torch.clamp(_round(x * 2.0 ** fmt.frac_bits, rounding, generator), 0.0, 2.0 ** fmt.bits - 1) + 0.0
+            return k * 2.0 ** -fmt.frac_bits
         if isinstance(fmt, Minifloat):
             return _minifloat(x, fmt, rounding, generator)
         if isinstance(fmt, Pow2):
@@ -90,14 +90,11 @@ class TorchFormat:
         return _pow2(x, p, q, rounding, generator)
 
 
-def _fixed(x, bits, scale, inv, rounding, generator, signed: bool = True):
+def _fixed(x, bits, scale, inv, rounding, generator):
     # x * 2**F is exact in float32 (a product that is subnormal rounds to +-0 either way, one
     # that overflows saturates either way); k * 2**-F is exact for the formats formats.py accepts.
     k = _round(x * scale, rounding, generator)
-    if signed:
-        k = torch.clamp(k, -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
-    else:  # ufixed: negative values saturate to +0 (never -0), as formats.UFixed
-        k = torch.clamp(k, 0.0, 2.0 ** bits - 1) + 0.0
+    k = torch.clamp(k, -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
     return k * inv
 
 

@@ -26,15 +26,15 @@ def _simulated(name: str, weight_bits: int, act_bits: int, range_rule: str):
 LENET_OPTIONS = FinetuneOptions(epochs=1, lr=1e-3, batch_size=64, train_size=10000, seed=0, device="cpu")
 
 
-def test_lenet_2bit_weights_4bit_outputs_win_six_points_back(zoo_env):
-    # Measured here: 97.77 % after one epoch, 97.97 % (91.27 %) after two; the thesis reports
-    # 98.81 % (98.03 %). Issue 12 asks for 98.5 %, which this short run does not reach: with
-    # float weights, these 4-bit activations alone score 98.41 % (the 4-bit logits tie).
+def test_lenet_2bit_weights_4bit_outputs_win_accuracy_back(zoo_env):
+    # Measured here: 97.81 % (96.04 %) after this one epoch (with signed activation formats before
+    # main's unsigned ones: 97.97 % (91.27 %) after two); the thesis reports 98.81 % (98.03 %).
+    # Issue 12 asks for 98.5 %, which this short run does not reach.
     sim = _simulated("lenet-mnist", 2, 4, "mse")
     test = zoo.model_dataset("lenet-mnist", "test")
     r = finetune(sim, zoo.model_dataset("lenet-mnist", "train"), test, options=LENET_OPTIONS)
-    assert r.before < 0.92  # post-training quantization alone: 91.27 %
-    assert r.after >= 0.97, r.headline
+    assert r.before < 0.97  # post-training quantization alone: 96.04 %
+    assert r.after >= 0.975 and r.after >= r.before + 0.01, r.headline
     assert evaluate(r.model, test)["top1"] == pytest.approx(r.after, abs=1e-12)
 
 

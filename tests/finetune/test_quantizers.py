@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from ristretto_onnx import formats  # noqa: E402
 from ristretto_onnx.finetune.quantizers import TorchFormat, quantize, quantize_ste  # noqa: E402
 
-FORMATS = ["fixed:8:4", "fixed:2:1", "fixed:4:-1", "fixed:16:126", "fixed:8:-120", "fixed:32:24",
+FORMATS = ["ufixed:8:4", "ufixed:1:0", "ufixed:31:20", "fixed:8:4", "fixed:2:1", "fixed:4:-1", "fixed:16:126", "fixed:8:-120", "fixed:32:24",
            "minifloat:8:4", "minifloat:3:1", "minifloat:16:5", "minifloat:31:7", "minifloat:2:1",
            "pow2:-8:-1", "pow2:-125:126", "pow2:0:0",
            "fixed:4:1,2,3@0", "fixed:6:3,-2@-1", "pow2:-8,-7,-20:-1,0,-10@0"]
