@@ -20,7 +20,7 @@ def _top1(model, data) -> float:
 def test_lenet_4_bit_dfp_rules_before_and_after(zoo_env):
     calib = zoo.model_dataset("lenet-mnist", "calib").subset(500, seed=0)
     test = zoo.model_dataset("lenet-mnist", "test")
-    thesis = dict(unsigned=False, round_once=False, bias_correction="off")
+    thesis = dict(unsigned=False, round_once=False, bias_correction="off", range_rule="max")
     before = quantize("zoo:lenet-mnist", QuantizeOptions(scheme="dfp", bits=4, **thesis), calib)
     after = quantize("zoo:lenet-mnist", QuantizeOptions(scheme="dfp", bits=4, bias_correction="on"), calib)
     assert sum(f.kind == "ufixed" for f in after.plan.values() if f is not None) >= 3
