@@ -41,8 +41,36 @@ def _round(v: np.ndarray, rounding: str, rng: np.random.Generator | None) -> np.
     return np.floor(v + rng.random(v.shape))
 
 
+class _Grid:
+    """What signed and unsigned fixed point share: values on the grid ``k * 2**-frac_bits``."""
+
+    bits: int
+    frac_bits: int
+
+    def _check_float32(self, top_exp: int, lowest_frac: int) -> None:
+        """Step and largest value must be normal float32 numbers (exact scale factors)."""
+        if -self.frac_bits < F32_EMIN or top_exp > F32_EMAX:
+            raise FormatError(
+                f"{self}: range exceeds float32 (step 2^{-self.frac_bits}, max about 2^{top_exp}); "
+                f"frac_bits must lie in [{lowest_frac}, {-F32_EMIN}]"
+            )
+
+    @property
+    def int_bits(self) -> int:
+        """Integer length IL of the thesis (signed: sign bit included; bits = IL + FL)."""
+        return self.bits - self.frac_bits
+
+    @property
+    def step(self) -> float:
+        return 2.0 ** -self.frac_bits
+
+    @property
+    def smallest_positive(self) -> float:
+        return self.step
+
+
 @dataclass(frozen=True)
-class Fixed:
+class Fixed(_Grid):
     """Two's complement fixed point with ``bits`` bits in total, ``frac_bits`` of them fractional.
 
     The thesis's ``Qm.n`` is ``Fixed(m + n, n)``. ``frac_bits`` may be negative (a step larger
@@ -58,25 +86,10 @@ class Fixed:
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 32:
             raise FormatError(f"fixed point needs 2 to 32 bits, got {self.bits}")
-        step_exp = -self.frac_bits
-        top_exp = self.bits - 1 - self.frac_bits
-        if step_exp < F32_EMIN or top_exp > F32_EMAX:
-            raise FormatError(
-                f"{self}: range exceeds float32 (step 2^{step_exp}, max about 2^{top_exp}); "
-                f"frac_bits must lie in [{self.bits - 1 - F32_EMAX}, {-F32_EMIN}]"
-            )
+        self._check_float32(self.bits - 1 - self.frac_bits, self.bits - 1 - F32_EMAX)
 
     def __str__(self) -> str:
         return f"fixed:{self.bits}:{self.frac_bits}"
-
-    @property
-    def int_bits(self) -> int:
-        """Integer length IL of the thesis, sign bit included (bits = IL + FL)."""
-        return self.bits - self.frac_bits
-
-    @property
-    def step(self) -> float:
-        return 2.0 ** -self.frac_bits
 
     @property
     def max_value(self) -> float:
@@ -86,10 +99,6 @@ class Fixed:
     def min_value(self) -> float:
         return -(2.0 ** (self.bits - 1)) * self.step
 
-    @property
-    def smallest_positive(self) -> float:
-        return self.step
-
     def quantize(self, x, rounding: str = "nearest_even", rng=None) -> np.ndarray:
         _check_rounding(rounding)
         return _quantize_fixed(_as_f64(x), self.bits, self.frac_bits, rounding, rng)
@@ -97,13 +106,20 @@ class Fixed:
 
 def _quantize_fixed(x64: np.ndarray, bits: int, frac_bits, rounding: str, rng) -> np.ndarray:
     """Fixed point in float64; ``frac_bits`` may be an array broadcast against ``x64``."""
+    return _quantize_grid(x64, frac_bits, -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1, rounding, rng)
+
+
+def _quantize_grid(x64: np.ndarray, frac_bits, lo: float, hi: float, rounding: str, rng) -> np.ndarray:
+    """``clip(round(x * 2**F), lo, hi) * 2**-F`` in float64, rounded once to float32."""
     scale = np.ldexp(1.0, frac_bits)
-    k = np.clip(_round(x64 * scale, rounding, rng), -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
+    k = np.clip(_round(x64 * scale, rounding, rng), lo, hi)
+    if lo == 0.0:
+        k = k + 0.0  # unsigned: -0 -> +0
     return (k / scale).astype(np.float32)
 
 
 @dataclass(frozen=True)
-class UFixed:
+class UFixed(_Grid):
     """Unsigned fixed point: ``k * 2**-frac_bits`` for integer ``k`` in ``[0, 2**bits - 1]``.
 
     Beyond the thesis (two's complement everywhere): a tensor that cannot be negative (after a
@@ -120,22 +136,10 @@ class UFixed:
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 31:
             raise FormatError(f"unsigned fixed point needs 1 to 31 bits, got {self.bits}")
-        if -self.frac_bits < F32_EMIN or self.bits - self.frac_bits > F32_EMAX:
-            raise FormatError(
-                f"{self}: range exceeds float32 (step 2^{-self.frac_bits}, max about "
-                f"2^{self.bits - self.frac_bits}); frac_bits must lie in [{self.bits - F32_EMAX}, {-F32_EMIN}]"
-            )
+        self._check_float32(self.bits - self.frac_bits, self.bits - F32_EMAX)
 
     def __str__(self) -> str:
         return f"ufixed:{self.bits}:{self.frac_bits}"
-
-    @property
-    def int_bits(self) -> int:
-        return self.bits - self.frac_bits
-
-    @property
-    def step(self) -> float:
-        return 2.0 ** -self.frac_bits
 
     @property
     def max_value(self) -> float:
@@ -145,15 +149,9 @@ class UFixed:
     def min_value(self) -> float:
         return 0.0
 
-    @property
-    def smallest_positive(self) -> float:
-        return self.step
-
     def quantize(self, x, rounding: str = "nearest_even", rng=None) -> np.ndarray:
         _check_rounding(rounding)
-        scale = np.ldexp(1.0, self.frac_bits)
-        k = np.clip(_round(_as_f64(x) * scale, rounding, rng), 0.0, 2.0**self.bits - 1) + 0.0  # -0 -> +0
-        return (k / scale).astype(np.float32)
+        return _quantize_grid(_as_f64(x), self.frac_bits, 0.0, 2.0**self.bits - 1, rounding, rng)
 
 
 @dataclass(frozen=True)
