@@ -5,8 +5,10 @@ on the zoo models, next to onnxruntime's own int8 quantizer, and write docs/RESU
     RISTRETTO_ZOO=/work/shared/zoo python bench/reproduce.py --quick    # smoke run, a few minutes
 
 Every number this writes is measured here on real data; the thesis's numbers appear only in
-columns labelled "thesis" (see :mod:`bench.thesis_reference`). No fine-tuning is done, so ours
-compare with the thesis's bracketed "before fine-tuning" values.
+columns labelled "thesis" (see :mod:`bench.thesis_reference`). The tables compare ours with the
+thesis's bracketed "before fine-tuning" values; the fine-tuned section (:mod:`bench.reproduce_finetune`,
+skipped with ``--no-finetune`` or without torch) fine-tunes the configurations of tables 5.2, 6.1
+and 7.1 and sets them beside the thesis's "after (before)".
 
 The table functions (``table_5_1`` ...) take one network's :class:`~bench.common.Bench` and return
 plain rows, so tests can run one small case of each (tests/bench/test_reproduce_quick.py).
@@ -30,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable from
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import ort_quant  # noqa: E402  (after the path fix above)
+from bench import reproduce_finetune  # noqa: E402
 from bench import thesis_reference as thesis  # noqa: E402
 from bench.common import (  # noqa: E402
     REPO, ROLES, Bench, NetworkSpec, Stopwatch, evaluate_session, images_per_second, json_default,
@@ -400,8 +403,11 @@ def compare_with_onnxruntime(bench: Bench, configs, work: Path, log: Log, throug
 # The run
 
 
-def run_network(spec: NetworkSpec, *, quick: bool, watch: Stopwatch, work: Path, log: Log) -> dict:
-    """Every section for one network; the stopwatch sums each section over the networks."""
+def run_network(spec: NetworkSpec, *, quick: bool, watch: Stopwatch, work: Path, log: Log,
+                finetune: reproduce_finetune.Recipe | None | bool = None) -> dict:
+    """Every section for one network; the stopwatch sums each section over the networks.
+    ``finetune``: the recipe for the fine-tuned rows (``None``: none for this network, ``False``:
+    skip the section)."""
     res: dict = {"spec": dataclasses.asdict(spec)}
     with watch.section("setup (contexts, calibration, FP32 baselines)", spec.name):
         bench = open_bench(spec, log)
@@ -429,6 +435,9 @@ def run_network(spec: NetworkSpec, *, quick: bool, watch: Stopwatch, work: Path,
         res["t71"] = table_7_1(bench)
         search("pow2")
     res["compress"] = runs
+    if finetune is not False:
+        with watch.section("fine-tuning (tables 5.2, 6.1, 7.1)", spec.name):
+            res["finetune"] = reproduce_finetune.measure(bench, res, finetune, log)
     with watch.section("figures 8.1-8.3", spec.name):
         res["sweep"] = sweep(bench, spec.fig_widths)
     bench.release("sweep", "minifloat")
@@ -473,6 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--networks", default="", help="comma-separated zoo names to run (default: all)")
     parser.add_argument("--render", metavar="JSON", help="only rewrite RESULTS.md and the plots from the raw "
                         "results of an earlier run (bench/out/reproduce.json); measures nothing")
+    parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tuned rows of tables 5.2, "
+                        "6.1 and 7.1 (they need torch and take most of the run's time)")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="epochs per fine-tuned row "
+                        "(default: 2 for LeNet, 1 for ResNet-20; --quick: 1)")
+    parser.add_argument("--finetune-train-size", type=int, default=None, help="training images per fine-tuned "
+                        "row, a seeded subset (0: the whole file; default: 10000 for LeNet, the whole file "
+                        "for ResNet-20; --quick: 1000)")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
 
@@ -497,7 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw.parent.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         log(f"== {spec.name}")
-        results["networks"][spec.name] = run_network(spec, quick=args.quick, watch=watch, work=work, log=log)
+        recipe = False if args.no_finetune else reproduce_finetune.recipe_for(
+            spec.name, quick=args.quick, epochs=args.finetune_epochs, train_size=args.finetune_train_size)
+        results["networks"][spec.name] = run_network(spec, quick=args.quick, watch=watch, work=work, log=log,
+                                                     finetune=recipe)
         gc.collect()  # the network's sessions (a few GB for SqueezeNet) go before the next one
         save_raw(results, watch, t0, raw)  # a crash later keeps what was measured
     results["runtime_benchmark"] = runtime_benchmark()

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench import reproduce_finetune
 from bench import thesis_reference as thesis
 from bench.common import md_table, pct, signed_pts
 
@@ -77,8 +78,9 @@ NOTES_NETWORKS = """\
   bit-width sweeps and minifloat measurements use seeded subsets of it where the table above says so
   (smaller sets are subsets of larger ones), to keep the run under 30 minutes: minifloat simulation
   is the slowest (see the throughput table). Every table says which set a number is on.
-- **No fine-tuning:** ristretto-onnx does not retrain, so "ours" compares with the thesis's values
-  *before* fine-tuning (in brackets in the thesis; first here, the fine-tuned value in brackets)."""
+- **Fine-tuning:** tables 4.1-7.1 compare ours without fine-tuning with the thesis's values
+  *before* fine-tuning (in brackets in the thesis; first here, the fine-tuned value in brackets);
+  the section "Fine-tuned" after table 7.1 fine-tunes tables 5.2, 6.1 and 7.1 (thesis 9.3)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,6 +622,8 @@ def write_report(results: dict, out: Path) -> Path:
         "## Table 6.1: minifloat", TEXT_6_1, section_6_1(results), compress_table(results, "minifloat"),
         "## Table 7.1: power-of-two weights (multiplier-free)", TEXT_7_1, section_7_1(results),
         compress_table(results, "pow2").replace("):", "; the window of each layer sits at the top of its range):", 1),
+        "## Fine-tuned: tables 5.2, 6.1 and 7.1 after (before) fine-tuning", reproduce_finetune.TEXT,
+        reproduce_finetune.section(results),
         "## Figures 8.1-8.3: accuracy against bit width", TEXT_FIG, section_figures(results, out),
         "## onnxruntime's int8 quantizer side by side", TEXT_ORT, section_ort(results),
         "## Performance", TEXT_PERF, section_performance(results),

@@ -79,7 +79,9 @@ def finetune_command(
     log = None if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = finetune(str(model_path), train_set, val_set, options=options, log=log,
                       progress=False if quiet else None)
-    model_file, report_file = result.save(out, report_path)
+    model_file, report_file = result.save(out, report_path)  # under torchrun: rank 0 only
+    if result.rank != 0:
+        return
     typer.echo(result.headline)
     typer.echo(f"best epoch {result.best_epoch} of {len(result.epochs) - 1} on {result.device}, "
                f"{result.seconds:.1f} s; wrote {model_file} and {report_file}")

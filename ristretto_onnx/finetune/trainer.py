@@ -106,6 +106,8 @@ class FinetuneResult:
     seconds: float
     options: dict
     weights: dict = field(default_factory=dict, repr=False)  # best shadow weights by name
+    world_size: int = 1  # processes under torchrun (data parallel); 1 otherwise
+    rank: int = 0
 
     @property
     def drop(self) -> float:
@@ -126,11 +128,15 @@ class FinetuneResult:
         return d
 
     def save(self, path: str | os.PathLike, report_path: str | os.PathLike | None = None) -> tuple[Path, Path]:
-        """Write the fine-tuned model and its JSON report (default: next to it, ``.json``)."""
+        """Write the fine-tuned model and its JSON report (default: next to it, ``.json``).
+
+        Under torchrun only rank 0 writes; the other ranks return the same paths, writing nothing."""
         from ristretto_onnx.passes.save import save_model, write_text_atomic
 
         path = Path(path)
         report_path = Path(report_path) if report_path else path.with_suffix(".json")
+        if self.rank != 0:
+            return path, report_path
         save_model(self.model, path)
         write_text_atomic(report_path, json.dumps(self.to_dict(), indent=2))
         return path, report_path
@@ -192,9 +198,13 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
     :class:`FinetuneOptions` fields, as ``options=`` or keywords. ``baseline``: the FP32 score
     the tolerance is checked against (default: the model with every quantizer removed, which is
     the FP32 model only while the weights are the original ones).
+
+    Launched by ``torchrun``, every process runs this with the same arguments and the training
+    is data parallel (:mod:`ristretto_onnx.finetune.distributed`): the same model as one process.
     """
     torch = require_torch()
     from ristretto_onnx.data import Dataset, load_dataset
+    from ristretto_onnx.finetune import distributed as dp
     from ristretto_onnx.finetune.converter import OnnxModule
     from ristretto_onnx.finetune.loader import TrainBatches
     from ristretto_onnx.finetune.progress import EpochProgress
@@ -204,11 +214,15 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
     opts = options or FinetuneOptions(**kwargs)
     if options is not None and kwargs:
         opts = FinetuneOptions(**{**asdict(options), **kwargs})
+    ranks = dp.ranks_from_env()
+    if not ranks.main:  # progress and messages from rank 0 only
+        log, progress = None, False
     log = log or (lambda msg: None)
     t_start = time.perf_counter()
     base = load_model(model)
-    device = resolve_device(opts.device)
-    torch.set_num_threads(opts.threads or available_cpus())
+    device = dp.local_device(resolve_device(opts.device), ranks)
+    dp.setup(ranks, device)
+    torch.set_num_threads(opts.threads or max(1, available_cpus() // ranks.local_world_size))
     torch.manual_seed(opts.seed)
     if device.startswith("cuda"):  # float32 as on the CPU: no TF32 (results equal up to order)
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -225,18 +239,25 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
     if not module.param_names:
         raise RistrettoError("the model has no float weights of a Conv, ConvTranspose, Gemm or MatMul "
                              "layer to fine-tune")
-    module.generator = torch.Generator().manual_seed(opts.seed + 1)
+    module.generator = torch.Generator().manual_seed(opts.seed + 1)  # the same on every rank
+    net = dp.wrap(module, device) if ranks.active else module
     data_gen = torch.Generator().manual_seed(opts.seed)
     batches = TrainBatches(train, device)
-    scorer = _ExactScorer(base, val, opts.metric, opts.score_batch_size, opts.threads)
-    fp32 = scorer.scorer.baseline if baseline is None else float(baseline)
+    # The exact scoring (onnxruntime) and the choice of the best epoch: rank 0, broadcast.
+    scorer = _ExactScorer(base, val, opts.metric, opts.score_batch_size, opts.threads) if ranks.main else None
+    n_score, fp32 = dp.broadcast((scorer.n, scorer.scorer.baseline) if ranks.main else None, ranks)
+    fp32 = fp32 if baseline is None else float(baseline)
     tolerance = _tolerance(base, opts, fp32)
 
+    def score(weights) -> float:
+        return dp.broadcast(scorer.score(weights) if ranks.main else None, ranks)
+
     t = time.perf_counter()
-    before = scorer.score(None)
+    before = score(None)
     records = [EpochRecord(0, None, before, 0.0, time.perf_counter() - t)]
     best, best_epoch, best_weights = before, 0, module.shadow_weights()
-    log(f"{device}: {len(train)} training images, {scorer.n} scored; FP32 {opts.metric} "
+    where = f"{device} x {ranks.world_size} processes" if ranks.active else device
+    log(f"{where}: {len(train)} training images, {n_score} scored; FP32 {opts.metric} "
         f"{fp32:.4f}, before fine-tuning {before:.4f}")
 
     params = list(module.parameters())
@@ -247,38 +268,48 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
     steps = opts.epochs * batches.batches_per_epoch(opts.batch_size)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
              if opts.schedule == "cosine" else None)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
     interrupted = False
     with EpochProgress(opts.epochs, batches.batches_per_epoch(opts.batch_size), show=progress) as bar:
         bar.set_best(best)
         try:
             for epoch in range(1, opts.epochs + 1):
-                module.train()
+                net.train()
                 t, cpu0 = time.perf_counter(), time.process_time()
                 total = torch.zeros((), device=device)
                 seen = 0
                 bar.start_epoch(epoch)
                 for x, y in batches.epoch(opts.batch_size, data_gen):
-                    loss = loss_fn(module(x, logits=True), y)
+                    n_global = len(y)
+                    if ranks.active:  # this rank's slice of the global batch
+                        part = dp.local_slice(n_global, ranks)
+                        x, y = x[part], y[part]
+                    loss_sum = loss_fn(net(x, logits=True), y)
+                    # mean over the global batch once DDP averages the ranks' gradients
+                    loss = loss_sum / n_global
+                    if ranks.active:
+                        loss = loss * ranks.world_size
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     if sched is not None:
                         sched.step()
-                    total += loss.detach() * len(y)
+                    total += loss_sum.detach()
                     seen += len(y)
-                    bar.advance(float(loss) if bar.shown else None)
-                module.eval()
+                    bar.advance(float(loss_sum) / max(len(y), 1) if bar.shown else None)
+                net.eval()
                 train_s, train_cpu = time.perf_counter() - t, time.process_time() - cpu0
+                dp.check_in_step(module, module.generator, ranks)
+                loss_total, seen = dp.all_sum([float(total), seen], ranks, device)
                 t = time.perf_counter()
                 weights = module.shadow_weights()
-                score = scorer.score(weights)
-                records.append(EpochRecord(epoch, float(total) / max(seen, 1), score, train_s,
+                epoch_score = score(weights)
+                records.append(EpochRecord(epoch, loss_total / max(seen, 1), epoch_score, train_s,
                                            time.perf_counter() - t, train_cpu))
-                if score > best:
-                    best, best_epoch, best_weights = score, epoch, weights
-                bar.end_epoch(records[-1].loss, score, best)
-                log(f"epoch {epoch}/{opts.epochs}: loss {records[-1].loss:.4f}, {opts.metric} {score:.4f} "
+                if epoch_score > best:
+                    best, best_epoch, best_weights = epoch_score, epoch, weights
+                bar.end_epoch(records[-1].loss, epoch_score, best)
+                log(f"epoch {epoch}/{opts.epochs}: loss {records[-1].loss:.4f}, {opts.metric} {epoch_score:.4f} "
                     f"(best {best:.4f} at epoch {best_epoch}), train {train_s:.1f} s, "
                     f"score {records[-1].score_seconds:.1f} s")
         except KeyboardInterrupt:
@@ -294,5 +325,6 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
     return FinetuneResult(
         model=out, metric=opts.metric, fp32=fp32, before=before, after=best, best_epoch=best_epoch,
         tolerance=tolerance, holds=fp32 - best <= tolerance + 1e-12, epochs=records,
-        interrupted=interrupted, device=device, n_train=len(train), n_score=scorer.n,
-        seconds=round(time.perf_counter() - t_start, 3), options=asdict(opts), weights=best_weights)
+        interrupted=interrupted, device=device, n_train=len(train), n_score=n_score,
+        seconds=round(time.perf_counter() - t_start, 3), options=asdict(opts), weights=best_weights,
+        world_size=ranks.world_size, rank=ranks.rank)
