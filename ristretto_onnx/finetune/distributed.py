@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 
 from ristretto_onnx.errors import RistrettoError
@@ -104,6 +105,8 @@ def wrap(module, device: str):
     require_torch()
     from torch.nn.parallel import DistributedDataParallel
 
+    # channels_last weights (the CPU path) get contiguous bucket views: one copy per step, no harm
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ids = [int(device.split(":")[1])] if device.startswith("cuda:") else None
     return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 

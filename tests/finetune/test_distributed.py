@@ -13,9 +13,12 @@ import pytest
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.finetune.distributed import Ranks, local_slice, ranks_from_env
 
-#: Largest difference between a torchrun (2 processes) and a one-process weight, measured on the
-#: LeNet run below: 0 or a few float32 ulps (the gradient all-reduce sums in another order).
-WEIGHT_ATOL = 1e-6
+#: Largest difference between a torchrun (2 processes) and a one-process weight. The all-reduce
+#: sums the gradients in another order (about 1e-7 relative); the quantizer's steps amplify that
+#: where a weight sits at a rounding boundary. Measured on the run below: 2.1e-5 (weights moved by
+#: up to 1e-2). One process with 1 and with 2 threads differs by 2.2e-6 with SGD. A wrong loss
+#: weighting or different rounding seeds on the ranks give differences of 1e-4 to 1e-3.
+WEIGHT_ATOL = 1e-4
 
 
 @pytest.mark.parametrize("n,world", [(64, 2), (65, 2), (7, 3), (1, 2), (128, 8), (10, 4)])
@@ -61,11 +64,12 @@ def test_torchrun_two_processes_give_the_one_process_model(zoo_env, tmp_path):
                    zoo.model_dataset("lenet-mnist", "calib")).model
     sim_path, out = tmp_path / "sim.onnx", tmp_path / "ft.onnx"
     onnx.save(sim, sim_path)
-    # 400 training images in global batches of 64: six full batches and one of 16 (8 per rank).
-    _save_npz(zoo.model_dataset("lenet-mnist", "train"), 400, tmp_path / "train.npz")
+    # 640 training images in global batches of 63: ten split 32/31 between the ranks (the loss
+    # weighting must make uneven slices exact) and a last one of 10 (5/5).
+    _save_npz(zoo.model_dataset("lenet-mnist", "train"), 640, tmp_path / "train.npz")
     _save_npz(zoo.model_dataset("lenet-mnist", "test"), 1000, tmp_path / "test.npz")
     args = ["--train-data", str(tmp_path / "train.npz"), "--data", str(tmp_path / "test.npz"),
-            "--epochs", "1", "--lr", "1e-3", "--batch-size", "64", "--seed", "3", "--device", "cpu", "--quiet"]
+            "--epochs", "1", "--lr", "1e-3", "--batch-size", "63", "--seed", "3", "--device", "cpu", "--quiet"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -78,7 +82,7 @@ def test_torchrun_two_processes_give_the_one_process_model(zoo_env, tmp_path):
         ["ft.json", "ft.onnx", "sim.onnx", "test.npz", "train.npz"]
 
     one = finetune(sim, str(tmp_path / "train.npz"), str(tmp_path / "test.npz"),
-                   options=FinetuneOptions(epochs=1, lr=1e-3, batch_size=64, seed=3, device="cpu"))
+                   options=FinetuneOptions(epochs=1, lr=1e-3, batch_size=63, seed=3, device="cpu"))
     assert one.world_size == 1
     dist_w = {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
     one_w = {t.name: numpy_helper.to_array(t) for t in one.model.graph.initializer}
@@ -86,9 +90,10 @@ def test_torchrun_two_processes_give_the_one_process_model(zoo_env, tmp_path):
     diff = max(float(np.max(np.abs(dist_w[k] - one_w[k]), initial=0.0)) for k in one.weights)
     assert diff <= WEIGHT_ATOL, diff
     sim_w = {t.name: numpy_helper.to_array(t) for t in sim.graph.initializer}
-    assert any(not np.array_equal(one_w[k], sim_w[k]) for k in one.weights)  # it did train
+    assert one.best_epoch == 1 and any(not np.array_equal(one_w[k], sim_w[k]) for k in one.weights)
+    print(f"max abs weight difference, torchrun 2 processes vs one: {diff:.3g}")
     # the same scores, epoch by epoch, and the same chosen model
     assert [e["score"] for e in report["epochs"]] == [e.score for e in one.epochs]
     assert report["best_epoch"] == one.best_epoch and report["after"] == one.after
     assert report["epochs"][1]["loss"] == pytest.approx(one.epochs[1].loss, rel=1e-5)
-    assert evaluate(str(out), str(tmp_path / "test.npz"))["top1"] == one.after
+    assert evaluate(str(out), zoo.model_dataset("lenet-mnist", "test").take(1000))["top1"] == one.after
