@@ -40,13 +40,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--train-size", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs in the "
+                    "affinity mask)")
     args = ap.parse_args(argv)
     load0 = os.getloadavg()
     t = time.perf_counter()
     sim = simulated_resnet20()
     prep = time.perf_counter() - t
     opts = FinetuneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
-                           train_size=args.train_size)
+                           train_size=args.train_size, threads=args.threads)
     r = finetune(sim, zoo.model_dataset("resnet20-cifar10", "train"),
                  zoo.model_dataset("resnet20-cifar10", "test"), options=opts,
                  log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -62,7 +64,7 @@ def main(argv=None) -> dict:
         "score_seconds": [round(e.score_seconds, 1) for e in r.epochs],
         "quantize_seconds": round(prep, 1),
         "fp32": r.fp32, "before": r.before, "after": r.after, "headline": r.headline,
-        "cpus": len(os.sched_getaffinity(0)), "load_average_start": [round(x, 2) for x in load0],
+        "cpus": len(os.sched_getaffinity(0)), "threads": args.threads or len(os.sched_getaffinity(0)), "load_average_start": [round(x, 2) for x in load0],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(out))

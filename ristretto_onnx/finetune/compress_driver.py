@@ -122,6 +122,11 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
 
     if metric_fn is not None:
         raise RistrettoError("compress --finetune scores top1, top5 or fidelity, not a custom metric")
+    from ristretto_onnx.finetune.distributed import ranks_from_env
+
+    if ranks_from_env().active:
+        raise RistrettoError("compress --finetune runs in one process; under torchrun run finetune on the "
+                             "compressed model instead")
     opts = options or CompressOptions(**kwargs)
     fopts = finetune_options or FinetuneOptions()
     log = log or (lambda msg: None)

@@ -97,3 +97,13 @@ def test_torchrun_two_processes_give_the_one_process_model(zoo_env, tmp_path):
     assert report["best_epoch"] == one.best_epoch and report["after"] == one.after
     assert report["epochs"][1]["loss"] == pytest.approx(one.epochs[1].loss, rel=1e-5)
     assert evaluate(str(out), zoo.model_dataset("lenet-mnist", "test").take(1000))["top1"] == one.after
+
+
+def test_compress_finetune_refuses_to_run_under_torchrun(monkeypatch):
+    pytest.importorskip("torch")
+    from ristretto_onnx.finetune.compress_driver import compress_finetune
+
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(RistrettoError, match="under torchrun run finetune"):
+        compress_finetune("never-read.onnx", None, None)
