@@ -64,6 +64,7 @@ def main(argv=None) -> dict:
         "score_seconds": [round(e.score_seconds, 1) for e in r.epochs],
         "quantize_seconds": round(prep, 1),
         "fp32": r.fp32, "before": r.before, "after": r.after, "headline": r.headline,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "cpus": len(os.sched_getaffinity(0)), "threads": args.threads or len(os.sched_getaffinity(0)), "load_average_start": [round(x, 2) for x in load0],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
