@@ -90,7 +90,7 @@ def configurations(bench: Bench, res: dict) -> list[dict]:
         lo, hi = thesis.POW2_WINDOW
         scheme = make_scheme("pow2", exp_min=lo, exp_max=hi)
         out.append({"table": "7.1", "thesis": res["spec"]["thesis"], "config": f"pow2 weights {lo}..{hi}",
-                    "start": "outputs float", "on": "table",
+                    "start": "layer outputs float", "on": "table",
                     "plan": plan_for(scheme, bench.ranges, {"conv_weights": 4, "fc_weights": 4})})
     return out
 
