@@ -21,7 +21,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
-from ristretto_onnx.passes.graph import constant_value, import_graph, is_op, output_names, sole_consumer
+from ristretto_onnx.passes.graph import as_graph, constant_value, is_op, output_names, sole_consumer
 from ristretto_onnx.passes.layers import Layer, group_id
 
 
@@ -40,7 +40,7 @@ class ClipBound:
 
 def clip_bounds(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[str, ClipBound]:
     """``{outputs group id: ClipBound}`` for each layer output read only by a bounded Clip."""
-    graph = model if isinstance(model, gs.Graph) else import_graph(model)
+    graph = as_graph(model)
     tensors = graph.tensors()
     outputs = output_names(graph)
     out: dict[str, ClipBound] = {}

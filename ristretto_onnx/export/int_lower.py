@@ -21,6 +21,7 @@ from ristretto_onnx.export.int_program import LayerNote, Program, Step, Tensor, 
 from ristretto_onnx.export.int_ops import lower_int_op
 from ristretto_onnx.formats import Fixed, PerChannel, Pow2, UFixed, quantize
 from ristretto_onnx.ops import default_opset, is_quantize_sim, node_format
+from ristretto_onnx.passes.graph import runtime_input_infos
 from ristretto_onnx.passes.slots import has_slots, read_layers
 
 MAX_BITS = 16
@@ -133,7 +134,7 @@ class Lowering:
         inits = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
         for name, value in inits.items():
             self.state[name] = Const(value)
-        inputs = [i for i in self.graph.input if i.name not in inits]
+        inputs = runtime_input_infos(self.graph)
         if not inputs:
             raise RistrettoError("integer export: the model has no input")
         for vi in inputs:
