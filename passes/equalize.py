@@ -24,7 +24,7 @@ from onnx import ModelProto
 
 from ristretto_onnx.passes.contract import PassResult, Transformation
 from ristretto_onnx.passes.graph import (
-    constant_value, consumer_lookup, export_model, import_graph, is_op, output_names, remove_node,
+    constant_value, consumer_lookup, export_model, import_graph, is_op, remove_node, sole_readers,
     tensor_names, unique_name,
 )
 
@@ -72,23 +72,17 @@ def equalize(model: ModelProto, iterations: int = ITERATIONS) -> ModelProto:
 
 def _pairs(graph: gs.Graph) -> list[tuple[gs.Node, gs.Node | None, gs.Node]]:
     """``(A, act or None, B)`` node triples that can be equalized."""
-    readers = consumer_lookup(graph)
-    outputs = output_names(graph)
-
-    def sole_reader(tensor: gs.Tensor) -> gs.Node | None:
-        users = readers(tensor)
-        return users[0] if len(users) == 1 and tensor.name not in outputs else None
-
+    readers, sole = consumer_lookup(graph), sole_readers(graph)
     out = []
     for a in graph.nodes:
         if not is_op(a, "Conv") or not isinstance(a.inputs[1], gs.Constant):
             continue
-        act = sole_reader(a.outputs[0])
+        act = sole.get(a.outputs[0].name)
         b = act
         if act is not None and (is_op(act, "Relu") or is_op(act, "Clip")):
             if is_op(act, "Clip") and not _is_relu6(act):
                 continue
-            b = sole_reader(act.outputs[0])
+            b = sole.get(act.outputs[0].name)
         else:
             act = None
         if b is None or not is_op(b, "Conv") or b.inputs[0] is not (act or a).outputs[0] \

@@ -199,6 +199,19 @@ def consumer_lookup(graph: gs.Graph) -> Callable[[gs.Tensor], list[gs.Node]]:
     return readers
 
 
+def sole_readers(graph: gs.Graph) -> dict[str, gs.Node]:
+    """``{tensor name: node}`` for the tensors that exactly one top-level node reads, once
+    (:func:`consumer_lookup`), and that are not graph outputs."""
+    readers = consumer_lookup(graph)
+    outputs = output_names(graph)
+    out: dict[str, gs.Node] = {}
+    for name, tensor in graph.tensors().items():
+        users = readers(tensor)
+        if len(users) == 1 and name not in outputs:
+            out[name] = users[0]
+    return out
+
+
 def _body_reads(body: gs.Graph) -> set[str]:
     names = {t.name for t in body.outputs} | tensors_read(body.nodes)
     names.discard("")

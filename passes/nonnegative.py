@@ -28,6 +28,7 @@ from onnx import ModelProto
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.passes.graph import (
     DEFAULT_DOMAINS, as_graph, constant_value, consumer_lookup, is_op, output_names, runtime_inputs,
+    sole_readers,
 )
 from ristretto_onnx.passes.layers import Layer, group_id
 
@@ -130,16 +131,12 @@ def unsigned_groups(model: ModelProto | gs.Graph, layers: Iterable[Layer], *,
 def relu_measure(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[str, str]:
     """``{outputs group id: Relu output}`` for layer outputs read only by one Relu: their range
     as an unsigned group is the range after the ReLU."""
-    graph = as_graph(model)
-    readers = consumer_lookup(graph)
-    tensors = graph.tensors()
-    graph_outputs = output_names(graph)
+    sole = sole_readers(as_graph(model))
     out: dict[str, str] = {}
     for layer in layers:
-        tensor = tensors.get(layer.output)
-        users = readers(tensor) if tensor is not None and layer.output not in graph_outputs else []
-        if len(users) == 1 and is_op(users[0], "Relu"):
-            out[group_id(layer.name, "outputs")] = users[0].outputs[0].name
+        node = sole.get(layer.output)
+        if node is not None and is_op(node, "Relu"):
+            out[group_id(layer.name, "outputs")] = node.outputs[0].name
     return out
 
 
