@@ -25,6 +25,7 @@ from ristretto_onnx.data.conform import conform
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.options import Backend, CompressOptions
+from ristretto_onnx.passes.external import has_external
 from ristretto_onnx.passes.graph import single_input
 from ristretto_onnx.passes.pipeline import Prepared, prepare
 from ristretto_onnx.passes.plan import plan_to_dict
@@ -93,14 +94,18 @@ def plan_scorer(prepared: Prepared, batches: Batches, *, metric: str = "top1", m
         scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
                         screen_fraction=0.25 if early_reject else 1.0)
         return scorer, runner, run_float
-    float_session = create_session(prepared.float_model, blocked_layout=True, threads=threads)
+    float_session = [create_session(prepared.float_model, blocked_layout=True, threads=threads)]
 
     def run_float(x):
-        return float_session.run(None, {input_name: x})[0]
+        if not float_session:
+            float_session.append(create_session(prepared.float_model, blocked_layout=True, threads=threads))
+        return float_session[0].run(None, {input_name: x})[0]
 
     runner = PlanRunner(prepared, input_name, threads)
     scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
                     screen_fraction=0.25 if early_reject else 1.0)
+    if has_external(prepared.float_model):  # weights on disk: one model's weights in memory at a time
+        float_session.clear()  # (the baseline's outputs are kept; a later run_float rebuilds it)
     return scorer, runner, run_float
 
 
