@@ -137,5 +137,5 @@ def compress(
                "tool": f"ristretto-onnx {__version__}"}
     set_metadata(final_model, "ristretto.compress", json.dumps(summary, separators=(",", ":")))
     if ctx.preprocess is not None:
-        record_preprocess(final_model, ctx.preprocess)
+        record_preprocess(final_model, ctx.preprocess, label_offset=ctx.label_offset)
     return CompressResult(final_model, report, plan)

@@ -127,6 +127,7 @@ class SearchContext:
     seconds: dict[str, float]
     runner: Any = None
     preprocess: Any = None  # the evaluation data's Preprocess, recorded in the written model
+    label_offset: int = 0  # and its label offset (model class = label + offset)
 
 
 def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
@@ -161,4 +162,4 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     seconds["baseline"] = time.perf_counter() - t
     log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
     return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner,
-                         preprocess=ds.preprocess)
+                         preprocess=ds.preprocess, label_offset=ds.label_offset)

@@ -113,7 +113,7 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads)
         seconds["bias_correction"] = time.perf_counter() - t
     if calib is not None:
-        record_preprocess(model, calib.preprocess)
+        record_preprocess(model, calib.preprocess, label_offset=calib.label_offset)
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
                           measured, search, metric, seconds, corrected)
