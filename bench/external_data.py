@@ -84,6 +84,26 @@ def build_model(folder: Path) -> tuple[Path, int]:
     weight_bytes = sum(int(np.prod(t.dims)) * 4 for t in inits)
     return path, weight_bytes
 
+def check_output(out: Path, model: Path) -> str:
+    """The written model's data file is consistent: it loads and validates (every external tensor
+    inside its file, sizes matching shapes), and its weights equal the input's byte for byte,
+    compared in chunks (biases may differ: bias correction)."""
+    from ristretto_onnx.passes.external import is_external, row_chunks, tensor_rows
+    from ristretto_onnx.passes.load import load_model
+
+    written, source = load_model(out), load_model(model)
+    inputs = {t.name: t for t in source.graph.initializer}
+    same, changed = [], []
+    for t in written.graph.initializer:
+        if not is_external(t) or t.name not in inputs:
+            continue
+        equal = list(t.dims) == list(inputs[t.name].dims) and all(
+            np.array_equal(tensor_rows(t, a, b), tensor_rows(inputs[t.name], a, b)) for a, b in row_chunks(t))
+        (same if equal else changed).append(t.name)
+    return (f"output loads and validates; {len(same)} external tensors equal the input's "
+            f"({', '.join(same)}), changed: {', '.join(changed) or 'none'}")
+
+
 def run(argv: list[str]) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True)
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
@@ -131,7 +151,8 @@ def main() -> None:
             data_file = out.with_name(out.name + ".data")
             print(f"{name}: peak {r['peak_bytes'] / 1e9:.2f} GB = {r['peak_bytes'] / weight_bytes:.2f}x the model "
                   f"(goal < 2x), {r['seconds']:.0f} s; wrote {out.name} + {data_file.name} "
-                  f"({data_file.stat().st_size / 1e9:.2f} GB)" if data_file.exists() else "", flush=True)
+                  f"({data_file.stat().st_size / 1e9:.2f} GB)", flush=True)
+            print(f"{name}: {check_output(out, model)}", flush=True)
             for p in (out, data_file, out.with_suffix(".json")):
                 p.unlink(missing_ok=True)
     finally:
