@@ -94,19 +94,28 @@ def plan_scorer(prepared: Prepared, batches: Batches, *, metric: str = "top1", m
         scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
                         screen_fraction=0.25 if early_reject else 1.0)
         return scorer, runner, run_float
-    float_session = [create_session(prepared.float_model, blocked_layout=True, threads=threads)]
-
-    def run_float(x):
-        if not float_session:
-            float_session.append(create_session(prepared.float_model, blocked_layout=True, threads=threads))
-        return float_session[0].run(None, {input_name: x})[0]
-
+    run_float = FloatRunner(prepared.float_model, input_name, threads)
     runner = PlanRunner(prepared, input_name, threads)
     scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
                     screen_fraction=0.25 if early_reject else 1.0)
     if has_external(prepared.float_model):  # weights on disk: one model's weights in memory at a time
-        float_session.clear()  # (the baseline's outputs are kept; a later run_float rebuilds it)
+        run_float.release()  # (the baseline's outputs are kept; a later call rebuilds the session)
     return scorer, runner, run_float
+
+
+class FloatRunner:
+    """The FP32 model's first output, from a session built on first use (:meth:`release` drops it)."""
+
+    def __init__(self, model: ModelProto, input_name: str, threads: int | None = None) -> None:
+        self.model, self.input, self.threads, self.session = model, input_name, threads, None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.session is None:
+            self.session = create_session(self.model, blocked_layout=True, threads=self.threads)
+        return self.session.run(None, {self.input: x})[0]
+
+    def release(self) -> None:
+        self.session = None
 
 
 @dataclass

@@ -15,6 +15,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from ristretto_onnx.compress import compress
+from ristretto_onnx.data import load_dataset
+from ristretto_onnx.data.preprocess import Preprocess
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Fixed
 from ristretto_onnx.passes import external
@@ -90,3 +93,19 @@ def test_a_data_file_that_does_not_match_is_a_clean_error(on_disk):
     data.unlink()
     with pytest.raises(RistrettoError):
         load_model(path)
+
+
+def test_compress_test_split_on_disk_scores_as_in_memory(on_disk):
+    """``compress(..., test=...)`` scores the chosen plan on the search's simulator when the
+    weights are on disk (one copy of them): the same test numbers as the in-memory path."""
+    pre = Preprocess.parse("scale=1/255;add_channel_axis")
+    data = load_dataset(str(package_dir() / "digits-test.npz"), pre)
+    calib = load_dataset(str(package_dir() / "digits-calib.npz"), pre)
+    kwargs = dict(calib=calib, test=data, calib_size=64, min_bits=6, max_bits=8)
+    _, path = on_disk
+    plain = compress(str(package_dir() / "digits-cnn.onnx"), data, **kwargs)
+    disk = compress(str(path), data, **kwargs)
+    assert disk.plan == plain.plan
+    got, want = disk.report, plain.report
+    assert (got.test_baseline, got.test_final, got.n_test_images) == \
+        (want.test_baseline, want.test_final, want.n_test_images) and want.n_test_images == len(data)
