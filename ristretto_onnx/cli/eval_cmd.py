@@ -71,7 +71,8 @@ def eval_command(
     dataset, _ = dataset_for(model_path, dataset, pre, label_offset=label_offset)
     if rec is not None and not as_json:
         how = "with your flags on top" if given else "flags override it"
-        print(f"note: using the preprocessing recorded in {model} ({base}); {how}", file=sys.stderr)
+        offset = f" and label offset {rec[1]}" if rec[1] and label_offset is None else ""
+        print(f"note: using the preprocessing recorded in {model} ({base}){offset}; {how}", file=sys.stderr)
     metrics = list(dict.fromkeys(metric or (["top1"] if dataset.labels is not None else ["fidelity"])))
     ref = str(zoo.resolve_model(reference)) if reference else None
     show = False if (quiet or as_json or state.get("quiet")) else None

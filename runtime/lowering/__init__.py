@@ -103,7 +103,8 @@ def _weights_as_inputs(graph: gs.Graph, weights: WeightCache) -> dict[str, np.nd
         t.to_variable(dtype=value.dtype, shape=list(value.shape))
         if not hasattr(t, "type"):  # imported constants never were variables
             t.type = "tensor_type"
-        graph.inputs.append(t)
+        if not any(i is t for i in graph.inputs):  # (an initializer may double as a graph input)
+            graph.inputs.append(t)
     return fed
 
 def lower(model: ModelProto, *, parametric: bool = True, weights: WeightCache | None = None) -> Lowered:
