@@ -22,10 +22,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
+from ristretto_onnx.formats import PerChannel
 from ristretto_onnx.passes.contract import PassResult, Transformation
+from ristretto_onnx.passes.external import row_chunks, tensor_array, tensor_rows
 from ristretto_onnx.passes.graph import (
-    as_graph, constant_value, consumer_lookup, export_model, import_graph, producer, tensor_names,
-    unique_name,
+    as_graph, constant_value, consumer_lookup, export_model, external_proto, import_graph, producer,
+    tensor_names, unique_name,
 )
 from ristretto_onnx.passes.layers import Layer, group_id
 
@@ -39,7 +41,15 @@ def weight_error_means(model: ModelProto | gs.Graph, layers: Iterable[Layer], pl
     out: dict[str, np.ndarray] = {}
     for layer in layers:
         fmt = plan.get(group_id(layer.name, "weights"))
-        w = constant_value(tensors[layer.weight]) if layer.weight in tensors else None
+        weight = tensors.get(layer.weight)
+        on_disk = external_proto(weight) if weight is not None else None
+        if fmt is not None and on_disk is not None and layer.name in means:
+            delta = _output_error_in_chunks(layer, mac_node(graph, tensors, layer).attrs, on_disk, fmt,
+                                            means[layer.name])
+            if delta is not None:
+                out[layer.name] = delta
+            continue
+        w = constant_value(weight) if weight is not None else None
         mean = means.get(layer.name)
         if fmt is None or w is None or mean is None:
             continue
@@ -49,6 +59,26 @@ def weight_error_means(model: ModelProto | gs.Graph, layers: Iterable[Layer], pl
         if delta is not None:
             out[layer.name] = delta
     return out
+
+
+def _output_error_in_chunks(layer: Layer, attrs: Mapping, t, fmt, mean: np.ndarray) -> np.ndarray | None:
+    """:func:`_output_error` of a weight left on disk (passes.external), a chunk of rows at a time:
+    the rows are output channels (Conv, Gemm with transB) or input channels (Gemm, MatMul)."""
+    by_output = ((layer.op_type == "Conv" and int(attrs.get("group", 1)) == 1)
+                 or (layer.op_type == "Gemm" and attrs.get("transB", 0)))
+    by_input = layer.op_type in ("Gemm", "MatMul") and not attrs.get("transB", 0) and len(t.dims) == 2
+    if isinstance(fmt, PerChannel) or not (by_output or by_input):
+        w = np.asarray(tensor_array(t), np.float32)
+        return _output_error(layer, attrs, fmt.quantize(w).astype(np.float64) - w.astype(np.float64), mean)
+    parts = []
+    for start, stop in row_chunks(t):
+        w = np.asarray(tensor_rows(t, start, stop), np.float32)
+        dw = fmt.quantize(w).astype(np.float64) - w.astype(np.float64)
+        part = _output_error(layer, attrs, dw, mean if by_output else mean[start:stop])
+        if part is None:
+            return None
+        parts.append(part)
+    return np.concatenate(parts) if by_output else np.sum(parts, axis=0)
 
 
 def _output_error(layer: Layer, attrs: Mapping, dw: np.ndarray, mean: np.ndarray) -> np.ndarray | None:

@@ -22,7 +22,7 @@ from onnx import GraphProto, ModelProto, NodeProto, OperatorSetIdProto, ValueInf
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.passes.constants import (  # noqa: F401  (re-exported: the graph layer's API)
-    DEFAULT_DOMAINS, constant_value, elem_type, static_shape,
+    DEFAULT_DOMAINS, constant_value, elem_type, external_proto, static_shape,
 )
 
 

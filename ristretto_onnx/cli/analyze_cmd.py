@@ -9,7 +9,8 @@ import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import (
-    check_flags, open_calibration, preprocessing_options, resolve_input, split_patterns,
+    LabelOffsetOption, check_flags, open_calibration, preprocessing_options, resolve_input,
+    split_patterns,
 )
 from ristretto_onnx.cli.outputs import check_outputs, usage_errors
 from ristretto_onnx.errors import UsageError
@@ -32,6 +33,7 @@ def analyze_command(
     no_fold_bn: bool = typer.Option(False, "--no-fold-bn", help="Analyze with BatchNormalization unfolded."),
     batch_size: int = typer.Option(256, help="Images per onnxruntime run (the same default in every command)."),
     seed: int = typer.Option(0, help="Seed of the subset."),
+    label_offset: LabelOffsetOption = None,
     flags: dict = None,
 ) -> None:
     """Per layer and group (weights, inputs, outputs): min, max, |x| percentiles, log2 histogram
@@ -54,7 +56,7 @@ def analyze_command(
         raise UsageError(f"--plot writes a PNG: the path must end in .png, got {plot}")
     in_path = resolve_input(model_in)
     check_outputs([json_path, plot], [in_path, calib], force=force)
-    data = open_calibration(calib, model_in, **flags)
+    data = open_calibration(calib, model_in, **flags, label_offset=label_offset)
     if data is None:
         raise UsageError("analyze needs data to run: give --calib")
     data = data.subset(min(calib_size, len(data)), seed)

@@ -8,7 +8,8 @@ import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import (
-    CalibSizeOption, check_flags, open_split, preprocessing_options, split_patterns,
+    CalibSizeOption, LabelOffsetOption, check_flags, open_split, preprocessing_options,
+    split_patterns,
 )
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.cli.progress import Reporter
@@ -70,6 +71,7 @@ def compress_command(
     ray_address: str = typer.Option(None, "--ray-address", help="--backend ray: the cluster (default: start "
                                                                 "a local one)."),
     workers: int = typer.Option(2, "--workers", help="--backend ray: actors, each with a shard of the data."),
+    label_offset: LabelOffsetOption = None,
     flags: dict = None,
 ) -> None:
     """Find the smallest number formats that keep accuracy within a tolerance; write the model.
@@ -110,17 +112,18 @@ def compress_command(
                 raise UsageError(f"{name} is too small: {value}")
     model_path = zoo.resolve_model(model_spec)
     check_outputs([out_path, report_path], [model_path, data, calib, test], force=force)
-    dataset = open_split(data, model_spec, "test", **flags)
+    flags_and_labels = dict(flags, label_offset=label_offset)
+    dataset = open_split(data, model_spec, "test", **flags_and_labels)
     if dataset is None:
         raise UsageError("give --data (validation images with labels, or use --metric fidelity)")
-    calib_set = open_split(calib, model_spec, "calib", **flags)  # compress takes a seeded subset
-    test_set = open_split(test, model_spec, "test", **flags) if test else None
+    calib_set = open_split(calib, model_spec, "calib", **flags_and_labels)  # compress takes a seeded subset
+    test_set = open_split(test, model_spec, "test", **flags_and_labels) if test else None
 
     with Reporter(quiet=quiet) as log:
         if finetune:  # issue 12: fine-tune the chosen plan, then narrow it (ristretto_onnx.finetune)
             from ristretto_onnx.finetune.compress_driver import run_from_cli
 
-            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags),
+            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags_and_labels),
                                   epochs, lr, calib=calib_set, test=test_set, log=log, options=options)
         else:
             if where.kind == "ray":

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from ristretto_onnx.cli.app import app, state
-from ristretto_onnx.cli.calib_options import check_flags, preprocessing_options
+from ristretto_onnx.cli.calib_options import LabelOffsetOption, check_flags, preprocessing_options
 from ristretto_onnx.cli.outputs import usage_errors
 from ristretto_onnx.data import preprocess_from_cli
 from ristretto_onnx.errors import UsageError
@@ -32,6 +32,7 @@ def eval_command(
                                                             "zoo:NAME)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object keyed by metric name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    label_offset: LabelOffsetOption = None,
     flags: dict = None,
 ) -> None:
     """Print the metric(s) and images/s of MODEL on --data."""
@@ -62,10 +63,11 @@ def eval_command(
         dataset = zoo.model_dataset(zoo_name, "test", pre if given else None)
     else:
         dataset = data
-    dataset, _ = dataset_for(model_path, dataset, pre)
+    dataset, _ = dataset_for(model_path, dataset, pre, label_offset=label_offset)
     if rec is not None and not as_json:
         how = "with your flags on top" if given else "flags override it"
-        print(f"note: using the preprocessing recorded in {model} ({base}); {how}", file=sys.stderr)
+        offset = f" and label offset {rec[1]}" if rec[1] and label_offset is None else ""
+        print(f"note: using the preprocessing recorded in {model} ({base}){offset}; {how}", file=sys.stderr)
     metrics = list(dict.fromkeys(metric or (["top1"] if dataset.labels is not None else ["fidelity"])))
     ref = str(zoo.resolve_model(reference)) if reference else None
     show = False if (quiet or as_json or state.get("quiet")) else None

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
-from ristretto_onnx.cli.calib_options import preprocessing_options
+from ristretto_onnx.cli.calib_options import LabelOffsetOption, preprocessing_options, with_label_offset
 from ristretto_onnx.errors import RistrettoError
 
 
@@ -42,6 +42,7 @@ def finetune_command(
     report: Path = typer.Option(None, "--report", help="JSON report path (default: OUT with .json)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT (and its report) if they exist."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
+    label_offset: LabelOffsetOption = None,
     flags: dict = None,
 ) -> None:
     """Fine-tune a simulated model: shadow weights, stochastic rounding, best epoch by exact score.
@@ -72,6 +73,8 @@ def finetune_command(
         pre = preprocess_from_cli(**flags) if any(v is not None for v in flags.values()) else None
     check_outputs([out, report_path], [model_path, train_data, data], force=force)
     train_set, val_set = load_dataset(train_data, pre), load_dataset(data, pre)
+    if label_offset is not None:
+        train_set, val_set = with_label_offset(train_set, label_offset), with_label_offset(val_set, label_offset)
     log = None if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = finetune(str(model_path), train_set, val_set, options=options, log=log,
                       progress=False if quiet else None)

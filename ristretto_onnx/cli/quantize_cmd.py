@@ -11,7 +11,8 @@ import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import (
-    CalibSizeOption, check_flags, open_calibration, preprocessing_options, resolve_input, split_patterns,
+    CalibSizeOption, LabelOffsetOption, check_flags, open_calibration, preprocessing_options,
+    resolve_input, split_patterns,
 )
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.errors import UsageError
@@ -69,6 +70,7 @@ def quantize_command(
     batch_size: int = typer.Option(256, help="Images per onnxruntime run (the same default in every command)."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report to stdout instead of the summary."),
+    label_offset: LabelOffsetOption = None,
     flags: dict = None,
 ) -> None:
     """Write OUT.onnx: IN with QuantizeSim on the inputs, weights and outputs of every Conv,
@@ -100,7 +102,7 @@ def quantize_command(
     check_outputs([model_out, report_path], [in_path, calib], force=force)
     data = None
     if options.needs_calibration:
-        data = open_calibration(calib, model_in, **flags)
+        data = open_calibration(calib, model_in, **flags, label_offset=label_offset)
         if data is None:
             raise UsageError(f"--scheme {options.scheme} needs calibration data: give --calib")
     result = quantize(in_path, options, data)
