@@ -7,8 +7,10 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
-from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.cli.calib_options import check_flags, open_split, split_patterns
+from ristretto_onnx.cli.calib_options import (
+    CalibSizeOption, LabelOffsetOption, check_flags, open_split, preprocessing_options,
+    split_patterns,
+)
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.cli.progress import Reporter
 from ristretto_onnx.compress import CompressOptions, compress
@@ -19,6 +21,7 @@ from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
 
 
 @app.command("compress")
+@preprocessing_options
 def compress_command(
     model_spec: str = typer.Argument(..., metavar="IN.onnx",
                                      help="Input model: a path or zoo:NAME (zoo:digits-cnn is the "
@@ -32,8 +35,7 @@ def compress_command(
                                                    "zoo:NAME). Default for zoo models: their test set."),
     calib: str = typer.Option(None, "--calib", help="Calibration data (default: a seeded subset of --data, "
                                                      "or the zoo model's calibration split)."),
-    calib_size: int = typer.Option(500, help="Calibration images (seeded subset; the same default in "
-                                             "every command and the Python API)."),
+    calib_size: CalibSizeOption = CompressOptions.calib_size,
     test: str = typer.Option(None, "--test", help="Held-out data scored once on the final model."),
     metric: str = typer.Option("top1", help="top1, top5, fidelity (agreement with FP32), or module:function."),
     granularity: str = typer.Option("group", help="group (thesis: conv weights, fc weights, activations) "
@@ -69,11 +71,8 @@ def compress_command(
     ray_address: str = typer.Option(None, "--ray-address", help="--backend ray: the cluster (default: start "
                                                                 "a local one)."),
     workers: int = typer.Option(2, "--workers", help="--backend ray: actors, each with a shard of the data."),
-    scale: ScaleOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    resize: ResizeOption = None,
-    crop: CropOption = None,
+    label_offset: LabelOffsetOption = None,
+    flags: dict = None,
 ) -> None:
     """Find the smallest number formats that keep accuracy within a tolerance; write the model.
 
@@ -104,7 +103,6 @@ def compress_command(
         where = Backend(backend, ray_address, workers)
         if where.kind == "ray" and finetune:
             raise UsageError("--finetune runs locally; use --backend local with --finetune")
-        flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         check_flags(**flags)
         check_rule(range_rule)
         if weight_granularity not in ("tensor", "channel"):
@@ -114,17 +112,18 @@ def compress_command(
                 raise UsageError(f"{name} is too small: {value}")
     model_path = zoo.resolve_model(model_spec)
     check_outputs([out_path, report_path], [model_path, data, calib, test], force=force)
-    dataset = open_split(data, model_spec, "test", **flags)
+    flags_and_labels = dict(flags, label_offset=label_offset)
+    dataset = open_split(data, model_spec, "test", **flags_and_labels)
     if dataset is None:
         raise UsageError("give --data (validation images with labels, or use --metric fidelity)")
-    calib_set = open_split(calib, model_spec, "calib", **flags)  # compress takes a seeded subset
-    test_set = open_split(test, model_spec, "test", **flags) if test else None
+    calib_set = open_split(calib, model_spec, "calib", **flags_and_labels)  # compress takes a seeded subset
+    test_set = open_split(test, model_spec, "test", **flags_and_labels) if test else None
 
     with Reporter(quiet=quiet) as log:
         if finetune:  # issue 12: fine-tune the chosen plan, then narrow it (ristretto_onnx.finetune)
             from ristretto_onnx.finetune.compress_driver import run_from_cli
 
-            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags),
+            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags_and_labels),
                                   epochs, lr, calib=calib_set, test=test_set, log=log, options=options)
         else:
             if where.kind == "ray":
