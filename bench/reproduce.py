@@ -1,7 +1,8 @@
 """Reproduce the thesis's experiments (Gysel 2016, tables 4.1, 5.1, 5.2, 6.1, 7.1, figures 8.1-8.3)
 on the zoo models, next to onnxruntime's own int8 quantizer, and write docs/RESULTS.md.
 
-    RISTRETTO_ZOO=/work/shared/zoo python bench/reproduce.py            # full run (< 30 min)
+    RISTRETTO_ZOO=/work/shared/zoo python bench/reproduce.py            # full run (< 30 min + fine-tuning)
+    RISTRETTO_ZOO=/work/shared/zoo python bench/reproduce.py --no-finetune   # without the fine-tuned rows
     RISTRETTO_ZOO=/work/shared/zoo python bench/reproduce.py --quick    # smoke run, a few minutes
 
 Every number this writes is measured here on real data; the thesis's numbers appear only in

@@ -23,6 +23,7 @@ summation in the gradient reduction.
 from __future__ import annotations
 
 import atexit
+import datetime
 import hashlib
 import os
 import warnings
@@ -87,7 +88,8 @@ def setup(ranks: Ranks, device: str) -> None:
     if backend == "nccl":
         torch.cuda.set_device(torch.device(device))
     try:
-        dist.init_process_group(backend, init_method="env://")
+        # rank 0 scores every epoch in onnxruntime while the others wait: allow long validations
+        dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(hours=2))
     except (RuntimeError, ValueError) as e:
         raise RistrettoError(f"could not join the torchrun process group ({backend}): {e}") from None
     atexit.register(_teardown)
