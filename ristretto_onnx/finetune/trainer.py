@@ -285,24 +285,28 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
                 seen = 0
                 bar.start_epoch(epoch)
                 for x, y in batches.epoch(opts.batch_size, data_gen):
-                    n_global = len(y)
+                    n_global, scale = len(y), float(ranks.world_size)
                     if ranks.active:  # this rank's slice of the global batch
                         part = dp.local_slice(n_global, ranks)
-                        x, y = x[part], y[part]
+                        if part.stop > part.start:
+                            x, y = x[part], y[part]
+                        else:  # a global batch smaller than the world: a zero-weighted stand-in
+                            x, y, scale = x[:1], y[:1], 0.0  # keeps this rank in DDP's all-reduce
                     if channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     loss_sum = loss_fn(net(x, logits=True), y)
                     # mean over the global batch once DDP averages the ranks' gradients
                     loss = loss_sum / n_global
                     if ranks.active:
-                        loss = loss * ranks.world_size
+                        loss = loss * scale
+                        loss_sum = loss_sum * (scale > 0)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     if sched is not None:
                         sched.step()
                     total += loss_sum.detach()
-                    seen += len(y)
+                    seen += len(y) if scale else 0
                     bar.advance(float(loss_sum) / max(len(y), 1) if bar.shown else None)
                 net.eval()
                 train_s, train_cpu = time.perf_counter() - t, time.process_time() - cpu0
