@@ -114,9 +114,13 @@ def compress(
     if test is not None:
         t = time.perf_counter()
         final_session = create_session(final_model)
+        run_float = ctx.run_float
+        if hasattr(run_float, "run_batch"):  # a cluster's FP32 side holds the evaluation batches, not these
+            float_session = create_session(prepared.float_model, blocked_layout=True)
+            run_float = lambda x: float_session.run(None, {input_name: x})[0]  # noqa: E731
         test_scorer = Scorer(load_batches(as_dataset(test, "test"), opts.batch_size),
                              lambda p, x: final_session.run(None, {input_name: x})[0],
-                             ctx.run_float, metric=opts.metric, metric_fn=metric_fn, screen_fraction=1.0)
+                             run_float, metric=opts.metric, metric_fn=metric_fn, screen_fraction=1.0)
         test_result = (test_scorer.baseline, test_scorer.score({}).value, test_scorer.n)
         seconds["test"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0

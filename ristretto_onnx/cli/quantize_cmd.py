@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
+from ristretto_onnx.cli.backend_options import BackendOption, RayAddressOption, WorkersOption, backend_from_flags
 from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
 from ristretto_onnx.cli.calib_options import check_flags, open_calibration, resolve_input, split_patterns
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
@@ -67,6 +68,9 @@ def quantize_command(
     batch_size: int = typer.Option(256, help="Images per onnxruntime run (the same default in every command)."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report to stdout instead of the summary."),
+    backend: BackendOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
     scale: ScaleOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
@@ -98,6 +102,7 @@ def quantize_command(
             channel_rule=channel_rule.lower(), equalize=equalize,
         )
         check_flags(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+    where = backend_from_flags(backend, ray_address, workers)
     in_path = resolve_input(model_in)
     check_outputs([model_out, report_path], [in_path, calib], force=force)
     data = None
@@ -105,7 +110,7 @@ def quantize_command(
         data = open_calibration(calib, model_in, scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         if data is None:
             raise UsageError(f"--scheme {options.scheme} needs calibration data: give --calib")
-    result = quantize(in_path, options, data)
+    result = quantize(in_path, options, data, backend=where)
     if data is None and model_in.startswith("zoo:"):  # no calibration data: record the zoo's recipe
         from ristretto_onnx import zoo
         from ristretto_onnx.data.metadata import record
