@@ -90,11 +90,17 @@ class _ShardWorker:
             self.sim = Simulator(float_bytes_model(model_bytes), threads=threads, providers=providers)
         # the FP32 model (or, for eval, the model given): as the local backend runs it
         self.run_model = runner_for(float_bytes_model(float_bytes), providers=providers, threads=threads)
-        self.batches = shard if isinstance(shard, dict) else shard.read()
+        self.error: str | None = None  # a shard this actor cannot read: reported by run(), not retried
+        try:
+            self.batches = shard if isinstance(shard, dict) else shard.read()
+        except RistrettoError as e:
+            self.error, self.batches = str(e), {}
         self._key: str | None = None
 
     def run(self, plan_json: str | None, k: int) -> np.ndarray:
         """Output of batch ``k`` under the plan; ``None``: the model as given (FP32 for a search)."""
+        if self.error is not None:
+            raise RistrettoError(self.error)
         x = self.batches[k]
         if plan_json is None:
             return np.asarray(self.run_model(x))
@@ -224,6 +230,10 @@ class RayRunner:
                     if self.owner[pk[1]] == shard:
                         self._pending[pk] = self._submit(*pk)
                 ref = self._submit(key, k)
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, RistrettoError):  # e.g. a worker cannot read its shard
+                    raise RistrettoError(str(e.cause)) from None
+                raise RistrettoError(f"the Ray cluster failed: {' '.join(str(e).split())[:200]}") from None
             except ray.exceptions.RayError as e:
                 raise RistrettoError(f"the Ray cluster failed: {' '.join(str(e).split())[:200]}") from None
         raise RistrettoError(f"batch {k} failed on {MAX_RETRIES + 1} actors in a row; giving up")
@@ -235,7 +245,10 @@ class RayRunner:
 
     def close(self) -> None:
         for a in self.actors:
-            self.ray.kill(a)
+            try:
+                self.ray.kill(a)
+            except Exception:  # noqa: BLE001 - a lost cluster: nothing left to stop
+                pass
         self.actors = []
 
 

@@ -61,8 +61,11 @@ class ShardSource:
             return FolderDataset(Path(self.path), [Path(f) for f in self.files], None, self.classes,
                                  self.preprocess, self.name)
         if self.kind == "memmap":
-            images = np.memmap(self.path, dtype=np.dtype(self.dtype), mode="r", offset=self.offset,
-                               shape=self.shape, order=self.order)
+            try:
+                images = np.memmap(self.path, dtype=np.dtype(self.dtype), mode="r", offset=self.offset,
+                                   shape=self.shape, order=self.order)
+            except (OSError, ValueError) as e:
+                raise RistrettoError(f"a worker cannot read {self.path}: {e}") from None
         elif self.kind == "npz":
             try:
                 with np.load(self.path, allow_pickle=False) as npz:

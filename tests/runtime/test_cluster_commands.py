@@ -83,3 +83,24 @@ def test_eval_and_quantize_check_the_backend_flags(tmp_path, monkeypatch, capsys
     assert main(["quantize", "zoo:digits-cnn", str(out), "--scheme", "dfp", "--bits", "8", *RAY]) == 1
     assert "pip install 'ristretto-onnx[ray]'" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_read_its_shard_is_one_clear_error(zoo_env, ray_cluster, tmp_path):
+    import numpy as np
+
+    from ristretto_onnx import zoo
+    from ristretto_onnx.data import load_dataset
+    from ristretto_onnx.errors import RistrettoError
+    from ristretto_onnx.options import Backend
+    from ristretto_onnx.runtime.evaluate import evaluate
+
+    path = tmp_path / "d.npz"  # uncompressed: the workers memory-map it by its path
+    np.savez(path, images=np.zeros((6, 28, 28), np.uint8), labels=np.zeros(6, np.int64))
+    data = load_dataset(path, zoo.get_model("lenet-mnist").preprocess)
+    model = zoo.resolve_model("zoo:lenet-mnist")
+    assert evaluate(model, data, backend=Backend("ray", workers=1))["top1"] == \
+        evaluate(model, data)["top1"]
+    path.unlink()  # e.g. a path the cluster's nodes do not share
+    with pytest.raises(RistrettoError, match=f"a worker cannot read {path}"):
+        evaluate(model, data, backend=Backend("ray", workers=1))
