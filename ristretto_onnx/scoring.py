@@ -255,16 +255,12 @@ class Scorer:
         (:meth:`~ristretto_onnx.runtime.cluster.RayRunner.ahead`) scores their first batches
         concurrently. Verdicts, counts and their order are unchanged: each plan is still
         consumed batch by batch when it is asked for; work fetched ahead and not needed is
-        never counted. A no-op for the local runner."""
+        never counted. Only plans not scored yet are announced: a new plan always needs its
+        first batch, while a resumed one may be settled without another. A no-op for the
+        local runner."""
         hint = getattr(self.run_plan, "ahead", None)
-        if hint is None:
-            return
-        todo = []
-        for plan in plans:
-            p = self._progress.get(plan_key(plan))
-            if p is None or not (p.rejected_early or p.n == self.n):
-                todo.append((plan, 0 if p is None else p.batches))
-        hint(todo, self.screen_batches)
+        if hint is not None:
+            hint([(plan, 0) for plan in plans if plan_key(plan) not in self._progress], self.screen_batches)
 
     def decide(self, plan: Mapping, tolerance: float, *, provisional: bool = False) -> Decision:
         """Does ``plan`` keep the drop within ``tolerance`` (absolute) on the full set?
