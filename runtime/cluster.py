@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from onnx import ModelProto
 
-from ristretto_onnx.data.shards import batch_indices, shard_source
+from ristretto_onnx.data.shards import batch_indices, read_batches, shard_source
 from ristretto_onnx.errors import RistrettoError
 
 #: How often a shard's work is retried on a fresh actor before the run fails.
@@ -164,7 +164,7 @@ class RayRunner:
         if source is not None:
             self.read_by_actors = True
             return source
-        return {k: np.ascontiguousarray(data._read(cut[k]), dtype=np.float32) for k in ks}
+        return read_batches(data, {k: cut[k] for k in ks})  # in memory only: the driver preprocesses
 
     @property
     def workers(self) -> int:

@@ -81,9 +81,13 @@ class ShardSource:
 
     def read(self) -> dict[int, np.ndarray]:
         """The preprocessed float32 inputs of every batch of the shard, by batch number."""
-        ds = self.open()
-        return {k: next(ds._with_indices(np.asarray(idx, np.int64)).batches(max(1, len(idx))))[0]
-                for k, idx in self.batches.items()}
+        return read_batches(self.open(), self.batches)
+
+
+def read_batches(dataset: Dataset, batches: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """The inputs of ``batches`` (number -> storage indices) exactly as :meth:`Dataset.batches` reads them."""
+    return {k: next(dataset._with_indices(np.asarray(idx, np.int64)).batches(max(1, len(idx))))[0]
+            for k, idx in batches.items()}
 
 
 def batch_indices(dataset: Dataset, batch_size: int) -> list[np.ndarray]:

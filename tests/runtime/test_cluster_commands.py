@@ -86,7 +86,8 @@ def test_eval_and_quantize_check_the_backend_flags(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.slow
-def test_a_worker_that_cannot_read_its_shard_is_one_clear_error(zoo_env, ray_cluster, tmp_path):
+def test_in_memory_data_is_shipped_and_an_unreadable_shard_is_one_clear_error(zoo_env, ray_cluster, tmp_path,
+                                                                              read_by_actors):
     import numpy as np
 
     from ristretto_onnx import zoo
@@ -95,12 +96,21 @@ def test_a_worker_that_cannot_read_its_shard_is_one_clear_error(zoo_env, ray_clu
     from ristretto_onnx.options import Backend
     from ristretto_onnx.runtime.evaluate import evaluate
 
-    path = tmp_path / "d.npz"  # uncompressed: the workers memory-map it by its path
-    np.savez(path, images=np.zeros((6, 28, 28), np.uint8), labels=np.zeros(6, np.int64))
-    data = load_dataset(path, zoo.get_model("lenet-mnist").preprocess)
     model = zoo.resolve_model("zoo:lenet-mnist")
-    assert evaluate(model, data, backend=Backend("ray", workers=1))["top1"] == \
-        evaluate(model, data)["top1"]
+    mnist = zoo.model_dataset("lenet-mnist", "test").take(600)
+    images, labels = mnist.images[:600], mnist.labels  # arrays held in memory: no source to read
+    in_memory = load_dataset(images, zoo.get_model("lenet-mnist").preprocess, labels=labels)
+    local = evaluate(model, in_memory, ["top1", "top5"])
+    assert dict(evaluate(model, in_memory, ["top1", "top5"], backend=Backend("ray", workers=2)).metrics) == \
+        dict(local.metrics)
+    assert read_by_actors == [False] and local["top1"] > 0.97
+
+    path = tmp_path / "d.npz"  # uncompressed: the workers memory-map it by its path
+    np.savez(path, images=images, labels=labels)
+    data = load_dataset(path, zoo.get_model("lenet-mnist").preprocess)
+    assert dict(evaluate(model, data, ["top1", "top5"], backend=Backend("ray", workers=2)).metrics) == \
+        dict(local.metrics)
+    assert read_by_actors == [False, True]
     path.unlink()  # e.g. a path the cluster's nodes do not share
     with pytest.raises(RistrettoError, match=f"a worker cannot read {path}"):
         evaluate(model, data, backend=Backend("ray", workers=1))
