@@ -8,9 +8,10 @@ import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.backend_options import BackendOption, RayAddressOption, WorkersOption, backend_from_flags
-from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.cli.calib_options import LabelOffsetOption
-from ristretto_onnx.cli.calib_options import check_flags, open_split, split_patterns
+from ristretto_onnx.cli.calib_options import (
+    CalibSizeOption, LabelOffsetOption, check_flags, open_split, preprocessing_options,
+    split_patterns,
+)
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.cli.progress import Reporter
 from ristretto_onnx.compress import CompressOptions, compress
@@ -20,6 +21,7 @@ from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
 
 
 @app.command("compress")
+@preprocessing_options
 def compress_command(
     model_spec: str = typer.Argument(..., metavar="IN.onnx",
                                      help="Input model: a path or zoo:NAME (zoo:digits-cnn is the "
@@ -33,8 +35,7 @@ def compress_command(
                                                    "zoo:NAME). Default for zoo models: their test set."),
     calib: str = typer.Option(None, "--calib", help="Calibration data (default: a seeded subset of --data, "
                                                      "or the zoo model's calibration split)."),
-    calib_size: int = typer.Option(500, help="Calibration images (seeded subset; the same default in "
-                                             "every command and the Python API)."),
+    calib_size: CalibSizeOption = CompressOptions.calib_size,
     test: str = typer.Option(None, "--test", help="Held-out data scored once on the final model."),
     metric: str = typer.Option("top1", help="top1, top5, fidelity (agreement with FP32), or module:function."),
     granularity: str = typer.Option("group", help="group (thesis: conv weights, fc weights, activations) "
@@ -68,12 +69,8 @@ def compress_command(
     backend: BackendOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = 2,
-    scale: ScaleOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    resize: ResizeOption = None,
-    crop: CropOption = None,
     label_offset: LabelOffsetOption = None,
+    flags: dict = None,
 ) -> None:
     """Find the smallest number formats that keep accuracy within a tolerance; write the model.
 
@@ -103,7 +100,6 @@ def compress_command(
         )
         if backend == "ray" and finetune:
             raise UsageError("--finetune runs locally; use --backend local with --finetune")
-        flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         check_flags(**flags)
         check_rule(range_rule)
         if weight_granularity not in ("tensor", "channel"):

@@ -9,9 +9,7 @@ import typer
 
 from ristretto_onnx.cli.app import app, state
 from ristretto_onnx.cli.backend_options import BackendOption, RayAddressOption, WorkersOption, backend_from_flags
-from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.cli.calib_options import LabelOffsetOption
-from ristretto_onnx.cli.calib_options import check_flags
+from ristretto_onnx.cli.calib_options import LabelOffsetOption, check_flags, preprocessing_options
 from ristretto_onnx.cli.outputs import usage_errors
 from ristretto_onnx.data import preprocess_from_cli
 from ristretto_onnx.errors import UsageError
@@ -22,6 +20,7 @@ def _zoo_name(model: str) -> str | None:
 
 
 @app.command("eval")
+@preprocessing_options
 def eval_command(
     model: str = typer.Argument(..., metavar="MODEL", help="An .onnx file (FP32 or simulated) or zoo:NAME."),
     data: str = typer.Option(None, "--data", help="Images (.npz, .npy, image folder or zoo:NAME). "
@@ -37,12 +36,8 @@ def eval_command(
     backend: BackendOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = 2,
-    scale: ScaleOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    resize: ResizeOption = None,
-    crop: CropOption = None,
     label_offset: LabelOffsetOption = None,
+    flags: dict = None,
 ) -> None:
     """Print the metric(s) and images/s of MODEL on --data."""
     from ristretto_onnx import zoo
@@ -55,7 +50,7 @@ def eval_command(
     with usage_errors():
         for m in metric or ():
             accumulator(m)
-        check_flags(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+        check_flags(**flags)
     where = backend_from_flags(backend, ray_address, workers)
     model_path = zoo.resolve_model(model)
     zoo_name = _zoo_name(model)
@@ -64,8 +59,8 @@ def eval_command(
     rec = None if zoo_name else recorded(model_path)
     if rec is not None:
         base = rec[0]
-    given = any(v is not None for v in (scale, mean, std, resize, crop))
-    pre = preprocess_from_cli(scale=scale, mean=mean, std=std, resize=resize, crop=crop, base=base) \
+    given = any(v is not None for v in flags.values())
+    pre = preprocess_from_cli(**flags, base=base) \
         if given else base
     if data is None:
         if zoo_name is None:
