@@ -159,8 +159,8 @@ def route(model: ModelProto) -> ModelProto | None:
     return out
 
 
-#: Format kinds the kernel library does not implement yet (their function bodies run instead).
-UNSUPPORTED_KINDS = frozenset({"ufixed"})
+#: Format kinds the kernel library does not implement (their function bodies run instead).
+UNSUPPORTED_KINDS: frozenset[str] = frozenset()
 
 
 def kernel_supports(model: ModelProto) -> bool:
@@ -224,6 +224,10 @@ def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[st
             out = onnx.shape_inference.infer_shapes(out, strict_mode=False)
         except Exception:  # noqa: BLE001 - no shapes only costs speed and ulp-level equality
             pass
+        if not on_cuda:  # runs of quantizers, ReLU and residual Add in one pass (kernel_chains)
+            from ristretto_onnx.runtime.kernel_chains import fuse_chains
+
+            out = fuse_chains(out) or out
     if not used and routed is None:
         return source, used
     try:

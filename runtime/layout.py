@@ -46,8 +46,8 @@ Shape = tuple
 
 
 def _elementwise(node: NodeProto) -> bool:
-    """Standard elementwise ops, and QuantizeSim kernels of scalar formats (0 stays 0)."""
-    if node.domain == "ai.ristretto" and node.op_type == "QuantizeSim":
+    """Standard elementwise ops, and QuantizeSim kernels (and chains) of scalar formats (0 stays 0)."""
+    if node.domain == "ai.ristretto" and node.op_type in ("QuantizeSim", "QuantizeSimChain"):
         return not any(a.name == "axis" for a in node.attribute)
     return node.domain in ("", "ai.onnx") and node.op_type in ELEMENTWISE
 
