@@ -18,6 +18,8 @@ keeps scalar-format QuantizeSim kernels in the blocked layout. Measured on ResNe
 CPU; the Simulator's own exact lowering of fixed point (QuantizeLinear/DequantizeLinear or
 Mul/Clip/Round/Mul, :mod:`ristretto_onnx.runtime.lowering`) is kept, and the kernel runs what it
 leaves as QuantizeSim nodes (minifloat, power-of-two, per-channel, stochastic rounding).
+On the CPU, :func:`prepare` also fuses runs of quantizers, ReLU and residual Add into one
+``QuantizeSimChain`` pass (:mod:`ristretto_onnx.runtime.kernel_chains`).
 
 Every transformation is exact, so results do not depend on whether the library is present: a
 session without it runs the function bodies, which equal the same numpy reference bit for bit.
