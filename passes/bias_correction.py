@@ -21,6 +21,9 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
+from ristretto_onnx.formats import PerChannel
+from ristretto_onnx.passes.external import is_external, row_chunks, tensor_array, tensor_rows
+
 from ristretto_onnx.passes.analysis.proto_index import GraphIndex, unique_name
 from ristretto_onnx.passes.layers import Layer, group_id
 
@@ -33,6 +36,12 @@ def weight_error_means(model: ModelProto, layers: Iterable[Layer], plan: Mapping
     out: dict[str, np.ndarray] = {}
     for layer in layers:
         fmt = plan.get(group_id(layer.name, "weights"))
+        on_disk = index.initializers.get(layer.weight)
+        if fmt is not None and on_disk is not None and is_external(on_disk) and layer.name in means:
+            delta = _output_error_in_chunks(layer, index, on_disk, fmt, means[layer.name])
+            if delta is not None:
+                out[layer.name] = delta
+            continue
         w = index.constant_value(layer.weight)
         mean = means.get(layer.name)
         if fmt is None or w is None or mean is None:
@@ -43,6 +52,27 @@ def weight_error_means(model: ModelProto, layers: Iterable[Layer], plan: Mapping
         if delta is not None:
             out[layer.name] = delta
     return out
+
+
+def _output_error_in_chunks(layer: Layer, index: GraphIndex, t, fmt, mean: np.ndarray) -> np.ndarray | None:
+    """:func:`_output_error` of a weight left on disk (passes.external), a chunk of rows at a time:
+    the rows are output channels (Conv, Gemm with transB) or input channels (Gemm, MatMul)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in _node(index, layer).attribute}
+    by_output = ((layer.op_type == "Conv" and int(attrs.get("group", 1)) == 1)
+                 or (layer.op_type == "Gemm" and attrs.get("transB", 0)))
+    by_input = layer.op_type in ("Gemm", "MatMul") and not attrs.get("transB", 0) and len(t.dims) == 2
+    if isinstance(fmt, PerChannel) or not (by_output or by_input):
+        w = np.asarray(tensor_array(t), np.float32)
+        return _output_error(layer, index, fmt.quantize(w).astype(np.float64) - w.astype(np.float64), mean)
+    parts = []
+    for start, stop in row_chunks(t):
+        w = np.asarray(tensor_rows(t, start, stop), np.float32)
+        dw = fmt.quantize(w).astype(np.float64) - w.astype(np.float64)
+        part = _output_error(layer, index, dw, mean if by_output else mean[start:stop])
+        if part is None:
+            return None
+        parts.append(part)
+    return np.concatenate(parts) if by_output else np.sum(parts, axis=0)
 
 
 def _output_error(layer: Layer, index: GraphIndex, dw: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
@@ -94,7 +124,7 @@ def apply_bias_correction(model: ModelProto, layers: Iterable[Layer],
             if layer.op_type == "Gemm" and layer.bias_node_output is None:
                 attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
                 scale = float(attrs.get("beta", 1.0))
-            b = numpy_helper.to_array(init).astype(np.float64)
+            b = tensor_array(init).astype(np.float64)
             new = (b - np.broadcast_to(delta / scale, b.shape) if b.shape == delta.shape or b.size == delta.size
                    else None)
             if new is None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
+from ristretto_onnx.passes.external import tensor_array
+
 from ristretto_onnx.passes.analysis.proto_index import GraphIndex, unique_name
 
 ITERATIONS = 3
@@ -69,8 +71,8 @@ def equalize(model: ModelProto, iterations: int = ITERATIONS) -> ModelProto:
     clip_hi: dict[str, np.ndarray] = {}
     for _ in range(iterations):
         for a, act, b in pairs:
-            wa = numpy_helper.to_array(inits[a.input[1]]).astype(np.float64)
-            wb = numpy_helper.to_array(inits[b.input[1]]).astype(np.float64)
+            wa = tensor_array(inits[a.input[1]]).astype(np.float64)
+            wb = tensor_array(inits[b.input[1]]).astype(np.float64)
             c = wa.shape[0]
             groups_b = int(_attrs(b).get("group", 1))
             cg = wb.shape[1]
@@ -84,7 +86,7 @@ def equalize(model: ModelProto, iterations: int = ITERATIONS) -> ModelProto:
             inits[a.input[1]].CopyFrom(numpy_helper.from_array(
                 (wa / s.reshape((c,) + (1,) * (wa.ndim - 1))).astype(np.float32), a.input[1]))
             if len(a.input) > 2 and a.input[2] in inits:
-                bias = numpy_helper.to_array(inits[a.input[2]]).astype(np.float64)
+                bias = tensor_array(inits[a.input[2]]).astype(np.float64)
                 inits[a.input[2]].CopyFrom(numpy_helper.from_array((bias / s).astype(np.float32), a.input[2]))
             inits[b.input[1]].CopyFrom(numpy_helper.from_array(
                 (wb * s[read].reshape(ob, cg, *([1] * (wb.ndim - 2)))).astype(np.float32), b.input[1]))

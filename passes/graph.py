@@ -22,7 +22,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
 from ristretto_onnx.errors import RistrettoError
-from onnx import GraphProto, ModelProto, NodeProto, OperatorSetIdProto, helper, numpy_helper
+from onnx import GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, helper
+
+from ristretto_onnx.passes.external import is_external, tensor_array
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -279,7 +281,7 @@ def _evaluate(tensor: gs.Tensor, memo: dict) -> np.ndarray | None:
     if isinstance(tensor, gs.Constant):
         values = tensor._values
         if isinstance(values, gs.ir.tensor.LazyValues):  # read the proto without caching a copy
-            return numpy_helper.to_array(values.tensor)
+            return tensor_array(values.tensor)  # (or its file: weights left on disk, passes.external)
         return np.asarray(tensor.values)
     if not tensor.name or not tensor.inputs:
         return None
@@ -322,6 +324,16 @@ def _evaluate(tensor: gs.Tensor, memo: dict) -> np.ndarray | None:
     for a in sorted(a % rank for a in axes):
         out = np.expand_dims(out, a)
     return out
+
+
+def external_proto(tensor: gs.Tensor):
+    """The TensorProto of a constant whose value is still on disk (passes.external), else None;
+    large weights are read from it in chunks (:func:`~ristretto_onnx.passes.external.tensor_rows`)."""
+    if isinstance(tensor, gs.Constant) and isinstance(tensor._values, gs.ir.tensor.LazyValues):
+        proto = tensor._values.tensor
+        if isinstance(proto, TensorProto) and is_external(proto):
+            return proto
+    return None
 
 
 def _constant_node_value(attrs: dict) -> np.ndarray | None:

@@ -25,6 +25,7 @@ from ristretto_onnx.data.conform import conform
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.options import Backend, CompressOptions
+from ristretto_onnx.passes.external import has_external
 from ristretto_onnx.passes.graph import single_input
 from ristretto_onnx.passes.pipeline import Prepared, prepare
 from ristretto_onnx.passes.plan import plan_to_dict
@@ -93,15 +94,28 @@ def plan_scorer(prepared: Prepared, batches: Batches, *, metric: str = "top1", m
         scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
                         screen_fraction=0.25 if early_reject else 1.0)
         return scorer, runner, run_float
-    float_session = create_session(prepared.float_model, blocked_layout=True, threads=threads)
-
-    def run_float(x):
-        return float_session.run(None, {input_name: x})[0]
-
+    run_float = FloatRunner(prepared.float_model, input_name, threads)
     runner = PlanRunner(prepared, input_name, threads)
     scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
                     screen_fraction=0.25 if early_reject else 1.0)
+    if has_external(prepared.float_model):  # weights on disk: one model's weights in memory at a time
+        run_float.release()  # (the baseline's outputs are kept; a later call rebuilds the session)
     return scorer, runner, run_float
+
+
+class FloatRunner:
+    """The FP32 model's first output, from a session built on first use (:meth:`release` drops it)."""
+
+    def __init__(self, model: ModelProto, input_name: str, threads: int | None = None) -> None:
+        self.model, self.input, self.threads, self.session = model, input_name, threads, None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.session is None:
+            self.session = create_session(self.model, blocked_layout=True, threads=self.threads)
+        return self.session.run(None, {self.input: x})[0]
+
+    def release(self) -> None:
+        self.session = None
 
 
 @dataclass
@@ -122,6 +136,7 @@ class SearchContext:
     seconds: dict[str, float]
     runner: Any = None
     preprocess: Any = None  # the evaluation data's Preprocess, recorded in the written model
+    label_offset: int = 0  # and its label offset (model class = label + offset)
 
 
 def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
@@ -156,4 +171,4 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     seconds["baseline"] = time.perf_counter() - t
     log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
     return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner,
-                         preprocess=ds.preprocess)
+                         preprocess=ds.preprocess, label_offset=ds.label_offset)

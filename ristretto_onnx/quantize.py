@@ -13,6 +13,7 @@ agreement with the FP32 model.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -39,7 +40,10 @@ from ristretto_onnx.passes.equalize import equalize
 from ristretto_onnx.passes.grid_ties import grid_sources, round_once
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.ranges import measure_groups
+from ristretto_onnx.passes.external import has_external
+from ristretto_onnx.passes.slots import has_slots
 from ristretto_onnx.runtime.calibrate import session_any_size
+from ristretto_onnx.runtime.simulator import Simulator
 from ristretto_onnx.report import QuantizeResult, VariantScore
 from ristretto_onnx.schemes import Scheme, plan_for
 from ristretto_onnx.stats import GroupRange, category_groups
@@ -109,7 +113,7 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads)
         seconds["bias_correction"] = time.perf_counter() - t
     if calib is not None:
-        record_preprocess(model, calib.preprocess)
+        record_preprocess(model, calib.preprocess, label_offset=calib.label_offset)
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
                           measured, search, metric, seconds, corrected)
@@ -130,16 +134,30 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
     if options.bias_correction == "on":
         return fixed, "applied"
     batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
-    sessions = [session_any_size(m, threads=threads) for m in (prepared.float_model, model, fixed)]
-    name = sessions[0].get_inputs()[0].name
-    outs = [np.concatenate([s.run(None, {name: x})[0] for x, _ in batches]).reshape(
-        sum(len(x) for x, _ in batches), -1).astype(np.float64) for s in sessions]
+    outs = [_outputs(m, batches, threads) for m in (prepared.float_model, model, fixed)]
     labels = None if any(y is None for _, y in batches) else np.concatenate([y for _, y in batches])
     truth = outs[0].argmax(1) if labels is None else labels
     hits = [int((o.argmax(1) == truth).sum()) for o in outs[1:]]
     errors = [float(np.mean(np.square(o - outs[0]))) for o in outs[1:]]
     helps = errors[1] < errors[0] and hits[1] >= hits[0] - 1
     return (fixed, "applied") if helps else (model, "rejected")
+
+
+def _outputs(model: ModelProto, batches, threads: int | None) -> np.ndarray:
+    """``model``'s first output on ``batches`` (one session at a time: with weights on disk,
+    passes.external, a simulated model runs on the Simulator, which holds its weights once)."""
+    if has_external(model) and has_slots(model):
+        run = Simulator(model, threads=threads).run
+    else:
+        session = session_any_size(model, threads=threads)
+        name = session.get_inputs()[0].name
+        run = lambda x: session.run(None, {name: x})[0]  # noqa: E731
+    out = np.concatenate([run(x) for x, _ in batches]).reshape(
+        sum(len(x) for x, _ in batches), -1).astype(np.float64)
+    if has_external(model):
+        del run
+        gc.collect()  # this model's weights go before the next model's come
+    return out
 
 
 def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str, int | None],

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 import numpy as np
 from onnx import GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
+from ristretto_onnx.passes.external import tensor_array
+
 #: Ops through which a constant stays constant and whose numpy evaluation is trivial.
 _FOLDABLE_OPS = frozenset({"Constant", "Identity", "Transpose", "Cast", "Reshape", "Squeeze",
                            "Unsqueeze", "Flatten"})
@@ -89,7 +91,7 @@ class GraphIndex:
         if not name:
             return None
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return tensor_array(self.initializers[name])
         if name in self.graph_inputs:
             return None
         node = self.producer.get(name)

@@ -9,6 +9,7 @@ import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
+from ristretto_onnx.cli.calib_options import LabelOffsetOption
 from ristretto_onnx.cli.calib_options import check_flags, open_calibration, resolve_input, split_patterns
 from ristretto_onnx.cli.outputs import check_outputs, usage_errors
 from ristretto_onnx.errors import UsageError
@@ -35,6 +36,7 @@ def analyze_command(
     std: StdOption = None,
     resize: ResizeOption = None,
     crop: CropOption = None,
+    label_offset: LabelOffsetOption = None,
 ) -> None:
     """Per layer and group (weights, inputs, outputs): min, max, |x| percentiles, log2 histogram
     and the integer length needed, measured on calibration data in one pass."""
@@ -56,7 +58,8 @@ def analyze_command(
         raise UsageError(f"--plot writes a PNG: the path must end in .png, got {plot}")
     in_path = resolve_input(model_in)
     check_outputs([json_path, plot], [in_path, calib], force=force)
-    data = open_calibration(calib, model_in, scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+    data = open_calibration(calib, model_in, scale=scale, mean=mean, std=std, resize=resize, crop=crop,
+                            label_offset=label_offset)
     if data is None:
         raise UsageError("analyze needs data to run: give --calib")
     data = data.subset(min(calib_size, len(data)), seed)

@@ -8,6 +8,7 @@ import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
+from ristretto_onnx.cli.calib_options import LabelOffsetOption
 from ristretto_onnx.cli.calib_options import check_flags, open_split, split_patterns
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.cli.progress import Reporter
@@ -74,6 +75,7 @@ def compress_command(
     std: StdOption = None,
     resize: ResizeOption = None,
     crop: CropOption = None,
+    label_offset: LabelOffsetOption = None,
 ) -> None:
     """Find the smallest number formats that keep accuracy within a tolerance; write the model.
 
@@ -114,17 +116,18 @@ def compress_command(
                 raise UsageError(f"{name} is too small: {value}")
     model_path = zoo.resolve_model(model_spec)
     check_outputs([out_path, report_path], [model_path, data, calib, test], force=force)
-    dataset = open_split(data, model_spec, "test", **flags)
+    flags_and_labels = dict(flags, label_offset=label_offset)
+    dataset = open_split(data, model_spec, "test", **flags_and_labels)
     if dataset is None:
         raise UsageError("give --data (validation images with labels, or use --metric fidelity)")
-    calib_set = open_split(calib, model_spec, "calib", **flags)  # compress takes a seeded subset
-    test_set = open_split(test, model_spec, "test", **flags) if test else None
+    calib_set = open_split(calib, model_spec, "calib", **flags_and_labels)  # compress takes a seeded subset
+    test_set = open_split(test, model_spec, "test", **flags_and_labels) if test else None
 
     with Reporter(quiet=quiet) as log:
         if finetune:  # issue 12: fine-tune the chosen plan, then narrow it (ristretto_onnx.finetune)
             from ristretto_onnx.finetune.compress_driver import run_from_cli
 
-            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags),
+            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags_and_labels),
                                   epochs, lr, calib=calib_set, test=test_set, log=log, options=options)
         else:
             if where.kind == "ray":

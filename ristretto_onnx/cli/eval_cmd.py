@@ -9,6 +9,7 @@ import typer
 
 from ristretto_onnx.cli.app import app, state
 from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
+from ristretto_onnx.cli.calib_options import LabelOffsetOption
 from ristretto_onnx.cli.calib_options import check_flags
 from ristretto_onnx.cli.outputs import usage_errors
 from ristretto_onnx.data import preprocess_from_cli
@@ -37,6 +38,7 @@ def eval_command(
     std: StdOption = None,
     resize: ResizeOption = None,
     crop: CropOption = None,
+    label_offset: LabelOffsetOption = None,
 ) -> None:
     """Print the metric(s) and images/s of MODEL on --data."""
     from ristretto_onnx import zoo
@@ -66,10 +68,11 @@ def eval_command(
         dataset = zoo.model_dataset(zoo_name, "test", pre if given else None)
     else:
         dataset = data
-    dataset, _ = dataset_for(model_path, dataset, pre)
+    dataset, _ = dataset_for(model_path, dataset, pre, label_offset=label_offset)
     if rec is not None and not as_json:
         how = "with your flags on top" if given else "flags override it"
-        print(f"note: using the preprocessing recorded in {model} ({base}); {how}", file=sys.stderr)
+        offset = f" and label offset {rec[1]}" if rec[1] and label_offset is None else ""
+        print(f"note: using the preprocessing recorded in {model} ({base}){offset}; {how}", file=sys.stderr)
     metrics = list(dict.fromkeys(metric or (["top1"] if dataset.labels is not None else ["fidelity"])))
     ref = str(zoo.resolve_model(reference)) if reference else None
     show = False if (quiet or as_json or state.get("quiet")) else None

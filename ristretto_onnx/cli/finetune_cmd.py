@@ -9,6 +9,7 @@ import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
+from ristretto_onnx.cli.calib_options import LabelOffsetOption, with_label_offset
 from ristretto_onnx.errors import RistrettoError
 
 
@@ -46,6 +47,7 @@ def finetune_command(
     std: StdOption = None,
     resize: ResizeOption = None,
     crop: CropOption = None,
+    label_offset: LabelOffsetOption = None,
 ) -> None:
     """Fine-tune a simulated model: shadow weights, stochastic rounding, best epoch by exact score.
 
@@ -76,6 +78,8 @@ def finetune_command(
         pre = preprocess_from_cli(**flags) if any(v is not None for v in flags.values()) else None
     check_outputs([out, report_path], [model_path, train_data, data], force=force)
     train_set, val_set = load_dataset(train_data, pre), load_dataset(data, pre)
+    if label_offset is not None:
+        train_set, val_set = with_label_offset(train_set, label_offset), with_label_offset(val_set, label_offset)
     log = None if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = finetune(str(model_path), train_set, val_set, options=options, log=log,
                       progress=False if quiet else None)

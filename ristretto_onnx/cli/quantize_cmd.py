@@ -11,6 +11,7 @@ import typer
 
 from ristretto_onnx.cli.app import app
 from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
+from ristretto_onnx.cli.calib_options import LabelOffsetOption
 from ristretto_onnx.cli.calib_options import check_flags, open_calibration, resolve_input, split_patterns
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.errors import UsageError
@@ -72,6 +73,7 @@ def quantize_command(
     std: StdOption = None,
     resize: ResizeOption = None,
     crop: CropOption = None,
+    label_offset: LabelOffsetOption = None,
 ) -> None:
     """Write OUT.onnx: IN with QuantizeSim on the inputs, weights and outputs of every Conv,
     ConvTranspose, Gemm and MatMul (the thesis data path), and OUT.json with every group's format.
@@ -102,7 +104,8 @@ def quantize_command(
     check_outputs([model_out, report_path], [in_path, calib], force=force)
     data = None
     if options.needs_calibration:
-        data = open_calibration(calib, model_in, scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+        data = open_calibration(calib, model_in, scale=scale, mean=mean, std=std, resize=resize, crop=crop,
+                                label_offset=label_offset)
         if data is None:
             raise UsageError(f"--scheme {options.scheme} needs calibration data: give --calib")
     result = quantize(in_path, options, data)

@@ -97,6 +97,8 @@ CASES = {
     "nonsense scheme": ([*C, "--scheme", "int4"], None, None, 2, "unknown scheme"),
     "nonsense tolerance": ([*C, "--tolerance", "-1"], None, None, 2, "--tolerance must be in [0, 1)"),
     "nonsense option value": ([*C, "--calib-size", "many"], None, None, 2, "Input should be a valid integer"),
+    "label offset below class 0": ([*C, "--label-offset", "-1"], None, None, 2,
+                                   "--label-offset -1 makes label 0 of"),
     "wrong argument count": (["compress", "IN"], None, None, 2, "Missing argument 'OUT.onnx'"),
     "output = input": (["compress", "IN", "IN", "--data", "DATA"], None, None, 2, "refusing to overwrite an input"),
     "output = data": ([*C, "--report", "DATA"], None, None, 2, "refusing to overwrite an input"),
