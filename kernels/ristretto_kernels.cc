@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -208,15 +209,15 @@ struct CpuOp : Ort::CustomOpBase<CpuOp, CpuKernel> {
 //
 // Attribute "steps": '|'-separated steps applied in order to each element of input 0: a scalar
 // QuantizeSim format (nearest even), "relu" (onnxruntime's Relu: x < 0 gives +0, -0 and NaN
-// pass) or "add" (+ the element of input 1, which has input 0's shape: onnxruntime's Add without
-// broadcasting). Each step is the float32 function of the node it replaces, so the chain gives
+// pass), "add" (+ the element of input 1, which has input 0's shape: onnxruntime's Add without
+// broadcasting) or "tee" (the value so far is also written to output 1, for a second reader). Each step is the float32 function of the node it replaces, so the chain gives
 // the bits of those nodes run one after the other; runtime/kernel_chains.py builds the chains.
 
 constexpr const char* kChainOpName = "QuantizeSimChain";
 constexpr int64_t kTile = 2048;  // elements per step inside a block (stays in L1/L2)
 
 struct ChainStep {
-  int op;  // 0 quantize, 1 relu, 2 add
+  int op;  // 0 quantize, 1 relu, 2 add, 3 tee
   Spec spec;
   Chan chan;
 };
@@ -236,6 +237,7 @@ struct ChainTask {
   const float* x;
   const float* r;
   float* y;
+  float* tee;
   int64_t n;
   const std::vector<ChainStep>* steps;
 };
@@ -250,17 +252,24 @@ void run_chain_block(void* data, size_t block) {
   for (int64_t i = begin; i < end; i += kTile) {
     int64_t n = end - i < kTile ? end - i : kTile;
     const float* src = t->x + i;
+    int flip = 0;
     for (size_t j = 0; j < k; ++j) {
-      float* dst = j + 1 == k ? t->y + i : buf[j & 1];
+      if (steps[j].op == 3) {  // tee: never the last step (parse_steps)
+        std::memcpy(t->tee + i, src, static_cast<size_t>(n) * sizeof(float));
+        continue;
+      }
+      float* dst = j + 1 == k ? t->y + i : buf[flip];
+      flip ^= 1;
       apply_step(steps[j], src, t->r == nullptr ? nullptr : t->r + i, dst, n);
       src = dst;
     }
   }
 }
 
-std::vector<ChainStep> parse_steps(const std::string& text, bool* has_add) {
+std::vector<ChainStep> parse_steps(const std::string& text, bool* has_add, bool* has_tee) {
   std::vector<ChainStep> steps;
   *has_add = false;
+  *has_tee = false;
   size_t start = 0;
   while (true) {
     size_t bar = text.find('|', start);
@@ -272,6 +281,10 @@ std::vector<ChainStep> parse_steps(const std::string& text, bool* has_add) {
       if (*has_add) throw std::invalid_argument("QuantizeSimChain: at most one 'add' step");
       st.op = 2;
       *has_add = true;
+    } else if (item == "tee") {
+      if (*has_tee) throw std::invalid_argument("QuantizeSimChain: at most one 'tee' step");
+      st.op = 3;
+      *has_tee = true;
     } else {
       qsim::Format f = qsim::parse_format(item, "nearest_even", false, 0);
       st.op = 0;
@@ -282,17 +295,19 @@ std::vector<ChainStep> parse_steps(const std::string& text, bool* has_add) {
     if (bar == std::string::npos) break;
     start = bar + 1;
   }
+  if (steps.back().op == 3) throw std::invalid_argument("QuantizeSimChain: 'tee' cannot be the last step");
   return steps;
 }
 
 struct ChainKernel {
   std::vector<ChainStep> steps;
   bool has_add = false;
+  bool has_tee = false;
 
   explicit ChainKernel(const OrtKernelInfo* raw) {
     Ort::ConstKernelInfo info(raw);
     try {
-      steps = parse_steps(string_attr(info, "steps", nullptr), &has_add);
+      steps = parse_steps(string_attr(info, "steps", nullptr), &has_add, &has_tee);
     } catch (const std::exception& e) {
       throw Ort::Exception(e.what(), ORT_INVALID_ARGUMENT);
     }
@@ -311,9 +326,15 @@ struct ChainKernel {
       r = other.GetTensorData<float>();
     }
     Ort::UnownedValue output = ctx.GetOutput(0, shape);
+    float* tee = nullptr;
+    if (has_tee) {
+      if (ctx.GetOutputCount() < 2)
+        throw Ort::Exception("QuantizeSimChain: 'tee' needs a second output", ORT_INVALID_ARGUMENT);
+      tee = ctx.GetOutput(1, shape).GetTensorMutableData<float>();
+    }
     int64_t n = static_cast<int64_t>(input.GetTensorTypeAndShapeInfo().GetElementCount());
     if (n == 0) return;
-    ChainTask task{input.GetTensorData<float>(), r, output.GetTensorMutableData<float>(), n, &steps};
+    ChainTask task{input.GetTensorData<float>(), r, output.GetTensorMutableData<float>(), tee, n, &steps};
     size_t blocks = static_cast<size_t>((n + kBlock - 1) / kBlock);
     if (blocks == 1) {
       run_chain_block(&task, 0);
@@ -332,8 +353,11 @@ struct ChainOp : Ort::CustomOpBase<ChainOp, ChainKernel> {
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
     return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   }
-  size_t GetOutputTypeCount() const { return 1; }
+  size_t GetOutputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
 };
 
 }  // namespace

@@ -6,14 +6,15 @@ input is quantized). Run one node at a time, each is one more pass over the acti
 on the CPU costs about as much as the quantization itself. The kernel library therefore has a
 second op, ``ai.ristretto::QuantizeSimChain``: its ``steps`` attribute lists formats, ``relu``
 and ``add`` (plus its second input), applied one after the other to each element in a single
-pass (``kernels/ristretto_kernels.cc``).
+pass (``kernels/ristretto_kernels.cc``); ``tee`` also writes the value so far to a second
+output, for a tensor with one more reader (the ReLU output a residual connection reads too).
 
 Exact by construction: every step is the float32 function of the node it replaces (the
 QuantizeSim reference, onnxruntime's ``Relu``: negatives give +0, -0 and NaN pass; ``Add`` of two
 tensors of the same static shape, no broadcasting), applied to the same values in the same
 order; intermediate tensors are dropped only when the next node of the run is their only
-reader and they are not graph outputs. The chain node sits where the run's last node was, so
-every input it reads is computed before it.
+reader and they are not graph outputs (one with a second reader leaves the chain as its tee
+output). The nodes are put back in topological order.
 
 Only project CPU sessions that register the library get chains (:func:`fuse_chains` is called
 by :func:`ristretto_onnx.runtime.kernels.prepare`); written models never contain them.
@@ -66,11 +67,10 @@ def fuse_chains(model: ModelProto) -> ModelProto | None:
     graph = model.graph
     readers = Counter(name for node in graph.node for name in node.input if name)
     pinned = {o.name for o in graph.output} | _subgraph_names(graph)
-    consumer: dict[str, NodeProto] = {}
+    users: dict[str, list[NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
-            if readers[name] == 1:
-                consumer[name] = node
+            users.setdefault(name, []).append(node)
     shapes = _static_shapes(model)
     taken: set[int] = set()
     chains: dict[int, tuple[NodeProto, list]] = {}  # id(last node) -> (chain node, members)
@@ -78,9 +78,14 @@ def fuse_chains(model: ModelProto) -> ModelProto | None:
         first = _chain_step(node)
         if first is None or id(node) in taken:
             continue
-        steps, members, extra, t = [first], [node], None, node.output[0]
-        while t not in pinned and readers[t] == 1 and t in consumer:
-            nxt = consumer[t]
+        steps, members, extra, tee, t = [first], [node], None, None, node.output[0]
+        while t not in pinned and readers[t] in (1, 2) and len(users.get(t, ())) == readers[t]:
+            if readers[t] == 1:
+                nxt = users[t][0]
+            else:  # a second reader: continue into a quantizer, keep t as the tee output
+                nxt = next((u for u in users[t] if _chain_step(u) is not None and id(u) not in taken), None)
+                if tee is not None or nxt is None or len(set(map(id, users[t]))) != 2:
+                    break
             if id(nxt) in taken:
                 break
             step = _chain_step(nxt)
@@ -94,21 +99,25 @@ def fuse_chains(model: ModelProto) -> ModelProto | None:
                         step, extra = "add", other
             if step is None or len(nxt.output) != 1:
                 break
+            if readers[t] == 2:
+                steps.append("tee")
+                tee = t
             steps.append(step)
             members.append(nxt)
             t = nxt.output[0]
         if len(members) < 2:
             continue
         inputs = [node.input[0]] + ([extra] if extra is not None else [])
-        chain = helper.make_node(CHAIN_OP, inputs, [t], name=f"{node.name or t}_chain", domain=DOMAIN,
-                                 steps="|".join(steps))
+        chain = helper.make_node(CHAIN_OP, inputs, [t] + ([tee] if tee is not None else []),
+                                 name=f"{node.name or t}_chain", domain=DOMAIN, steps="|".join(steps))
         taken.update(id(m) for m in members)
         chains[id(members[-1])] = (chain, members)
     if not chains:
         return None
     out = ModelProto()
     out.CopyFrom(model)
-    dropped = {name for chain, members in chains.values() for m in members[:-1] for name in m.output}
+    dropped = {name for chain, members in chains.values() for m in members[:-1] for name in m.output} \
+        - {name for chain, _ in chains.values() for name in chain.output}
     nodes = []
     for node in graph.node:
         if id(node) in chains:
@@ -116,8 +125,36 @@ def fuse_chains(model: ModelProto) -> ModelProto | None:
         elif id(node) not in taken:
             nodes.append(node)
     del out.graph.node[:]
-    out.graph.node.extend(nodes)
+    out.graph.node.extend(_topological(nodes))
     keep = [vi for vi in out.graph.value_info if vi.name not in dropped]
     del out.graph.value_info[:]
     out.graph.value_info.extend(keep)
     return out
+
+
+def _topological(nodes: list[NodeProto]) -> list[NodeProto]:
+    """``nodes`` in an order where every tensor is produced before it is read (stable: the
+    given order wherever it already is one). A tee output can be read before the chain's place."""
+    produced_by = {name: k for k, n in enumerate(nodes) for name in n.output}
+    done: set[int] = set()
+    order: list[NodeProto] = []
+
+    def visit(k: int) -> None:
+        stack = [(k, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if i in done:
+                continue
+            if expanded:
+                done.add(i)
+                order.append(nodes[i])
+                continue
+            stack.append((i, True))
+            for name in reversed(list(nodes[i].input)):
+                j = produced_by.get(name)
+                if j is not None and j not in done:
+                    stack.append((j, False))
+
+    for k in range(len(nodes)):
+        visit(k)
+    return order

@@ -57,6 +57,8 @@ def _reference(steps, x, r):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for s in steps:
+            if s == "tee":
+                continue
             if s == "relu":
                 v = np.where(v < 0, np.float32(0), v).astype(np.float32)
             elif s == "add":
@@ -88,6 +90,18 @@ def test_chain_kernel_equals_its_nodes_one_after_the_other(library, steps):
     assert ok.all(), f"{steps}: differs at x={x[~ok][:4]!r}: {got[~ok][:4]!r} vs {want[~ok][:4]!r}"
 
 
+def test_chain_tee_writes_the_value_before_the_remaining_steps(library):
+    steps = ["fixed:8:3", "add", "relu", "tee", "ufixed:8:5"]
+    x = _x(9, ["fixed:8:3", "ufixed:8:5"])
+    r = np.random.default_rng(10).permutation(x)
+    node = helper.make_node(CHAIN_OP, ["x", "r"], ["y", "t"], domain="ai.ristretto", steps="|".join(steps))
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N"]) for n in ("x", "r")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N"]) for n in ("y", "t")]
+    y, t = _kernel_session(_model([node], vi, outs, functions=False), library).run(None, {"x": x, "r": r})
+    assert same_bits(t, _reference(steps[:3], x, r)).all()
+    assert same_bits(y, _reference(steps[:3] + steps[4:], x, r)).all()
+
+
 def test_chain_add_of_another_shape_is_an_error(library):
     node = helper.make_node(CHAIN_OP, ["x", "r"], ["y"], domain="ai.ristretto", steps="fixed:8:4|add")
     vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N"]) for n in ("x", "r")]
@@ -112,6 +126,7 @@ def test_project_sessions_fuse_quantizer_relu_add_runs_with_the_bits_of_the_bodi
     chains = [n for n in onnx.load_from_string(source).graph.node if n.op_type == CHAIN_OP]
     steps = sorted(helper.get_attribute_value(n.attribute[0]).decode() for n in chains)
     assert used and len(chains) >= 2 and any("|add|" in s for s in steps) and any("|relu|" in s for s in steps), steps
+    assert any("|relu|tee|" in s for s in steps), steps  # the ReLU output the residual Add reads too
     bodies = create_session(model, kernels=False).run(None, {"input": x})[0]
     assert same_bits(create_session(model).run(None, {"input": x})[0], bodies).all()
     assert bodies.std() > 0
