@@ -31,7 +31,7 @@ from ristretto_onnx.data.metadata import record as record_preprocess
 from ristretto_onnx.data.zoo_inputs import is_zoo, zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
-from ristretto_onnx.options import QuantizeOptions
+from ristretto_onnx.options import Backend, QuantizeOptions
 from ristretto_onnx.passes.layers import Group
 from ristretto_onnx.moments import input_means
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
@@ -57,8 +57,11 @@ def uniform_plan(groups: list[Group], fmt: Format, *, quantize_bias: bool = Fals
 
 
 def quantize(source: str | os.PathLike | ModelProto | Prepared, options: QuantizeOptions,
-             calib=None, *, threads: int | None = None) -> QuantizeResult:
-    """The simulated model of ``source`` for ``options`` (``calib``: a Dataset, when needed)."""
+             calib=None, *, threads: int | None = None, backend: Backend | None = None) -> QuantizeResult:
+    """The simulated model of ``source`` for ``options`` (``calib``: a Dataset, when needed).
+
+    ``backend=Backend("ray", workers=N)`` scores a scheme's alternatives on Ray actors (same choice).
+    """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     if is_zoo(source):  # "zoo:NAME" as on the command line, with its calibration split
@@ -94,7 +97,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         scheme = options.make_scheme()
         widths = options.widths(scheme)
         t = time.perf_counter()
-        variants, search, metric = _choose_variants(scheme, ranges, widths, prepared, calib_set, options, threads)
+        variants, search, metric = _choose_variants(scheme, ranges, widths, prepared, calib_set, options, threads,
+                                                    backend)
         if search:
             seconds["variant_search"] = time.perf_counter() - t
         plan = plan_for(scheme, ranges, widths, variants)
@@ -161,7 +165,8 @@ def _outputs(model: ModelProto, batches, threads: int | None) -> np.ndarray:
 
 
 def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str, int | None],
-                     prepared: Prepared, calib_set, options: QuantizeOptions, threads: int | None):
+                     prepared: Prepared, calib_set, options: QuantizeOptions, threads: int | None,
+                     backend: Backend | None = None):
     """Each category's alternative at its width, among the candidates compress's search scores.
 
     A category with one alternative (dfp, pow2) needs no scoring; otherwise every alternative
@@ -171,7 +176,7 @@ def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str,
     """
     variants: dict[str, int | None] = {}
     scores: list[VariantScore] = []
-    scorer = None
+    scorer = runner = None
     for cat, bits in widths.items():
         groups = category_groups(ranges, cat)
         cands = scheme.variants(groups, bits) if groups and bits is not None else [None]
@@ -181,17 +186,21 @@ def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str,
         if scorer is None:
             if calib_set is None:
                 raise RistrettoError(f"--scheme {scheme.name} needs calibration data to choose its splits")
-            batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
-            has_labels = all(y is not None for _, y in batches)
-            scorer, _, _ = plan_scorer(prepared, batches, metric="top1" if has_labels else "fidelity",
-                                       early_reject=False, threads=threads)
+            scored = calib_set.take(min(options.score_size, len(calib_set)))
+            scorer, runner, _ = plan_scorer(prepared, scored, batch_size=options.batch_size,
+                                            metric="fidelity" if scored.labels is None else "top1",
+                                            early_reject=False, threads=threads, backend=backend)
         tried = []
-        for v in cands:
-            s = scorer.score(plan_for(scheme, ranges, {cat: bits}, {cat: v}))
+        plans = [plan_for(scheme, ranges, {cat: bits}, {cat: v}) for v in cands]
+        scorer.ahead(plans)  # independent: scored concurrently on a cluster
+        for v, plan in zip(cands, plans):
+            s = scorer.score(plan)
             tried.append(VariantScore(cat, bits, v, scheme.describe(v), s.value, s.n))
         best = _first_within_noise([t.value for t in tried], scorer.n)
         variants[cat] = cands[best]
         scores += [replace(s, chosen=i == best) for i, s in enumerate(tried)]
+    if hasattr(runner, "close"):  # a cluster's actors
+        runner.close()
     return variants, tuple(scores), None if scorer is None else scorer.metric
 
 

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx import ModelProto, TensorProto, helper
 
 from ristretto_onnx.passes.graph import (
-    DEFAULT_DOMAINS, constant_value, elem_type, external_proto, import_graph, output_names, sole_consumer,
+    DEFAULT_DOMAINS, as_graph, constant_value, elem_type, external_proto, output_names, sole_consumer,
     static_shape, unique_name,
 )
 from ristretto_onnx.passes.layers import KIND_OF_OP, Layer, LayerSet, SkippedNode
@@ -27,7 +27,7 @@ from ristretto_onnx.passes.layers import KIND_OF_OP, Layer, LayerSet, SkippedNod
 
 def find_layers(model: ModelProto | gs.Graph) -> LayerSet:
     """The quantizable layers of ``model`` in graph order (see the module docstring)."""
-    graph = model if isinstance(model, gs.Graph) else import_graph(model)
+    graph = as_graph(model)
     memo: dict = {}
     outputs = output_names(graph)
     taken: set[str] = set()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,6 +25,31 @@ CropOption = Annotated[Optional[str], typer.Option("--crop", help=DATA_OPTION_HE
 LabelOffsetOption = Annotated[Optional[int], typer.Option(
     "--label-offset", help="Added to every label of the data: model class = label + N (e.g. -1 for "
                            "1-based labels). Default: what the model recorded, else 0.")]
+#: ``calib_size: CalibSizeOption = QuantizeOptions.calib_size``: the options' default, in every command.
+CalibSizeOption = Annotated[int, typer.Option("--calib-size", help="Calibration images (seeded subset; the same "
+                                                                   "default in every command and the Python API).")]
+PREPROCESS_FLAGS = {"scale": ScaleOption, "mean": MeanOption, "std": StdOption, "resize": ResizeOption,
+                    "crop": CropOption}
+
+
+def preprocessing_options(command):
+    """Give a command the preprocessing flags (--scale --mean --std --resize --crop, last in its
+    options): the command takes them as one argument ``flags``, a dict of the five values (None
+    where not given), ready for :func:`check_flags` and :func:`open_split`. Below ``@app.command``."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in inspect.signature(command).parameters.values() if p.name != "flags"]
+    params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=option)
+               for name, option in PREPROCESS_FLAGS.items()]
+
+    @functools.wraps(command)
+    def with_flags(*args, **kwargs):
+        flags = {name: kwargs.pop(name, None) for name in PREPROCESS_FLAGS}
+        return command(*args, flags=flags, **kwargs)
+
+    with_flags.__signature__ = inspect.Signature(params, return_annotation=None)
+    with_flags.__annotations__ = {p.name: p.annotation for p in params}
+    return with_flags
 
 
 
