@@ -88,6 +88,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                                 threads=threads, unsigned=dfp and options.unsigned)
         seconds["calibrate" if calib_set is not None else "ranges"] = time.perf_counter() - t
         scheme = options.make_scheme()
+        if options.weight_granularity == "auto" and options.scheme in ("dfp", "pow2"):
+            scheme = _layerwise(scheme, options, prepared, layers, calib_set, threads)
         widths = options.widths(scheme)
         t = time.perf_counter()
         variants, search, metric = _choose_variants(scheme, ranges, widths, prepared, calib_set, options, threads)
@@ -113,6 +115,15 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
                           measured, search, metric, seconds, corrected)
+
+
+def _layerwise(scheme: Scheme, options: QuantizeOptions, prepared: Prepared, layers, calib_set, threads):
+    """``--weight-granularity auto``: per tensor or per channel layer by layer (granularity_rule)."""
+    from ristretto_onnx.granularity_rule import LayerwiseGranularity, measure_layer_weights
+
+    evidence = measure_layer_weights(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                                     threads=threads)
+    return LayerwiseGranularity.of(scheme, replace(options, weight_granularity="channel").make_scheme(), evidence)
 
 
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,

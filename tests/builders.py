@@ -487,6 +487,25 @@ def random_inputs(n: int = 2000, size: int = 16, seed: int = 1) -> np.ndarray:
     return labelled_inputs(n, size, seed=seed)[0]
 
 
+def depthwise_pointwise(channels: int = 8, seed: int = 3) -> onnx.ModelProto:
+    """x -> depthwise Conv 3x3 (channel ranges 1 .. 2^-9) -> Relu -> pointwise Conv 1x1 -> y.
+
+    The depthwise weights need one fractional length per channel (with one per layer the small
+    channels round to zero); every pointwise weight is +-0.5 or +-0.25 (its channels alike, exact
+    on any dfp grid of 3 bits or more), so per channel buys it nothing.
+    """
+    r = rng(seed)
+    scales = 2.0 ** -np.arange(channels, dtype=np.float64)[:, None, None, None] * 0.75 ** (np.arange(channels) % 3)[:, None, None, None]
+    wd = (r.standard_normal((channels, 1, 3, 3)) * scales).astype(np.float32)
+    wp = (r.choice([-0.5, -0.25, 0.25, 0.5], size=(channels, channels, 1, 1))).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "wd"], ["d"], name="dw", group=channels, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "wp"], ["y"], name="pw"),
+    ]
+    return model(nodes, [init("wd", wd), init("wp", wp)], x_shape=("N", channels, 8, 8))
+
+
 # ---- QuantizeSim-only models for the op tests ------------------------------------------------
 
 def quantizer_model(formats: list[str], rounding: str = "nearest_even", opset: int = 17) -> onnx.ModelProto:

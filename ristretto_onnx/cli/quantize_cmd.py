@@ -47,7 +47,8 @@ def quantize_command(
     weight_granularity: str = typer.Option("tensor", "--weight-granularity",
                                            help="tensor (one format per layer's weights, as the thesis) or "
                                                 "channel (one per output channel: dfp fractional lengths, "
-                                                "pow2 windows of --exp-min..--exp-max's width)."),
+                                                "pow2 windows of --exp-min..--exp-max's width), or auto "
+                                                "(per channel for the layers where it lowers the output error)."),
     range_rule: str = typer.Option(DEFAULT_RANGE_RULE, "--range-rule",
                                    help="dfp: mse (least squared error), max (no saturation, the "
                                         "thesis's eq. 5.2) or percentile:P (e.g. percentile:99.99)."),
