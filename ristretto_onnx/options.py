@@ -126,6 +126,9 @@ class QuantizeOptions:
     channel_rule: str = "output"
     #: cross-layer equalization of Conv -> ReLU/ReLU6 -> Conv pairs first (passes.equalize).
     equalize: bool = False
+    #: dfp: fractional lengths moved while the network's output error falls (ristretto_onnx.refine).
+    refine: bool = False
+    refine_size: int = 256
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -146,7 +149,7 @@ class QuantizeOptions:
             raise RistrettoError(f"--bias-correction must be auto, on or off, not {self.bias_correction!r}")
         if self.channel_rule not in ("output", "range"):
             raise RistrettoError(f"--channel-rule must be output or range, not {self.channel_rule!r}")
-        _check_positive(self, ("calib_size", "score_size", "batch_size"))
+        _check_positive(self, ("calib_size", "score_size", "batch_size", "refine_size"))
 
     @property
     def weight_bits_(self) -> int | None:
