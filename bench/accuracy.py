@@ -75,13 +75,15 @@ def top1(model, data, batch: int = 250) -> float:
     return hits / len(data)
 
 
-def ort_rows(model_path: Path, calib, scored, work: Path) -> list[dict]:
+def ort_rows(model_path: Path, calib, scored, work: Path, granularities=("tensor", "channel")) -> list[dict]:
     from bench import ort_quant
 
     pre = ort_quant.preprocess_for_quantization(model_path, work)
     batches = [np.ascontiguousarray(x, np.float32) for x, _ in calib.batches(50)]
     rows = []
     for cfg in ort_quant.default_configs():
+        if ("channel" if cfg.per_channel else "tensor") not in granularities:
+            continue
         with contextlib.redirect_stdout(io.StringIO()):
             q = ort_quant.quantize(pre, create_session(str(model_path)).get_inputs()[0].name, batches, cfg, work)
         rows.append({"config": f"onnxruntime int8 {cfg.label}", "top1": top1(str(q.path), scored)})
@@ -89,8 +91,10 @@ def ort_rows(model_path: Path, calib, scored, work: Path) -> list[dict]:
 
 
 def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granularities=("tensor",),
-        ort: bool = False, calib_size: int = 500, log=print) -> list[dict]:
+        ort: bool = False, calib_size: int = 500, bits: int | None = None, ort_granularities=("tensor", "channel"),
+        log=print) -> list[dict]:
     name, widths = NETS[net]
+    widths = widths if bits is None else [dict(weight_bits=bits, act_bits=bits)]
     calib, scored = splits(name, calib_size)
     path = zoo.get_model(name).locate()
     rows = [{"net": net, "config": "FP32", "top1": top1(str(path), scored)}]
@@ -113,7 +117,7 @@ def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granulariti
     if ort:
         import tempfile
         with tempfile.TemporaryDirectory() as work:
-            for r in ort_rows(path, calib, scored, Path(work)):
+            for r in ort_rows(path, calib, scored, Path(work), ort_granularities):
                 rows.append({"net": net, **r})
                 log(f"  {r['config']}: {r['top1']:.4f}", flush=True)
     return rows
@@ -126,12 +130,15 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--granularity", default="tensor")
     ap.add_argument("--ort", action="store_true")
+    ap.add_argument("--ort-granularity", default="tensor,channel", help="onnxruntime rows: tensor, channel or both")
+    ap.add_argument("--bits", type=int, help="every width (default: the acceptance widths of the network)")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     rows = []
     for net in a.nets:
         rows += run(net, rules=tuple(a.rules.split(",")), variants=tuple(v for v in a.variants.split(",") if v),
-                    granularities=tuple(a.granularity.split(",")), ort=a.ort)
+                    granularities=tuple(a.granularity.split(",")), ort=a.ort, bits=a.bits,
+                    ort_granularities=tuple(a.ort_granularity.split(",")))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0
