@@ -88,7 +88,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                                 threads=threads, unsigned=dfp and options.unsigned)
         seconds["calibrate" if calib_set is not None else "ranges"] = time.perf_counter() - t
         scheme = options.make_scheme()
-        if options.weight_granularity == "auto" and options.scheme in ("dfp", "pow2"):
+        by_output = options.refine and dfp and options.weight_granularity == "auto" and calib_set is not None
+        if options.weight_granularity == "auto" and options.scheme in ("dfp", "pow2") and not by_output:
             scheme = _layerwise(scheme, options, prepared, layers, calib_set, threads)
         widths = options.widths(scheme)
         t = time.perf_counter()
@@ -104,7 +105,15 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                                     batch_size=min(options.batch_size, 64), threads=threads)
         if dfp and options.refine and calib_set is not None:
             t = time.perf_counter()
-            plan = _refine(prepared, plan, [r.group for r in ranges], tie, ties, calib_set, options, threads)
+            alternatives = None
+            if by_output:  # per channel where it brings the network's output closer to FP32's
+                channel = plan_for(replace(options, weight_granularity="channel").make_scheme(), ranges, widths,
+                                   variants)
+                channel = output_rule_plan(prepared.float_model, layers, channel, calib_set,
+                                           batch_size=min(options.batch_size, 64), threads=threads)
+                alternatives = {g: f for g, f in channel.items() if f is not None and f.kind == "per-channel"}
+            plan = _refine(prepared, plan, [r.group for r in ranges], tie, ties, calib_set, options, threads,
+                           alternatives)
             seconds["refine"] = time.perf_counter() - t
         plan = tie(plan)
     t = time.perf_counter()
@@ -122,7 +131,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                           measured, search, metric, seconds, corrected)
 
 
-def _refine(prepared: Prepared, plan, groups, tie, ties, calib_set, options: QuantizeOptions, threads):
+def _refine(prepared: Prepared, plan, groups, tie, ties, calib_set, options: QuantizeOptions, threads,
+            alternatives=None):
     """ristretto_onnx.refine on ``options.refine_size`` calibration images."""
     from ristretto_onnx.context import PlanRunner, model_input
     from ristretto_onnx.refine import refine_plan
@@ -135,7 +145,8 @@ def _refine(prepared: Prepared, plan, groups, tie, ties, calib_set, options: Qua
     reference = [np.asarray(fp32.run(None, {name: x})[0], np.float64) for x in batches]
     runner = PlanRunner(prepared, name, threads)
     units = {m: members for members in ties.values() for m in members} if ties else None
-    refined, _ = refine_plan(plan, groups, runner, batches, reference, tie=tie, units=units)
+    refined, _ = refine_plan(plan, groups, runner, batches, reference, tie=tie, units=units,
+                             alternatives=alternatives)
     return refined
 
 

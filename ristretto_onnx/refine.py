@@ -72,12 +72,15 @@ def output_error(run: Callable[[Mapping, np.ndarray], np.ndarray], plan: Mapping
 def refine_plan(plan: Mapping[str, Format | None], groups: Sequence[str], run: Callable, batches: Sequence[np.ndarray],
                 reference: Sequence[np.ndarray], *, tie: Callable[[Plan], Plan] = dict,
                 units: Mapping[str, tuple[str, ...]] | None = None, sweeps: int = 1, objective: str = "kl",
+                alternatives: Mapping[str, Format] | None = None,
                 log: Callable[[str], None] | None = None) -> tuple[Plan, dict]:
     """Coordinate descent of the module docstring over ``groups`` (graph order).
 
     ``plan`` is the plan before ``tie`` (the grid ties of passes.grid_ties); ``units`` maps a
     group to the groups that move with it (Concat members). Returns the tied plan and a record
-    ``{"error_before", "error_after", "moves": {group: step}}``.
+    ``{"error_before", "error_after", "moves": {group: step}}``. ``alternatives``: a format
+    each group may switch to first (per-channel weights for ``--weight-granularity auto``),
+    kept when it lowers the error; ``moves`` then says ``"alternative"``.
     """
     base = dict(plan)
     best = output_error(run, tie(base), batches, reference, objective)
@@ -85,6 +88,15 @@ def refine_plan(plan: Mapping[str, Format | None], groups: Sequence[str], run: C
     done: set[str] = set()
     for _ in range(sweeps):
         for gid in groups:
+            alt = (alternatives or {}).get(gid)
+            if alt is not None and base.get(gid) is not None and alt != base[gid] and gid not in record["moves"]:
+                cand = {**base, gid: alt}
+                err = output_error(run, tie(cand), batches, reference, objective)
+                if err < best * (1.0 - MIN_GAIN):
+                    base, best = cand, err
+                    record["moves"][gid] = "alternative"
+                    if log is not None:
+                        log(f"refine {gid}: {alt}, output error {best:.4g}")
             members = tuple((units or {}).get(gid, (gid,)))
             if gid in done or not all(movable(base.get(m)) for m in members):
                 continue

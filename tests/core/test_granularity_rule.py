@@ -84,3 +84,12 @@ def test_auto_needs_a_scheme_with_per_channel_formats():
         CompressOptions(scheme="fixed", weight_granularity="auto")
     with pytest.raises(RistrettoError, match="tensor, channel or auto"):
         QuantizeOptions(scheme="dfp", bits=8, weight_granularity="layer")
+
+
+def test_with_refine_auto_decides_by_the_network_output():
+    m = depthwise_pointwise()
+    opts = QuantizeOptions(scheme="dfp", weight_bits=6, act_bits=16, weight_granularity="auto", refine=True,
+                           bias_correction="off", calib_size=64, refine_size=64)
+    plan = quantize(m, opts, load_dataset(_inputs())).plan
+    assert isinstance(plan["dw/weights"], PerChannel)
+    assert not isinstance(plan["pw/weights"], PerChannel)
