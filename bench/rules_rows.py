@@ -24,7 +24,8 @@ GRANULARITIES = ("tensor", "channel", "auto")
 def rules_int8(bench: Bench, log, granularities=GRANULARITIES) -> list[dict]:
     rows = []
     for g in granularities:
-        label = f"ristretto dfp 8/8/8, MSE ranges + unsigned codes, rounded once, bias correction auto, weights per {g}"
+        weights = {"tensor": "per tensor", "channel": "per channel"}.get(g, "per tensor or channel by layer (auto)")
+        label = f"ristretto dfp 8/8/8, MSE ranges + unsigned codes, rounded once, bias correction auto, weights {weights}"
         try:
             t = time.perf_counter()
             opts = QuantizeOptions(scheme="dfp", bits=8, weight_granularity=g, calib_size=len(bench.calib),
