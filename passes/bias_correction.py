@@ -19,35 +19,69 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+import onnx_graphsurgeon as gs
+from onnx import ModelProto
 
-from ristretto_onnx.passes.analysis.proto_index import GraphIndex, unique_name
+from ristretto_onnx.formats import PerChannel
+from ristretto_onnx.passes.contract import PassResult, Transformation
+from ristretto_onnx.passes.external import row_chunks, tensor_array, tensor_rows
+from ristretto_onnx.passes.graph import (
+    as_graph, constant_value, consumer_lookup, export_model, external_proto, import_graph, producer,
+    tensor_names, unique_name,
+)
 from ristretto_onnx.passes.layers import Layer, group_id
 
 
-def weight_error_means(model: ModelProto, layers: Iterable[Layer], plan: Mapping[str, object],
+def weight_error_means(model: ModelProto | gs.Graph, layers: Iterable[Layer], plan: Mapping[str, object],
                        means: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``{layer name: (W_q - W) E[x]}`` per output channel, for layers whose weights ``plan``
     quantizes and whose input mean is known."""
-    index = GraphIndex(model.graph)
+    graph = as_graph(model)
+    tensors = graph.tensors()
     out: dict[str, np.ndarray] = {}
     for layer in layers:
         fmt = plan.get(group_id(layer.name, "weights"))
-        w = index.constant_value(layer.weight)
+        weight = tensors.get(layer.weight)
+        on_disk = external_proto(weight) if weight is not None else None
+        if fmt is not None and on_disk is not None and layer.name in means:
+            delta = _output_error_in_chunks(layer, mac_node(graph, tensors, layer).attrs, on_disk, fmt,
+                                            means[layer.name])
+            if delta is not None:
+                out[layer.name] = delta
+            continue
+        w = constant_value(weight) if weight is not None else None
         mean = means.get(layer.name)
         if fmt is None or w is None or mean is None:
             continue
         w = np.asarray(w, np.float32)
         dw = fmt.quantize(w).astype(np.float64) - w.astype(np.float64)
-        delta = _output_error(layer, index, dw, mean)
+        delta = _output_error(layer, mac_node(graph, tensors, layer).attrs, dw, mean)
         if delta is not None:
             out[layer.name] = delta
     return out
 
 
-def _output_error(layer: Layer, index: GraphIndex, dw: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
-    node = _node(index, layer)
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def _output_error_in_chunks(layer: Layer, attrs: Mapping, t, fmt, mean: np.ndarray) -> np.ndarray | None:
+    """:func:`_output_error` of a weight left on disk (passes.external), a chunk of rows at a time:
+    the rows are output channels (Conv, Gemm with transB) or input channels (Gemm, MatMul)."""
+    by_output = ((layer.op_type == "Conv" and int(attrs.get("group", 1)) == 1)
+                 or (layer.op_type == "Gemm" and attrs.get("transB", 0)))
+    by_input = layer.op_type in ("Gemm", "MatMul") and not attrs.get("transB", 0) and len(t.dims) == 2
+    if isinstance(fmt, PerChannel) or not (by_output or by_input):
+        w = np.asarray(tensor_array(t), np.float32)
+        return _output_error(layer, attrs, fmt.quantize(w).astype(np.float64) - w.astype(np.float64), mean)
+    parts = []
+    for start, stop in row_chunks(t):
+        w = np.asarray(tensor_rows(t, start, stop), np.float32)
+        dw = fmt.quantize(w).astype(np.float64) - w.astype(np.float64)
+        part = _output_error(layer, attrs, dw, mean if by_output else mean[start:stop])
+        if part is None:
+            return None
+        parts.append(part)
+    return np.concatenate(parts) if by_output else np.sum(parts, axis=0)
+
+
+def _output_error(layer: Layer, attrs: Mapping, dw: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
     if layer.op_type == "Conv":
         o, cg = dw.shape[0], dw.shape[1]
         groups = int(attrs.get("group", 1))
@@ -64,47 +98,63 @@ def _output_error(layer: Layer, index: GraphIndex, dw: np.ndarray, mean: np.ndar
     return None
 
 
-def _node(index: GraphIndex, layer: Layer):
-    """The MAC node (in an annotated model its output feeds the output slot: find it by name)."""
-    node = index.producer.get(layer.node_output)
-    if node is not None and node.op_type == layer.op_type:
+def mac_node(graph: gs.Graph, tensors: Mapping[str, gs.Tensor], layer: Layer) -> gs.Node:
+    """The layer's MAC node (in an annotated model its output feeds the output slot: found by
+    name there)."""
+    tensor = tensors.get(layer.node_output)
+    node = producer(tensor) if tensor is not None else None
+    if node is not None and node.op == layer.op_type:
         return node
-    return next(n for n in index.graph.node if n.name == layer.node and n.op_type == layer.op_type)
+    return next(n for n in graph.nodes if n.name == layer.node and n.op == layer.op_type)
+
+
+class BiasCorrection(Transformation):
+    """Lower each layer's bias by its ``delta`` (:func:`weight_error_means`); a Conv or Gemm
+    without a bias gets one. A computed or shared bias is left alone."""
+
+    name = "bias_correction"
+
+    def __init__(self, layers: Iterable[Layer], deltas: Mapping[str, np.ndarray]) -> None:
+        self.layers, self.deltas = tuple(layers), deltas
+
+    def apply(self, graph: gs.Graph) -> PassResult:
+        tensors = graph.tensors()
+        readers = consumer_lookup(graph)
+        taken = tensor_names(graph)
+        changed = False
+        for layer in self.layers:
+            delta = self.deltas.get(layer.name)
+            if delta is None:
+                continue
+            node = mac_node(graph, tensors, layer)
+            if layer.bias is not None:
+                bias = tensors.get(layer.bias)
+                if not isinstance(bias, gs.Constant) or len(readers(bias)) != 1:
+                    continue  # a computed or shared bias: leave it
+                scale = 1.0
+                if layer.op_type == "Gemm" and layer.bias_node_output is None:
+                    scale = float(node.attrs.get("beta", 1.0))
+                b = constant_value(bias).astype(np.float64)
+                if b.shape != delta.shape and b.size != delta.size:
+                    continue
+                new = b - np.broadcast_to(delta / scale, b.shape)
+                bias.values = new.reshape(b.shape).astype(np.float32)
+                changed = True
+            elif layer.op_type in ("Conv", "Gemm") and len(node.inputs) < 3:
+                beta = float(node.attrs.get("beta", 1.0)) if layer.op_type == "Gemm" else 1.0
+                name = unique_name(f"{layer.name}_bias_correction", taken)
+                node.inputs.append(gs.Constant(name, (-delta / beta).astype(np.float32)))
+                changed = True
+        return PassResult(graph, changed)
 
 
 def apply_bias_correction(model: ModelProto, layers: Iterable[Layer],
                           deltas: Mapping[str, np.ndarray]) -> ModelProto:
     """A copy of ``model`` (float or annotated: the same tensor names) with each layer's bias
-    lowered by its ``delta``; a Conv or Gemm without a bias gets one."""
-    out = ModelProto()
-    out.CopyFrom(model)
-    index = GraphIndex(out.graph)
-    inits = {t.name: t for t in out.graph.initializer}
-    taken = index.all_tensor_names()
-    for layer in layers:
-        delta = deltas.get(layer.name)
-        if delta is None:
-            continue
-        node = _node(index, layer)
-        if layer.bias is not None:
-            init = inits.get(layer.bias)
-            if init is None or len(index.consumers_of(layer.bias)) != 1:
-                continue  # a computed or shared bias: leave it
-            scale = 1.0
-            if layer.op_type == "Gemm" and layer.bias_node_output is None:
-                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-                scale = float(attrs.get("beta", 1.0))
-            b = numpy_helper.to_array(init).astype(np.float64)
-            new = (b - np.broadcast_to(delta / scale, b.shape) if b.shape == delta.shape or b.size == delta.size
-                   else None)
-            if new is None:
-                continue
-            init.CopyFrom(numpy_helper.from_array(new.reshape(b.shape).astype(np.float32), init.name))
-        elif layer.op_type in ("Conv", "Gemm") and len(node.input) < 3:
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            beta = float(attrs.get("beta", 1.0)) if layer.op_type == "Gemm" else 1.0
-            name = unique_name(f"{layer.name}_bias_correction", taken)
-            taken.add(name)
-            out.graph.initializer.append(numpy_helper.from_array((-delta / beta).astype(np.float32), name))
-            node.input.append(name)
-    return out
+    lowered by its ``delta`` (:class:`BiasCorrection`)."""
+    graph = import_graph(model)
+    if not BiasCorrection(layers, deltas)(graph).changed:
+        out = ModelProto()
+        out.CopyFrom(model)
+        return out
+    return export_model(graph, model)

@@ -19,98 +19,124 @@ equalized in graph order, :data:`ITERATIONS` sweeps (a chain's factors interact)
 from __future__ import annotations
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+import onnx_graphsurgeon as gs
+from onnx import ModelProto
 
-from ristretto_onnx.passes.analysis.proto_index import GraphIndex, unique_name
+from ristretto_onnx.passes.contract import PassResult, Transformation
+from ristretto_onnx.passes.graph import (
+    constant_value, consumer_lookup, export_model, import_graph, is_op, remove_node, sole_readers,
+    tensor_names, unique_name,
+)
 
 ITERATIONS = 3
 
 
-def _attrs(node) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+class Equalize(Transformation):
+    """Balance every equalizable Conv -> (ReLU | ReLU6) -> Conv pair (see the module docstring)."""
+
+    name = "equalize"
+
+    def __init__(self, iterations: int = ITERATIONS) -> None:
+        self.iterations = iterations
+
+    def apply(self, graph: gs.Graph) -> PassResult:
+        pairs = _pairs(graph)
+        if not pairs:
+            return PassResult(graph, False)
+        clip_hi: dict[str, np.ndarray] = {}
+        for _ in range(self.iterations):
+            for a, act, b in pairs:
+                s = _balance(a, b)
+                if act is not None and is_op(act, "Clip"):
+                    key = act.outputs[0].name
+                    hi = clip_hi.get(key)
+                    if hi is None:
+                        hi = np.full(s.size, _scalar(constant_value(act.inputs[2])))
+                    clip_hi[key] = hi / s
+        taken = tensor_names(graph)
+        for _, act, _ in pairs:
+            if act is not None and act.outputs[0].name in clip_hi:
+                _per_channel_clip(graph, act, clip_hi[act.outputs[0].name], taken)
+        return PassResult(graph, True)
 
 
-def _pairs(model: ModelProto) -> list[tuple]:
+def equalize(model: ModelProto, iterations: int = ITERATIONS) -> ModelProto:
+    """A copy of ``model`` with every equalizable pair balanced (see the module docstring)."""
+    graph = import_graph(model)
+    if not Equalize(iterations)(graph).changed:
+        out = ModelProto()
+        out.CopyFrom(model)
+        return out
+    return export_model(graph, model)
+
+
+def _pairs(graph: gs.Graph) -> list[tuple[gs.Node, gs.Node | None, gs.Node]]:
     """``(A, act or None, B)`` node triples that can be equalized."""
-    index = GraphIndex(model.graph)
+    readers, sole = consumer_lookup(graph), sole_readers(graph)
     out = []
-    for a in model.graph.node:
-        if a.op_type != "Conv" or a.domain not in ("", "ai.onnx") or a.input[1] not in index.initializers:
+    for a in graph.nodes:
+        if not is_op(a, "Conv") or not isinstance(a.inputs[1], gs.Constant):
             continue
-        act = index.sole_consumer(a.output[0])
+        act = sole.get(a.outputs[0].name)
         b = act
-        if act is not None and act.op_type in ("Relu", "Clip"):
-            if act.op_type == "Clip":
-                lo = index.constant_value(act.input[1]) if len(act.input) > 1 and act.input[1] else None
-                hi = index.constant_value(act.input[2]) if len(act.input) > 2 and act.input[2] else None
-                if lo is None or hi is None or lo.size != 1 or hi.size != 1 or float(lo) != 0.0 or float(hi) <= 0:
-                    continue
-            b = index.sole_consumer(act.output[0])
+        if act is not None and (is_op(act, "Relu") or is_op(act, "Clip")):
+            if is_op(act, "Clip") and not _is_relu6(act):
+                continue
+            b = sole.get(act.outputs[0].name)
         else:
             act = None
-        if b is None or b.op_type != "Conv" or b.input[0] != (act.output[0] if act else a.output[0]) \
-                or b.input[1] not in index.initializers:
+        if b is None or not is_op(b, "Conv") or b.inputs[0] is not (act or a).outputs[0] \
+                or not isinstance(b.inputs[1], gs.Constant):
             continue
-        if len(index.consumers_of(a.input[1])) != 1 or len(index.consumers_of(b.input[1])) != 1:
+        if len(readers(a.inputs[1])) != 1 or len(readers(b.inputs[1])) != 1:
             continue  # shared weights
         out.append((a, act, b))
     return out
 
 
-def equalize(model: ModelProto, iterations: int = ITERATIONS) -> ModelProto:
-    """A copy of ``model`` with every equalizable pair balanced (see the module docstring)."""
-    out = ModelProto()
-    out.CopyFrom(model)
-    pairs = _pairs(out)
-    if not pairs:
-        return out
-    inits = {t.name: t for t in out.graph.initializer}
-    taken = GraphIndex(out.graph).all_tensor_names()
-    clip_hi: dict[str, np.ndarray] = {}
-    for _ in range(iterations):
-        for a, act, b in pairs:
-            wa = numpy_helper.to_array(inits[a.input[1]]).astype(np.float64)
-            wb = numpy_helper.to_array(inits[b.input[1]]).astype(np.float64)
-            c = wa.shape[0]
-            groups_b = int(_attrs(b).get("group", 1))
-            cg = wb.shape[1]
-            ob = wb.shape[0]
-            # which input channel of B each (o, j) weight reads: group(o) * C/g + j
-            read = (np.arange(ob) // (ob // groups_b))[:, None] * cg + np.arange(cg)[None, :]
-            r_a = np.abs(wa.reshape(c, -1)).max(axis=1)
-            r_b = np.zeros(c)
-            np.maximum.at(r_b, read.ravel(), np.abs(wb.reshape(ob, cg, -1)).max(axis=2).ravel())
-            s = np.where((r_a > 0) & (r_b > 0), np.sqrt(r_a / np.where(r_b > 0, r_b, 1.0)), 1.0)
-            inits[a.input[1]].CopyFrom(numpy_helper.from_array(
-                (wa / s.reshape((c,) + (1,) * (wa.ndim - 1))).astype(np.float32), a.input[1]))
-            if len(a.input) > 2 and a.input[2] in inits:
-                bias = numpy_helper.to_array(inits[a.input[2]]).astype(np.float64)
-                inits[a.input[2]].CopyFrom(numpy_helper.from_array((bias / s).astype(np.float32), a.input[2]))
-            inits[b.input[1]].CopyFrom(numpy_helper.from_array(
-                (wb * s[read].reshape(ob, cg, *([1] * (wb.ndim - 2)))).astype(np.float32), b.input[1]))
-            if act is not None and act.op_type in ("Clip", "Min"):
-                key = act.output[0]
-                hi = clip_hi.get(key)
-                if hi is None:
-                    hi = np.full(c, float(GraphIndex(out.graph).constant_value(act.input[2])))
-                clip_hi[key] = hi / s
-    for a, act, b in pairs:
-        if act is not None and act.output[0] in clip_hi:
-            _per_channel_clip(out, act, clip_hi[act.output[0]], taken)
-    return out
+def _is_relu6(clip: gs.Node) -> bool:
+    """``Clip(x, 0, hi)`` with constant scalar bounds and ``hi > 0``."""
+    bounds = [constant_value(clip.inputs[i]) if len(clip.inputs) > i and clip.inputs[i].name else None
+              for i in (1, 2)]
+    lo, hi = bounds
+    return not (lo is None or hi is None or lo.size != 1 or hi.size != 1 or _scalar(lo) != 0.0
+                or _scalar(hi) <= 0)
 
 
-def _per_channel_clip(model: ModelProto, clip, hi: np.ndarray, taken: set[str]) -> None:
+def _scalar(value: np.ndarray) -> float:
+    return float(np.asarray(value).ravel()[0])
+
+
+def _balance(a: gs.Node, b: gs.Node) -> np.ndarray:
+    """Move ``s_c = sqrt(r_A(c) / r_B(c))`` from A's output channel c into B's input channel c;
+    returns ``s``."""
+    wa = constant_value(a.inputs[1]).astype(np.float64)
+    wb = constant_value(b.inputs[1]).astype(np.float64)
+    c = wa.shape[0]
+    groups_b = int(b.attrs.get("group", 1))
+    cg, ob = wb.shape[1], wb.shape[0]
+    # which input channel of B each (o, j) weight reads: group(o) * C/g + j
+    read = (np.arange(ob) // (ob // groups_b))[:, None] * cg + np.arange(cg)[None, :]
+    r_a = np.abs(wa.reshape(c, -1)).max(axis=1)
+    r_b = np.zeros(c)
+    np.maximum.at(r_b, read.ravel(), np.abs(wb.reshape(ob, cg, -1)).max(axis=2).ravel())
+    s = np.where((r_a > 0) & (r_b > 0), np.sqrt(r_a / np.where(r_b > 0, r_b, 1.0)), 1.0)
+    a.inputs[1].values = (wa / s.reshape((c,) + (1,) * (wa.ndim - 1))).astype(np.float32)
+    if len(a.inputs) > 2 and isinstance(a.inputs[2], gs.Constant):
+        bias = constant_value(a.inputs[2]).astype(np.float64)
+        a.inputs[2].values = (bias / s).astype(np.float32)
+    b.inputs[1].values = (wb * s[read].reshape(ob, cg, *([1] * (wb.ndim - 2)))).astype(np.float32)
+    return s
+
+
+def _per_channel_clip(graph: gs.Graph, clip: gs.Node, hi: np.ndarray, taken: set[str]) -> None:
     """Replace ``Clip(x, 0, hi)`` by ``Min(Max(x, 0), hi_c)`` with one bound per channel (axis 1)."""
-    zero = unique_name(f"{clip.output[0]}_lo", taken)
-    bound = unique_name(f"{clip.output[0]}_hi", taken)
-    mid = unique_name(f"{clip.output[0]}_relu", taken)
-    taken |= {zero, bound, mid}
-    model.graph.initializer.append(numpy_helper.from_array(np.float32(0.0), zero))
-    model.graph.initializer.append(numpy_helper.from_array(hi.reshape(-1, 1, 1).astype(np.float32), bound))
-    nodes = list(model.graph.node)
-    i = nodes.index(clip)
-    new = [helper.make_node("Max", [clip.input[0], zero], [mid], name=f"{clip.name}/Max"),
-           helper.make_node("Min", [mid, bound], [clip.output[0]], name=f"{clip.name}/Min")]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes[:i] + new + nodes[i + 1:])
+    y = clip.outputs[0]
+    zero = gs.Constant(unique_name(f"{y.name}_lo", taken), np.asarray(np.float32(0.0)))
+    bound = gs.Constant(unique_name(f"{y.name}_hi", taken), hi.reshape(-1, 1, 1).astype(np.float32))
+    mid = gs.Variable(unique_name(f"{y.name}_relu", taken))
+    x = clip.inputs[0]
+    i = next(k for k, n in enumerate(graph.nodes) if n is clip)
+    remove_node(graph, clip)
+    graph.nodes[i:i] = [gs.Node("Max", f"{clip.name}/Max", inputs=[x, zero], outputs=[mid]),
+                        gs.Node("Min", f"{clip.name}/Min", inputs=[mid, bound], outputs=[y])]

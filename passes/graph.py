@@ -8,27 +8,22 @@ graph inputs) and keeps the source's order of initializers and value_info, so a 
 changes nothing writes the same bytes and one that changes a few tensors writes a small diff:
 a compressed model is reproducible byte for byte (thesis ch. 9 relies on re-running the flow).
 
-A tensor is *constant* (:func:`constant_value`) when its value is fixed once the model is
-loaded: an initializer, a ``Constant`` node's output, or a shape-only or type-only op
-(``Transpose``, ``Cast``, ``Reshape`` ...) applied to constants, which is how exporters write
-shared or tied weights. A runtime graph input is never constant.
+Constants (initializers, ``Constant`` outputs and shape-only ops of them) are evaluated by
+:mod:`ristretto_onnx.passes.constants`, re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
+from onnx import GraphProto, ModelProto, NodeProto, OperatorSetIdProto, ValueInfoProto
+
 from ristretto_onnx.errors import RistrettoError
-from onnx import GraphProto, ModelProto, NodeProto, OperatorSetIdProto, helper, numpy_helper
-
-DEFAULT_DOMAINS = ("", "ai.onnx")
-
-#: Ops through which a constant stays constant and whose numpy evaluation is trivial.
-_FOLDABLE_OPS = frozenset({"Constant", "Identity", "Transpose", "Cast", "Reshape", "Squeeze",
-                           "Unsqueeze", "Flatten"})
+from ristretto_onnx.passes.constants import (  # noqa: F401  (re-exported: the graph layer's API)
+    DEFAULT_DOMAINS, constant_value, elem_type, external_proto, static_shape,
+)
 
 
 def import_graph(model: ModelProto) -> gs.Graph:
@@ -139,9 +134,14 @@ def runtime_inputs(model: ModelProto | gs.Graph) -> list[str]:
     """Names of the graph inputs a caller must feed (those without an initializer default)."""
     if isinstance(model, gs.Graph):
         return [t.name for t in model.inputs if isinstance(t, gs.Variable)]
-    graph = model.graph
+    return [i.name for i in runtime_input_infos(model)]
+
+
+def runtime_input_infos(model: ModelProto | GraphProto) -> list[ValueInfoProto]:
+    """The graph inputs a caller must feed, as the model declares them (type and shape)."""
+    graph = model.graph if isinstance(model, ModelProto) else model
     inits = {t.name for t in graph.initializer}
-    return [i.name for i in graph.input if i.name not in inits]
+    return [i for i in graph.input if i.name not in inits]
 
 
 def subgraph_inputs(node: NodeProto | gs.Node) -> set[str]:
@@ -179,8 +179,52 @@ def sole_consumer(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
     return None
 
 
+def consumer_lookup(graph: gs.Graph) -> Callable[[gs.Tensor], list[gs.Node]]:
+    """``tensor -> readers``: the top-level nodes of ``graph`` that read a tensor, in graph order,
+    once per input slot; a node whose subgraph (If/Loop/Scan body) reads the tensor from the outer
+    scope counts once per such body (graphsurgeon itself lists the inner nodes as readers)."""
+    bodies = {id(n): [_body_reads(v) for v in n.attrs.values() if isinstance(v, gs.Graph)]
+              for n in graph.nodes}
+    bodies = {k: v for k, v in bodies.items() if v}
+    if not bodies:
+        return lambda tensor: list(tensor.outputs)
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+
+    def readers(tensor: gs.Tensor) -> list[gs.Node]:
+        direct = [n for n in tensor.outputs if id(n) in position]
+        nested = [n for n in graph.nodes if id(n) in bodies
+                  for reads in bodies[id(n)] if tensor.name in reads]
+        return sorted(direct + nested, key=lambda n: position[id(n)])
+
+    return readers
+
+
+def sole_readers(graph: gs.Graph) -> dict[str, gs.Node]:
+    """``{tensor name: node}`` for the tensors that exactly one top-level node reads, once
+    (:func:`consumer_lookup`), and that are not graph outputs."""
+    readers = consumer_lookup(graph)
+    outputs = output_names(graph)
+    out: dict[str, gs.Node] = {}
+    for name, tensor in graph.tensors().items():
+        users = readers(tensor)
+        if len(users) == 1 and name not in outputs:
+            out[name] = users[0]
+    return out
+
+
+def _body_reads(body: gs.Graph) -> set[str]:
+    names = {t.name for t in body.outputs} | tensors_read(body.nodes)
+    names.discard("")
+    return names
+
+
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
+
+
+def as_graph(model: ModelProto | gs.Graph) -> gs.Graph:
+    """``model`` if it is a graph already, else its imported graph (analyses take either)."""
+    return model if isinstance(model, gs.Graph) else import_graph(model)
 
 
 def tensor_names(graph: gs.Graph) -> set[str]:
@@ -257,111 +301,11 @@ def tensors_read(nodes: Iterable[gs.Node]) -> set[str]:
     return used
 
 
-# ---- constants --------------------------------------------------------------------------------
-
-def constant_value(tensor: gs.Tensor, memo: dict | None = None) -> np.ndarray | None:
-    """The value of a constant tensor (see the module docstring), else ``None``.
-
-    ``memo`` (one dict per graph) keeps values by tensor between calls; it holds the tensors too,
-    so an id is never reused while its entry lives.
-    """
-    memo = {} if memo is None else memo
-    hit = memo.get(id(tensor))
-    if hit is not None and hit[0] is tensor:
-        return hit[1]
-    memo[id(tensor)] = (tensor, None)  # guards against cycles in malformed graphs
-    value = _evaluate(tensor, memo)
-    memo[id(tensor)] = (tensor, value)
-    return value
-
-
-def _evaluate(tensor: gs.Tensor, memo: dict) -> np.ndarray | None:
-    if isinstance(tensor, gs.Constant):
-        values = tensor._values
-        if isinstance(values, gs.ir.tensor.LazyValues):  # read the proto without caching a copy
-            return numpy_helper.to_array(values.tensor)
-        return np.asarray(tensor.values)
-    if not tensor.name or not tensor.inputs:
-        return None
-    node = tensor.inputs[0]
-    if node.op not in _FOLDABLE_OPS or (node.domain or "") not in DEFAULT_DOMAINS:
-        return None
-    attrs = node.attrs
-    if node.op == "Constant":
-        return _constant_node_value(attrs)
-    args = [constant_value(t, memo) if t.name else None for t in node.inputs]
-    if not args or args[0] is None:
-        return None
-    x, op = args[0], node.op
-    if op == "Identity":
-        return x
-    if op == "Cast":
-        return x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
-    if op == "Transpose":
-        return np.transpose(x, attrs.get("perm"))
-    if op == "Flatten":
-        axis = attrs.get("axis", 1) % max(x.ndim, 1) if x.ndim else 0
-        return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
-    if op == "Reshape":
-        if len(args) < 2 or args[1] is None:
-            return None
-        shape = [int(s) for s in args[1]]
-        if not attrs.get("allowzero", 0):
-            shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
-        return x.reshape(shape)
-    axes = attrs.get("axes")
-    if axes is None and len(args) > 1:
-        if node.inputs[1].name and args[1] is None:
-            return None
-        axes = None if args[1] is None else [int(a) for a in args[1]]
-    if op == "Squeeze":
-        return np.squeeze(x, axis=None if axes is None else tuple(axes))
-    if axes is None:  # Unsqueeze
-        return None
-    out, rank = x, x.ndim + len(axes)
-    for a in sorted(a % rank for a in axes):
-        out = np.expand_dims(out, a)
-    return out
-
-
-def _constant_node_value(attrs: dict) -> np.ndarray | None:
-    if isinstance(attrs.get("value"), gs.Constant):
-        return constant_value(attrs["value"])
-    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
-                       ("value_int", np.int64), ("value_ints", np.int64)):
-        if key in attrs:
-            return np.asarray(attrs[key], dtype=dtype)
-    return None  # sparse and string constants are never weights
-
-
-def elem_type(tensor: gs.Tensor, memo: dict | None = None) -> int | None:
-    """ONNX element type (``TensorProto.FLOAT`` ...) when known, else ``None``."""
-    if isinstance(tensor, gs.Constant):
-        values = tensor._values
-        if isinstance(values, gs.ir.tensor.LazyValues):
-            return values.tensor.data_type
-        return helper.np_dtype_to_tensor_dtype(np.asarray(tensor.values).dtype)
-    if tensor.dtype is not None:
-        return dtype_to_onnx(tensor.dtype)
-    hit = (memo or {}).get(id(tensor))
-    value = hit[1] if hit is not None and hit[0] is tensor else None
-    return None if value is None else helper.np_dtype_to_tensor_dtype(value.dtype)
-
-
-def static_shape(tensor: gs.Tensor, memo: dict | None = None) -> tuple | None:
-    """Static shape (ints, symbolic names or ``None`` per axis) when known."""
-    if isinstance(tensor, gs.Constant):
-        return tuple(tensor.shape)
-    if tensor.shape is not None:
-        return tuple(tensor.shape)
-    value = constant_value(tensor, memo) if tensor.inputs else None
-    return None if value is None else tuple(value.shape)
-
+# ---- constants (passes.constants) and lookups by name -------------------------------------
 
 def constant_lookup(model: ModelProto | gs.Graph):
     """``name -> value`` of the constant tensors of one graph (``None`` for other names)."""
-    graph = model if isinstance(model, gs.Graph) else import_graph(model)
-    tensors = graph.tensors()
+    tensors = as_graph(model).tensors()
     memo: dict = {}
 
     def value(name: str) -> np.ndarray | None:
@@ -373,7 +317,17 @@ def constant_lookup(model: ModelProto | gs.Graph):
 
 def single_input(model: ModelProto | gs.Graph, what: str) -> str:
     """The name of the model's one runtime input; ``what`` (e.g. "compress") needs exactly one."""
-    names = runtime_inputs(model)
+    return _one(runtime_inputs(model), what)
+
+
+def single_input_info(model: ModelProto, what: str) -> ValueInfoProto:
+    """The model's one runtime input as it declares it (:func:`single_input`)."""
+    infos = runtime_input_infos(model)
+    _one([i.name for i in infos], what)
+    return infos[0]
+
+
+def _one(names: list[str], what: str) -> str:
     if len(names) != 1:
         raise RistrettoError(f"{what} needs a model with one input; this one has {len(names)}"
                              + (f": {', '.join(names)}" if names else ""))

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
-from ristretto_onnx.passes.analysis.proto_index import GraphIndex
+from ristretto_onnx.passes.graph import DEFAULT_DOMAINS, as_graph, producer
 from ristretto_onnx.passes.layers import Layer, group_id
 
 #: Single-data-input ops whose outputs are values of their input (or 0, which every grid holds).
@@ -24,29 +25,29 @@ _GRID_KEEPING = frozenset({"Relu", "MaxPool", "GlobalMaxPool", "Flatten", "Resha
                            "DepthToSpace", "SpaceToDepth"})
 
 
-def grid_sources(model: ModelProto, layers: Iterable[Layer]) -> dict[str, str]:
+def grid_sources(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[str, str]:
     """``{inputs group id: outputs group id}`` for layer inputs whose values are a layer
     output's values (see the module docstring); a Concat maps to the first of its sources."""
     layers = list(layers)
-    index = GraphIndex(model.graph)
+    tensors = as_graph(model).tensors()
     by_output = {l.output: l for l in layers}
 
-    def source(name: str, depth: int = 0) -> str | None:
-        if name in by_output:
-            return group_id(by_output[name].name, "outputs")
-        node = index.producer.get(name)
-        if node is None or depth > 64 or node.domain not in ("", "ai.onnx"):
+    def source(tensor: gs.Tensor, depth: int = 0) -> str | None:
+        if tensor.name in by_output:
+            return group_id(by_output[tensor.name].name, "outputs")
+        node = producer(tensor)
+        if node is None or depth > 64 or (node.domain or "") not in DEFAULT_DOMAINS:
             return None
-        if node.op_type in _GRID_KEEPING:
-            return source(node.input[0], depth + 1)
-        if node.op_type == "Concat":
-            found = [source(i, depth + 1) for i in node.input]
+        if node.op in _GRID_KEEPING:
+            return source(node.inputs[0], depth + 1)
+        if node.op == "Concat":
+            found = [source(t, depth + 1) for t in node.inputs]
             return found[0] if found and all(found) else None
         return None
 
     out: dict[str, str] = {}
     for layer in layers:
-        src = source(layer.input)
+        src = source(tensors[layer.input]) if layer.input in tensors else None
         if src is not None:
             out[group_id(layer.name, "inputs")] = src
     return out

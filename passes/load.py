@@ -22,6 +22,7 @@ from onnx import ModelProto, version_converter
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.ops import MIN_OPSET, default_opset
 from ristretto_onnx.passes import save as _save
+from ristretto_onnx.passes.external import check_payload_sizes, has_external, resolve_locations
 from ristretto_onnx.validate import validate
 
 #: Default-domain opsets accepted as input.
@@ -32,11 +33,17 @@ MAX_INPUT_OPSET = 21
 def load_model(source: str | os.PathLike | ModelProto, *, check: bool = True) -> ModelProto:
     """A validated, shape-inferred copy of ``source`` (a path or a ModelProto) on opset >= 13.
 
-    ``source`` itself is never modified. External data next to a model file is loaded.
+    ``source`` itself is never modified. Weights in external data next to a model file stay
+    there: the proto refers to them (:mod:`ristretto_onnx.passes.external`).
     """
     model = _read(source)
     opset = _opset(model)
-    if check:
+    if has_external(model) and not isinstance(source, ModelProto):  # weights stay on disk
+        if check:
+            model = _checked_and_inferred_light(model, Path(source))
+        resolve_locations(model, Path(source).parent)
+        check_payload_sizes(model)
+    elif check:  # a proto of this pipeline with external weights is checked on disk
         model = _checked_and_inferred(model)
     if opset < MIN_OPSET:
         try:
@@ -58,7 +65,7 @@ def _read(source: str | os.PathLike | ModelProto) -> ModelProto:
     if not path.is_file():
         raise RistrettoError(f"model file not found: {path}")
     try:
-        return onnx.load(str(path), load_external_data=True)
+        return onnx.load(str(path), load_external_data=False)  # external weights: see load_model
     except Exception as e:  # protobuf DecodeError, missing external data file ...
         raise RistrettoError(f"cannot read ONNX model {path}: {_first_line(e)}") from None
 
@@ -88,22 +95,33 @@ def _checked_and_inferred(model: ModelProto) -> ModelProto:
         raise RistrettoError(f"shape inference failed: {_first_line(e)}") from None
 
 
+def _checked_and_inferred_light(model: ModelProto, path: Path) -> ModelProto:
+    """Check and infer a model whose weights are external, from its own file (nothing copied)."""
+    validate(model)
+    with tempfile.TemporaryDirectory(prefix="ristretto-load-") as tmp:
+        return _check_path_and_take_types(model, path, Path(tmp) / "inferred.onnx")
+
+
 def _checked_and_inferred_on_disk(model: ModelProto) -> ModelProto:
     with tempfile.TemporaryDirectory(prefix="ristretto-load-") as tmp:
         path = Path(tmp) / "model.onnx"
         inferred = Path(tmp) / "inferred.onnx"
         _save.save_model(model, path, external_data=True)
-        try:
-            onnx.checker.check_model(str(path))
-        except onnx.checker.ValidationError as e:
-            raise RistrettoError(f"the model is not valid ONNX: {_first_line(e)}") from None
-        try:
-            onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
-        except Exception as e:
-            raise RistrettoError(f"shape inference failed: {_first_line(e)}") from None
-        # Take only the inferred types, not a second copy of the weights (peak memory: bench/
-        # external_data.py): the shapes land in value_info and the graph outputs.
-        header = onnx.load(str(inferred), load_external_data=False)
+        return _check_path_and_take_types(model, path, inferred)
+
+
+def _check_path_and_take_types(model: ModelProto, path: Path, inferred: Path) -> ModelProto:
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        raise RistrettoError(f"the model is not valid ONNX: {_first_line(e)}") from None
+    try:
+        onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
+    except Exception as e:
+        raise RistrettoError(f"shape inference failed: {_first_line(e)}") from None
+    # Take only the inferred types, not a second copy of the weights (peak memory: bench/
+    # external_data.py): the shapes land in value_info and the graph outputs.
+    header = onnx.load(str(inferred), load_external_data=False)
     del model.graph.value_info[:]
     model.graph.value_info.extend(header.graph.value_info)
     for out, typed in zip(model.graph.output, header.graph.output):

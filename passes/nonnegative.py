@@ -22,10 +22,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 
 import numpy as np
+import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
-from ristretto_onnx.passes.analysis.proto_index import GraphIndex
+from ristretto_onnx.passes.graph import (
+    DEFAULT_DOMAINS, as_graph, constant_value, consumer_lookup, is_op, output_names, runtime_inputs,
+    sole_readers,
+)
 from ristretto_onnx.passes.layers import Layer, group_id
 
 #: Ops whose output is never negative, whatever their input.
@@ -44,75 +48,78 @@ _DATA_INPUTS = {"Reshape": 1, "Slice": 1, "Split": 1, "Pad": 1, "Resize": 1, "Up
                 "ReduceMean": 1, "ReduceMax": 1, "ReduceMin": 1, "ReduceSum": 1}
 
 
-def nonnegative_tensors(model: ModelProto, inputs: Collection[str] = ()) -> set[str]:
+def nonnegative_tensors(model: ModelProto | gs.Graph, inputs: Collection[str] = ()) -> set[str]:
     """Tensor names that cannot be negative, given that the graph inputs ``inputs`` cannot."""
-    index = GraphIndex(model.graph)
+    graph = as_graph(model)
+    memo: dict = {}
     known: set[str] = set(inputs)
 
-    def nonneg(name: str) -> bool:
-        if name in known:
+    def nonneg(tensor: gs.Tensor) -> bool:
+        if tensor.name in known:
             return True
-        value = index.constant_value(name)
+        value = constant_value(tensor, memo)
         return value is not None and value.size > 0 and bool(np.all(np.asarray(value) >= 0))
 
-    for node in model.graph.node:  # ONNX graphs are topologically sorted
-        if node.domain not in ("", "ai.onnx"):
+    for node in graph.nodes:  # ONNX graphs are topologically sorted
+        if (node.domain or "") not in DEFAULT_DOMAINS:
             continue
-        op = node.op_type
+        op, ins = node.op, node.inputs
         if op in _NONNEG_OPS:
             ok = True
         elif op == "Clip":
-            lo = _constant_scalar(index, node, 1)
-            ok = (lo is not None and lo >= 0) or nonneg(node.input[0])
+            lo = _constant_scalar(node, 1, memo)
+            ok = (lo is not None and lo >= 0) or nonneg(ins[0])
         elif op == "Max":
-            ok = any(nonneg(i) for i in node.input if i)
+            ok = any(nonneg(t) for t in ins if t.name)
         elif op == "Pad":
-            pad_value = _constant_scalar(index, node, 2)
-            ok = nonneg(node.input[0]) and (pad_value is None or pad_value >= 0)
+            pad_value = _constant_scalar(node, 2, memo)
+            ok = nonneg(ins[0]) and (pad_value is None or pad_value >= 0)
         elif op in _SIGN_KEEPING:
-            data = node.input[:_DATA_INPUTS.get(op, len(node.input))]
-            ok = all(nonneg(i) for i in data if i)
+            data = ins[:_DATA_INPUTS.get(op, len(ins))]
+            ok = all(nonneg(t) for t in data if t.name)
         else:
             ok = False
         if ok:
-            known.update(o for o in node.output[:1] if o)
-            if op in ("Split",):
-                known.update(o for o in node.output if o)
+            known.update(t.name for t in (node.outputs if op == "Split" else node.outputs[:1]) if t.name)
     return known
 
 
-def _constant_scalar(index: GraphIndex, node, i: int) -> float | None:
-    name = node.input[i] if len(node.input) > i else ""
-    if not name:
+def _constant_scalar(node: gs.Node, i: int, memo: dict | None = None) -> float | None:
+    """Input ``i`` of ``node`` as a float when it is a one-element constant."""
+    tensor = node.inputs[i] if len(node.inputs) > i else None
+    if tensor is None or not tensor.name:
         return None
-    v = index.constant_value(name)
+    v = constant_value(tensor, memo)
     return None if v is None or v.size != 1 else float(np.asarray(v).ravel()[0])
 
 
-def _discards_negatives(index: GraphIndex, node) -> bool:
-    if node.domain not in ("", "ai.onnx"):
-        return False
-    if node.op_type == "Relu":
+def discards_negatives(node: gs.Node) -> bool:
+    """``node`` is a Relu or a Clip with a constant lower bound >= 0."""
+    if is_op(node, "Relu"):
         return True
-    if node.op_type == "Clip":
-        lo = _constant_scalar(index, node, 1)
+    if is_op(node, "Clip"):
+        lo = _constant_scalar(node, 1)
         return lo is not None and lo >= 0
     return False
 
 
-def unsigned_groups(model: ModelProto, layers: Iterable[Layer], *, inputs: Collection[str] = (),
+def unsigned_groups(model: ModelProto | gs.Graph, layers: Iterable[Layer], *,
+                    inputs: Collection[str] = (),
                     ties: Mapping[str, tuple[str, ...]] | None = None) -> frozenset[str]:
     """Group ids (``<layer>/inputs``, ``<layer>/outputs``) that may take an unsigned format."""
-    index = GraphIndex(model.graph)
-    known = nonnegative_tensors(model, inputs)
-    graph_outputs = {o.name for o in model.graph.output}
+    graph = as_graph(model)
+    known = nonnegative_tensors(graph, inputs)
+    readers = consumer_lookup(graph)
+    tensors = graph.tensors()
+    graph_outputs = output_names(graph)
     out: set[str] = set()
     for layer in layers:
         if layer.input in known:
             out.add(group_id(layer.name, "inputs"))
-        readers = index.consumers_of(layer.output)
-        if layer.output in known or (layer.output not in graph_outputs and readers
-                                     and all(_discards_negatives(index, n) for n in readers)):
+        tensor = tensors.get(layer.output)
+        users = readers(tensor) if tensor is not None else []
+        if layer.output in known or (layer.output not in graph_outputs and users
+                                     and all(discards_negatives(n) for n in users)):
             out.add(group_id(layer.name, "outputs"))
     for gid, members in (ties or {}).items():
         tie = set(members) | {gid}
@@ -121,15 +128,15 @@ def unsigned_groups(model: ModelProto, layers: Iterable[Layer], *, inputs: Colle
     return frozenset(out)
 
 
-def relu_measure(model: ModelProto, layers: Iterable[Layer]) -> dict[str, str]:
+def relu_measure(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[str, str]:
     """``{outputs group id: Relu output}`` for layer outputs read only by one Relu: their range
     as an unsigned group is the range after the ReLU."""
-    index = GraphIndex(model.graph)
+    sole = sole_readers(as_graph(model))
     out: dict[str, str] = {}
     for layer in layers:
-        node = index.sole_consumer(layer.output)
-        if node is not None and node.op_type == "Relu" and node.domain in ("", "ai.onnx"):
-            out[group_id(layer.name, "outputs")] = node.output[0]
+        node = sole.get(layer.output)
+        if node is not None and is_op(node, "Relu"):
+            out[group_id(layer.name, "outputs")] = node.outputs[0].name
     return out
 
 
@@ -146,9 +153,9 @@ def input_is_nonnegative(dataset) -> bool:
             and (pre.std is None or all(s > 0 for s in pre.std)))
 
 
-def unsigned_for(model: ModelProto, layers: Iterable[Layer], dataset) -> frozenset[str]:
+def unsigned_for(model: ModelProto | gs.Graph, layers: Iterable[Layer], dataset) -> frozenset[str]:
     """:func:`unsigned_groups` with the network input non-negative when ``dataset``'s
     preprocessing proves it (:func:`input_is_nonnegative`) and Concat ties respected."""
-    layers = list(layers)
-    inputs = [i.name for i in model.graph.input] if input_is_nonnegative(dataset) else []
-    return unsigned_groups(model, layers, inputs=inputs, ties=concat_ties(model, layers))
+    layers, graph = list(layers), as_graph(model)
+    inputs = runtime_inputs(graph) if input_is_nonnegative(dataset) else []
+    return unsigned_groups(graph, layers, inputs=inputs, ties=concat_ties(graph, layers))

@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from onnx import ModelProto, TensorProto, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.passes.external import copy_payload, has_external, is_external
 
 #: Largest model serialized as a single protobuf (a module constant so tests can lower it).
 PROTO_LIMIT = 2**31 - 1
@@ -36,6 +37,8 @@ _ALIGN = 4096
 def needs_external_data(model: ModelProto) -> bool:
     # Below the limit ByteSize() is exact; above 2 GB some protobuf builds (upb) raise instead of
     # answering, and the initializers alone tell (without the 2 GB cap of ByteSize()).
+    if has_external(model):  # weights left on disk by load_model: the output gets its own file
+        return True
     payload = 0
     for t in model.graph.initializer:
         try:
@@ -186,9 +189,12 @@ def _externalized(model: ModelProto, data_path: Path, location: str) -> ModelPro
     offset = 0
     with open(data_path, "wb") as f:
         for t in model.graph.initializer:
-            if t.data_location == TensorProto.EXTERNAL:
-                raise RistrettoError(f"initializer {t.name!r} still refers to external data that was "
-                                     "not loaded; load the model with its data first")
+            if is_external(t):  # left on disk by load_model: copied over in chunks
+                offset += _pad(f, offset)
+                length = copy_payload(t, f)
+                _external_entry(graph.initializer.add(), t, location, offset, length)
+                offset += length
+                continue
             raw = t.raw_data if t.HasField("raw_data") else None
             size = len(raw) if raw is not None else t.ByteSize()
             if size < EXTERNAL_MIN_BYTES or t.data_type == TensorProto.STRING:
@@ -196,21 +202,28 @@ def _externalized(model: ModelProto, data_path: Path, location: str) -> ModelPro
                 continue
             if raw is None:
                 raw = numpy_helper.to_array(t).tobytes()  # little-endian on every supported host
-            pad = (-offset) % _ALIGN
-            f.write(b"\0" * pad)
-            offset += pad
+            offset += _pad(f, offset)
             f.write(raw)
-            ext = graph.initializer.add()
-            ext.name = t.name
-            ext.data_type = t.data_type
-            ext.dims.extend(t.dims)
-            if t.doc_string:
-                ext.doc_string = t.doc_string
-            ext.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = ext.external_data.add()
-                entry.key, entry.value = key, value
+            _external_entry(graph.initializer.add(), t, location, offset, len(raw))
             offset += len(raw)
         f.flush()
         os.fsync(f.fileno())
     return light
+
+
+def _pad(f, offset: int) -> int:
+    pad = (-offset) % _ALIGN
+    f.write(b"\0" * pad)
+    return pad
+
+
+def _external_entry(ext: TensorProto, t: TensorProto, location: str, offset: int, length: int) -> None:
+    ext.name = t.name
+    ext.data_type = t.data_type
+    ext.dims.extend(t.dims)
+    if t.doc_string:
+        ext.doc_string = t.doc_string
+    ext.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = ext.external_data.add()
+        entry.key, entry.value = key, value

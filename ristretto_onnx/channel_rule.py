@@ -65,21 +65,18 @@ def output_rule_plan(model, layers, plan: Mapping[str, object], data, *, batch_s
                      threads: int | None = None) -> dict:
     """``plan`` with every per-channel fixed point weights format re-chosen by the ``output``
     rule, the input moments measured on ``data`` in the FP32 ``model``."""
-    from onnx import helper
-
     from ristretto_onnx.moments import input_moments
-    from ristretto_onnx.passes.analysis.proto_index import GraphIndex
+    from ristretto_onnx.passes.graph import constant_value, import_graph, producer
 
     layers = [l for l in layers if isinstance(plan.get(f"{l.name}/weights"), PerChannel)]
     if not layers:
         return dict(plan)
-    index = GraphIndex(model.graph)
-    weights = {l.name: index.constant_value(l.weight) for l in layers}
+    tensors = import_graph(model).tensors()
+    weights = {l.name: constant_value(tensors[l.weight]) if l.weight in tensors else None for l in layers}
     groups = {}
     for l in layers:
-        node = index.producer.get(l.node_output)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute} if node is not None else {}
-        groups[l.name] = int(attrs.get("group", 1))
+        node = producer(tensors[l.node_output]) if l.node_output in tensors else None
+        groups[l.name] = int(node.attrs.get("group", 1)) if node is not None else 1
     moments = input_moments(model, layers, data, batch_size=batch_size, threads=threads)
     return apply_output_rule(plan, layers, weights, moments, groups)
 

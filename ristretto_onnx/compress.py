@@ -26,12 +26,13 @@ import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx import __version__
-from ristretto_onnx.context import SearchContext, as_dataset, build_context, load_batches
+from ristretto_onnx.context import FloatRunner, PlanRunner, SearchContext, as_dataset, build_context, load_batches
 from ristretto_onnx.data.metadata import record as record_preprocess
 from ristretto_onnx.data.zoo_inputs import zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit, search_log
 from ristretto_onnx.options import Backend, CompressOptions
+from ristretto_onnx.passes.external import has_external
 from ristretto_onnx.passes.pipeline import simulate
 from ristretto_onnx.passes.slots import set_metadata
 from ristretto_onnx.report import CompressResult, bits_of, compress_report, weight_bytes
@@ -113,10 +114,20 @@ def compress(
     test_result: tuple[float | None, float | None, int | None] = (None, None, None)
     if test is not None:
         t = time.perf_counter()
-        final_session = create_session(final_model)
-        test_scorer = Scorer(load_batches(as_dataset(test, "test"), opts.batch_size),
-                             lambda p, x: final_session.run(None, {input_name: x})[0],
-                             ctx.run_float, metric=opts.metric, metric_fn=metric_fn, screen_fraction=1.0)
+        if has_external(final_model) and isinstance(ctx.runner, PlanRunner):
+            # weights on disk: the search's simulator runs the plan (the same numbers, weights
+            # held once) and the FP32 session goes once the test baseline is scored
+            run_final = lambda p, x: ctx.runner(plan, x)  # noqa: E731
+        else:
+            final_session = create_session(final_model)
+            run_final = lambda p, x: final_session.run(None, {input_name: x})[0]  # noqa: E731
+        run_float = ctx.run_float
+        if hasattr(run_float, "run_batch"):  # a cluster's FP32 side holds the evaluation batches, not these
+            run_float = FloatRunner(prepared.float_model, input_name)
+        test_scorer = Scorer(load_batches(as_dataset(test, "test"), opts.batch_size), run_final,
+                             run_float, metric=opts.metric, metric_fn=metric_fn, screen_fraction=1.0)
+        if has_external(final_model) and hasattr(run_float, "release"):
+            run_float.release()
         test_result = (test_scorer.baseline, test_scorer.score({}).value, test_scorer.n)
         seconds["test"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
@@ -137,5 +148,5 @@ def compress(
                "tool": f"ristretto-onnx {__version__}"}
     set_metadata(final_model, "ristretto.compress", json.dumps(summary, separators=(",", ":")))
     if ctx.preprocess is not None:
-        record_preprocess(final_model, ctx.preprocess)
+        record_preprocess(final_model, ctx.preprocess, label_offset=ctx.label_offset)
     return CompressResult(final_model, report, plan)

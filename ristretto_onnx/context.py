@@ -22,9 +22,11 @@ from onnx import ModelProto
 
 from ristretto_onnx.data import Dataset, load_dataset
 from ristretto_onnx.data.conform import conform
+from ristretto_onnx.data.shards import batch_indices
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.options import Backend, CompressOptions
+from ristretto_onnx.passes.external import has_external
 from ristretto_onnx.passes.graph import single_input
 from ristretto_onnx.passes.pipeline import Prepared, prepare
 from ristretto_onnx.passes.plan import plan_to_dict
@@ -78,30 +80,50 @@ class PlanRunner:
         return self.sim.run(x)
 
 
-def plan_scorer(prepared: Prepared, batches: Batches, *, metric: str = "top1", metric_fn: Callable | None = None,
-                early_reject: bool = True, threads: int | None = None, backend: Backend | None = None
-                ) -> tuple[Scorer, PlanRunner, Callable[[np.ndarray], np.ndarray]]:
-    """A scorer of plans on ``batches`` against the FP32 model, its runner and the FP32 runner."""
+def plan_scorer(prepared: Prepared, data: Dataset | Batches, *, batch_size: int = 256, metric: str = "top1",
+                metric_fn: Callable | None = None, early_reject: bool = True, threads: int | None = None,
+                backend: Backend | None = None) -> tuple[Scorer, PlanRunner, Callable[[np.ndarray], np.ndarray]]:
+    """A scorer of plans on ``data`` (a Dataset in batches of ``batch_size``, or the batches)
+    against the FP32 model, its runner and the FP32 runner."""
     input_name = model_input(prepared.float_model)
     if backend is not None and backend.kind == "ray":
         from ristretto_onnx.runtime.cluster import RayRunner
 
-        runner = RayRunner(prepared.annotated, prepared.float_model, [x for x, _ in batches],
+        runner = RayRunner(prepared.annotated, prepared.float_model,
+                           data if isinstance(data, Dataset) else [x for x, _ in data], batch_size=batch_size,
                            workers=backend.workers, address=backend.address,
                            gpus_per_worker=backend.gpus_per_worker, threads=threads)
         run_float = runner.float_runner()
+        # the actors hold the images: the scorer keeps the labels and each batch's size only
+        batches = data if not isinstance(data, Dataset) else \
+            [(np.empty((len(i), 0), np.float32), None if data.labels is None else data.labels[s:s + len(i)])
+             for s, i in zip(range(0, len(data), batch_size), batch_indices(data, batch_size))]
         scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
                         screen_fraction=0.25 if early_reject else 1.0)
         return scorer, runner, run_float
-    float_session = create_session(prepared.float_model, blocked_layout=True, threads=threads)
-
-    def run_float(x):
-        return float_session.run(None, {input_name: x})[0]
-
+    batches = load_batches(data, batch_size) if isinstance(data, Dataset) else data
+    run_float = FloatRunner(prepared.float_model, input_name, threads)
     runner = PlanRunner(prepared, input_name, threads)
     scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
                     screen_fraction=0.25 if early_reject else 1.0)
+    if has_external(prepared.float_model):  # weights on disk: one model's weights in memory at a time
+        run_float.release()  # (the baseline's outputs are kept; a later call rebuilds the session)
     return scorer, runner, run_float
+
+
+class FloatRunner:
+    """The FP32 model's first output, from a session built on first use (:meth:`release` drops it)."""
+
+    def __init__(self, model: ModelProto, input_name: str, threads: int | None = None) -> None:
+        self.model, self.input, self.threads, self.session = model, input_name, threads, None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.session is None:
+            self.session = create_session(self.model, blocked_layout=True, threads=self.threads)
+        return self.session.run(None, {self.input: x})[0]
+
+    def release(self) -> None:
+        self.session = None
 
 
 @dataclass
@@ -122,6 +144,7 @@ class SearchContext:
     seconds: dict[str, float]
     runner: Any = None
     preprocess: Any = None  # the evaluation data's Preprocess, recorded in the written model
+    label_offset: int = 0  # and its label offset (model class = label + offset)
     #: ``--weight-granularity auto``: each layer's weights and input E[x^2] (granularity_rule).
     layer_weights: Any = None
 
@@ -157,9 +180,9 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
 
     t = time.perf_counter()
     emit(log, ProgressEvent("baseline", f"FP32 baseline on {len(ds)} images"))
-    scorer, runner, run_float = plan_scorer(prepared, load_batches(ds, opts.batch_size), metric=opts.metric,
+    scorer, runner, run_float = plan_scorer(prepared, ds, batch_size=opts.batch_size, metric=opts.metric,
                                             metric_fn=metric_fn, early_reject=opts.early_reject, backend=backend)
     seconds["baseline"] = time.perf_counter() - t
     log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
     return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner,
-                         preprocess=ds.preprocess, layer_weights=layer_weights)
+                         preprocess=ds.preprocess, label_offset=ds.label_offset, layer_weights=layer_weights)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
+from ristretto_onnx.passes.graph import runtime_inputs
 from ristretto_onnx.passes.layers import Layer
 from ristretto_onnx.runtime.calibrate import session_any_size
 
@@ -30,8 +31,7 @@ def input_moments(model: ModelProto, layers: Iterable[Layer], data, *, batch_siz
     probe = ModelProto()
     probe.CopyFrom(model)
     outputs = {o.name for o in probe.graph.output}
-    initializers = {t.name for t in probe.graph.initializer}
-    graph_inputs = [i.name for i in probe.graph.input if i.name not in initializers]
+    graph_inputs = runtime_inputs(probe)
     for t in dict.fromkeys(l.input for l in layers):
         if t not in outputs and t not in graph_inputs:
             probe.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))

@@ -13,6 +13,7 @@ agreement with the FP32 model.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -30,7 +31,7 @@ from ristretto_onnx.data.metadata import record as record_preprocess
 from ristretto_onnx.data.zoo_inputs import is_zoo, zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
-from ristretto_onnx.options import QuantizeOptions
+from ristretto_onnx.options import Backend, QuantizeOptions
 from ristretto_onnx.passes.layers import Group
 from ristretto_onnx.moments import input_means
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
@@ -39,7 +40,10 @@ from ristretto_onnx.passes.equalize import equalize
 from ristretto_onnx.passes.grid_ties import grid_sources, round_once
 from ristretto_onnx.passes.pipeline import Prepared, prepare, simulate
 from ristretto_onnx.ranges import measure_groups
+from ristretto_onnx.passes.external import has_external
+from ristretto_onnx.passes.slots import has_slots
 from ristretto_onnx.runtime.calibrate import session_any_size
+from ristretto_onnx.runtime.simulator import Simulator
 from ristretto_onnx.report import QuantizeResult, VariantScore
 from ristretto_onnx.schemes import Scheme, plan_for
 from ristretto_onnx.stats import GroupRange, category_groups
@@ -53,8 +57,11 @@ def uniform_plan(groups: list[Group], fmt: Format, *, quantize_bias: bool = Fals
 
 
 def quantize(source: str | os.PathLike | ModelProto | Prepared, options: QuantizeOptions,
-             calib=None, *, threads: int | None = None) -> QuantizeResult:
-    """The simulated model of ``source`` for ``options`` (``calib``: a Dataset, when needed)."""
+             calib=None, *, threads: int | None = None, backend: Backend | None = None) -> QuantizeResult:
+    """The simulated model of ``source`` for ``options`` (``calib``: a Dataset, when needed).
+
+    ``backend=Backend("ray", workers=N)`` scores a scheme's alternatives on Ray actors (same choice).
+    """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     if is_zoo(source):  # "zoo:NAME" as on the command line, with its calibration split
@@ -93,7 +100,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
             scheme = _layerwise(scheme, options, prepared, layers, calib_set, threads)
         widths = options.widths(scheme)
         t = time.perf_counter()
-        variants, search, metric = _choose_variants(scheme, ranges, widths, prepared, calib_set, options, threads)
+        variants, search, metric = _choose_variants(scheme, ranges, widths, prepared, calib_set, options, threads,
+                                                    backend)
         if search:
             seconds["variant_search"] = time.perf_counter() - t
         plan = plan_for(scheme, ranges, widths, variants)
@@ -125,7 +133,7 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads)
         seconds["bias_correction"] = time.perf_counter() - t
     if calib is not None:
-        record_preprocess(model, calib.preprocess)
+        record_preprocess(model, calib.preprocess, label_offset=calib.label_offset)
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
                           measured, search, metric, seconds, corrected)
@@ -174,10 +182,7 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
     if options.bias_correction == "on":
         return fixed, "applied"
     batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
-    sessions = [session_any_size(m, threads=threads) for m in (prepared.float_model, model, fixed)]
-    name = sessions[0].get_inputs()[0].name
-    outs = [np.concatenate([s.run(None, {name: x})[0] for x, _ in batches]).reshape(
-        sum(len(x) for x, _ in batches), -1).astype(np.float64) for s in sessions]
+    outs = [_outputs(m, batches, threads) for m in (prepared.float_model, model, fixed)]
     labels = None if any(y is None for _, y in batches) else np.concatenate([y for _, y in batches])
     truth = outs[0].argmax(1) if labels is None else labels
     hits = [int((o.argmax(1) == truth).sum()) for o in outs[1:]]
@@ -186,8 +191,26 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
     return (fixed, "applied") if helps else (model, "rejected")
 
 
+def _outputs(model: ModelProto, batches, threads: int | None) -> np.ndarray:
+    """``model``'s first output on ``batches`` (one session at a time: with weights on disk,
+    passes.external, a simulated model runs on the Simulator, which holds its weights once)."""
+    if has_external(model) and has_slots(model):
+        run = Simulator(model, threads=threads).run
+    else:
+        session = session_any_size(model, threads=threads)
+        name = session.get_inputs()[0].name
+        run = lambda x: session.run(None, {name: x})[0]  # noqa: E731
+    out = np.concatenate([run(x) for x, _ in batches]).reshape(
+        sum(len(x) for x, _ in batches), -1).astype(np.float64)
+    if has_external(model):
+        del run
+        gc.collect()  # this model's weights go before the next model's come
+    return out
+
+
 def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str, int | None],
-                     prepared: Prepared, calib_set, options: QuantizeOptions, threads: int | None):
+                     prepared: Prepared, calib_set, options: QuantizeOptions, threads: int | None,
+                     backend: Backend | None = None):
     """Each category's alternative at its width, among the candidates compress's search scores.
 
     A category with one alternative (dfp, pow2) needs no scoring; otherwise every alternative
@@ -197,7 +220,7 @@ def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str,
     """
     variants: dict[str, int | None] = {}
     scores: list[VariantScore] = []
-    scorer = None
+    scorer = runner = None
     for cat, bits in widths.items():
         groups = category_groups(ranges, cat)
         cands = scheme.variants(groups, bits) if groups and bits is not None else [None]
@@ -207,17 +230,21 @@ def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str,
         if scorer is None:
             if calib_set is None:
                 raise RistrettoError(f"--scheme {scheme.name} needs calibration data to choose its splits")
-            batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
-            has_labels = all(y is not None for _, y in batches)
-            scorer, _, _ = plan_scorer(prepared, batches, metric="top1" if has_labels else "fidelity",
-                                       early_reject=False, threads=threads)
+            scored = calib_set.take(min(options.score_size, len(calib_set)))
+            scorer, runner, _ = plan_scorer(prepared, scored, batch_size=options.batch_size,
+                                            metric="fidelity" if scored.labels is None else "top1",
+                                            early_reject=False, threads=threads, backend=backend)
         tried = []
-        for v in cands:
-            s = scorer.score(plan_for(scheme, ranges, {cat: bits}, {cat: v}))
+        plans = [plan_for(scheme, ranges, {cat: bits}, {cat: v}) for v in cands]
+        scorer.ahead(plans)  # independent: scored concurrently on a cluster
+        for v, plan in zip(cands, plans):
+            s = scorer.score(plan)
             tried.append(VariantScore(cat, bits, v, scheme.describe(v), s.value, s.n))
         best = _first_within_noise([t.value for t in tried], scorer.n)
         variants[cat] = cands[best]
         scores += [replace(s, chosen=i == best) for i, s in enumerate(tried)]
+    if hasattr(runner, "close"):  # a cluster's actors
+        runner.close()
     return variants, tuple(scores), None if scorer is None else scorer.metric
 
 

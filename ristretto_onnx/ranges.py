@@ -22,20 +22,28 @@ from onnx import ModelProto
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
-from ristretto_onnx.passes.graph import constant_lookup
+from ristretto_onnx.passes.external import row_chunks, tensor_rows
+from ristretto_onnx.passes.graph import constant_lookup, external_proto, import_graph
 from ristretto_onnx.passes.layers import ACTIVATION_ROLES, Layer
 from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
 from ristretto_onnx.runtime.calibrate import calibrate
-from ristretto_onnx.stats import GroupRange, RangeStats
+from ristretto_onnx.stats import GroupRange, RangeAccumulator, RangeStats
 
 
 def parameter_ranges(model: ModelProto, layers: Iterable[Layer]) -> dict[str, RangeStats]:
     """Ranges of the ``weights`` and ``bias`` groups, from the constants (no data needed)."""
-    constant = constant_lookup(model)
+    graph = import_graph(model)
+    constant, on_disk = constant_lookup(graph), _on_disk(graph)
     out: dict[str, RangeStats] = {}
     for layer in layers:
         for g in layer.groups:
             if g.role in ACTIVATION_ROLES:
+                continue
+            if g.tensor in on_disk:  # a weight left on disk: read in chunks (same statistics)
+                acc = RangeAccumulator()
+                for start, stop in row_chunks(on_disk[g.tensor]):
+                    acc.update(tensor_rows(on_disk[g.tensor], start, stop))
+                out[g.id] = acc.result()
                 continue
             value = constant(g.tensor)
             if value is None:
@@ -80,16 +88,28 @@ def channel_ranges(model: ModelProto, layers: Iterable[Layer]) -> dict[str, tupl
     (``Layer.out_channel_axis`` is None, e.g. grouped ConvTranspose) are left out: their weights
     stay per tensor.
     """
-    constant = constant_lookup(model)
+    graph = import_graph(model)
+    constant, on_disk = constant_lookup(graph), _on_disk(graph)
     out: dict[str, tuple[int, tuple[RangeStats, ...]]] = {}
     for layer in layers:
         axis = layer.out_channel_axis
+        proto = on_disk.get(layer.weight)
+        if proto is not None and axis == 0 and len(proto.dims) >= 1:  # rows read in chunks
+            rows = [RangeStats.of(row) for start, stop in row_chunks(proto)
+                    for row in tensor_rows(proto, start, stop).astype(np.float32).reshape(stop - start, -1)]
+            out[f"{layer.name}/weights"] = (axis, tuple(rows))
+            continue
         w = constant(layer.weight)
         if axis is None or w is None or w.ndim < 1:
             continue
         moved = np.moveaxis(np.asarray(w, np.float32), axis, 0).reshape(w.shape[axis], -1)
         out[f"{layer.name}/weights"] = (axis, tuple(RangeStats.of(row) for row in moved))
     return out
+
+
+def _on_disk(graph) -> dict:
+    """``name -> TensorProto`` of the constants still on disk (passes.external)."""
+    return {name: proto for name, t in graph.tensors().items() if (proto := external_proto(t)) is not None}
 
 
 T = TypeVar("T")

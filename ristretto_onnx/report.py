@@ -85,7 +85,7 @@ class CompressReport:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_json_default)
+        return report_json(self.to_dict())
 
     def summary_lines(self) -> list[str]:
         """The short table the CLI prints at the end."""
@@ -113,6 +113,21 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
+def report_json(d: Mapping[str, Any]) -> str:
+    """A report as the JSON written next to its model (numpy scalars written as numbers)."""
+    return json.dumps(d, indent=2, default=_json_default)
+
+
+def save_with_report(model: ModelProto, report, path: str | os.PathLike,
+                     report_path: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write ``model`` and ``report.to_json()`` (default: next to it, ``.json``), atomically."""
+    path = Path(path)
+    report_path = Path(report_path) if report_path else path.with_suffix(".json")
+    save_model(model, path)
+    write_text_atomic(report_path, report.to_json())
+    return path, report_path
+
+
 @dataclass
 class CompressResult:
     model: ModelProto
@@ -121,11 +136,7 @@ class CompressResult:
 
     def save(self, path: str | os.PathLike, report_path: str | os.PathLike | None = None) -> tuple[Path, Path]:
         """Write the simulated model and its JSON report (default: next to it, ``.json``)."""
-        path = Path(path)
-        report_path = Path(report_path) if report_path else path.with_suffix(".json")
-        save_model(self.model, path)
-        write_text_atomic(report_path, self.report.to_json())
-        return path, report_path
+        return save_with_report(self.model, self.report, path, report_path)
 
 
 def bits_of(fmt: Format | None) -> int:

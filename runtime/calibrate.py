@@ -15,9 +15,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, TensorProto, helper
 
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.passes.external import has_external, tensor_array
 from ristretto_onnx.passes.graph import runtime_inputs as graph_runtime_inputs
 from ristretto_onnx.passes.save import needs_external_data, save_model
 from ristretto_onnx.runtime.session import create_session
@@ -52,7 +53,7 @@ def calibrate(
     if const_tensors:
         by_name = {t.name: t for t in graph.initializer}
         for t in const_tensors:
-            accs[t].update(numpy_helper.to_array(by_name[t]))
+            accs[t].update(tensor_array(by_name[t]))
     fed = [t for t in wanted if t in runtime_inputs]
     fetched = [t for t in wanted if t in produced]
     if fetched or fed:
@@ -93,7 +94,7 @@ def _session_with_outputs(model: ModelProto, fetched: list[str], graph_outputs: 
 def session_any_size(model: ModelProto, *, threads: int | None = None):
     """``create_session`` for a proto of any size: above the 2 GB protobuf limit the model goes
     through a temporary file with external data (onnxruntime has read it once the session exists)."""
-    if not needs_external_data(model):
+    if has_external(model) or not needs_external_data(model):  # weights on disk: read by onnxruntime
         return create_session(model, threads=threads)
     with tempfile.TemporaryDirectory(prefix="ristretto-session-") as tmp:
         path = Path(tmp) / "model.onnx"

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnx import ModelProto, NodeProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import quantize
@@ -141,7 +141,8 @@ def route(model: ModelProto) -> ModelProto | None:
             continue
         fmt, rounding = node_format(node)
         x = node.input[0]
-        if x in inits and x not in graph_inputs and rounding == "nearest_even":
+        if (x in inits and x not in graph_inputs and rounding == "nearest_even"
+                and inits[x].data_location != TensorProto.EXTERNAL):  # weights on disk stay there
             q = quantize(numpy_helper.to_array(inits[x]), fmt)
             new_inits.append(numpy_helper.from_array(np.asarray(q, np.float32), node.output[0]))
             changed = True

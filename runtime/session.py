@@ -143,10 +143,18 @@ def create_session(
     """
     providers = providers or default_providers()
     so = options or session_options(threads=threads, optimize=optimize, spinning=spinning)
+    light = False
     if isinstance(model, onnx.ModelProto):
+        from ristretto_onnx.passes.external import has_external, session_folder_entry
         from ristretto_onnx.passes.save import needs_external_data, save_model
 
-        if needs_external_data(model):  # over 2 GB: through a file with external data
+        if has_external(model):
+            # Weights left on disk by load_model: onnxruntime reads them from their file, and
+            # packs no second copy of them.
+            session_folder_entry(so)
+            so.add_session_config_entry("session.disable_prepacking", "1")
+            light = True  # no NCHWc pass: its optimized-model file would inline every weight
+        elif needs_external_data(model):  # over 2 GB: through a file with external data
             with tempfile.TemporaryDirectory(prefix="ristretto-session-") as tmp:
                 path = Path(tmp) / "model.onnx"
                 save_model(model, path, external_data=True)
@@ -159,7 +167,7 @@ def create_session(
         source, used = prepare(source, so, providers)
         # keep the kernels inside NCHWc chains (the pass re-sets the options' optimized model path)
         blocked_layout = blocked_layout or (used and options is None)
-    if blocked_layout and optimize and providers == ["CPUExecutionProvider"]:
+    if blocked_layout and not light and optimize and providers == ["CPUExecutionProvider"]:
         session = _blocked_layout_session(source, so, providers)
         if session is not None:
             return session

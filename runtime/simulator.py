@@ -38,6 +38,7 @@ from onnx import ModelProto
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
 from ristretto_onnx.ops import attach_functions, is_quantize_sim, node_format
+from ristretto_onnx.passes.external import has_external, is_external, payload_size
 from ristretto_onnx.passes.graph import copy_graph, export_model, import_graph, runtime_inputs
 from ristretto_onnx.passes.plan import format_of
 from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_slots
@@ -88,6 +89,8 @@ class Simulator:
         self.max_sessions = max(1, int(max_sessions))
         self._sessions: OrderedDict[str, object] = OrderedDict()
         self._weights = WeightCache()
+        if has_external(self._base):  # weights on disk (passes.external): fed, one assignment held
+            self._weights = WeightCache(max_bytes=_on_disk_bytes(self._base))
         self.sessions_built = 0
         self._lowered: Lowered | None = None
         self._template = None  # the annotated graph, imported once
@@ -214,6 +217,10 @@ class Simulator:
 
     def __call__(self, x):
         return self.run(x)
+
+
+def _on_disk_bytes(model: ModelProto) -> int:
+    return sum(payload_size(t) for t in model.graph.initializer if is_external(t))
 
 
 def is_param_input(name: str) -> bool:

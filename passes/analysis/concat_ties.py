@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
-from ristretto_onnx.passes.graph import DEFAULT_DOMAINS, import_graph, is_op, producer
+from ristretto_onnx.passes.graph import DEFAULT_DOMAINS, as_graph, is_op, producer
 from ristretto_onnx.passes.layers import Layer, group_id
 
 #: Elementwise, shape-preserving ops that keep values on the grid of their (quantized) input:
@@ -35,7 +35,7 @@ def concat_ties(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[s
     all its members. ``model`` is the float model the layers were found on.
     """
     layers = list(layers)
-    graph = model if isinstance(model, gs.Graph) else import_graph(model)
+    graph = as_graph(model)
     by_output = {layer.output: layer for layer in layers}
     ties: list[list[str]] = []
     member_of: dict[str, int] = {}

@@ -14,11 +14,12 @@ output is then the ``Add``'s output, so the output quantizer sees ``W x + b`` as
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import ModelProto, TensorProto, helper
 
 from ristretto_onnx.passes.graph import (
-    DEFAULT_DOMAINS, constant_value, elem_type, import_graph, output_names, sole_consumer,
+    DEFAULT_DOMAINS, as_graph, constant_value, elem_type, external_proto, output_names, sole_consumer,
     static_shape, unique_name,
 )
 from ristretto_onnx.passes.layers import KIND_OF_OP, Layer, LayerSet, SkippedNode
@@ -26,7 +27,7 @@ from ristretto_onnx.passes.layers import KIND_OF_OP, Layer, LayerSet, SkippedNod
 
 def find_layers(model: ModelProto | gs.Graph) -> LayerSet:
     """The quantizable layers of ``model`` in graph order (see the module docstring)."""
-    graph = model if isinstance(model, gs.Graph) else import_graph(model)
+    graph = as_graph(model)
     memo: dict = {}
     outputs = output_names(graph)
     taken: set[str] = set()
@@ -53,7 +54,8 @@ def _layer_of(node: gs.Node, taken: set[str], memo: dict, outputs: set[str]) -> 
     ins = list(node.inputs) + [_NONE] * (3 - len(node.inputs))
 
     def is_constant(t: gs.Tensor) -> bool:
-        return bool(t.name) and constant_value(t, memo) is not None
+        # a constant's value is not read (a weight left on disk stays there, passes.external)
+        return bool(t.name) and (isinstance(t, gs.Constant) or constant_value(t, memo) is not None)
 
     if op in ("Gemm", "MatMul"):
         const = [is_constant(ins[i]) for i in (0, 1)]
@@ -74,7 +76,8 @@ def _layer_of(node: gs.Node, taken: set[str], memo: dict, outputs: set[str]) -> 
         dtype = elem_type(t, memo)
         if dtype is not None and dtype != TensorProto.FLOAT:
             return f"tensor {t.name!r} is {helper.tensor_dtype_to_np_dtype(dtype)}, not float32"
-    w = constant_value(w_t, memo)
+    on_disk = external_proto(w_t)  # only the shape is needed: a weight on disk stays there
+    w = np.broadcast_to(np.float32(0), tuple(on_disk.dims)) if on_disk is not None else constant_value(w_t, memo)
     if w.ndim < 2:
         return f"weights {w_t.name!r} have rank {w.ndim}"
     out_axis, n_out, out_axis_in_output = _output_channels(op, attrs, w, w_idx)

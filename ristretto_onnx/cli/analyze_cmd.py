@@ -8,13 +8,16 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
-from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.cli.calib_options import check_flags, open_calibration, resolve_input, split_patterns
+from ristretto_onnx.cli.calib_options import (
+    LabelOffsetOption, check_flags, open_calibration, preprocessing_options, resolve_input,
+    split_patterns,
+)
 from ristretto_onnx.cli.outputs import check_outputs, usage_errors
 from ristretto_onnx.errors import UsageError
 
 
 @app.command("analyze")
+@preprocessing_options
 def analyze_command(
     model_in: str = typer.Argument(..., metavar="IN.onnx", help="FP32 model: a path or zoo:NAME."),
     calib: str = typer.Option(None, "--calib", help="Data to run: .npz, .npy, image folder or zoo:NAME "
@@ -30,11 +33,8 @@ def analyze_command(
     no_fold_bn: bool = typer.Option(False, "--no-fold-bn", help="Analyze with BatchNormalization unfolded."),
     batch_size: int = typer.Option(256, help="Images per onnxruntime run (the same default in every command)."),
     seed: int = typer.Option(0, help="Seed of the subset."),
-    scale: ScaleOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    resize: ResizeOption = None,
-    crop: CropOption = None,
+    label_offset: LabelOffsetOption = None,
+    flags: dict = None,
 ) -> None:
     """Per layer and group (weights, inputs, outputs): min, max, |x| percentiles, log2 histogram
     and the integer length needed, measured on calibration data in one pass."""
@@ -51,12 +51,12 @@ def analyze_command(
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     with usage_errors():
         include, leave_out = split_patterns(layers), split_patterns(exclude)
-        check_flags(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+        check_flags(**flags)
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot writes a PNG: the path must end in .png, got {plot}")
     in_path = resolve_input(model_in)
     check_outputs([json_path, plot], [in_path, calib], force=force)
-    data = open_calibration(calib, model_in, scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+    data = open_calibration(calib, model_in, **flags, label_offset=label_offset)
     if data is None:
         raise UsageError("analyze needs data to run: give --calib")
     data = data.subset(min(calib_size, len(data)), seed)

@@ -7,18 +7,21 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
-from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.cli.calib_options import check_flags, open_split, split_patterns
+from ristretto_onnx.cli.backend_options import BackendOption, RayAddressOption, WorkersOption, backend_from_flags
+from ristretto_onnx.cli.calib_options import (
+    CalibSizeOption, LabelOffsetOption, check_flags, open_split, preprocessing_options,
+    split_patterns,
+)
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.cli.progress import Reporter
 from ristretto_onnx.compress import CompressOptions, compress
-from ristretto_onnx.options import Backend
 from ristretto_onnx.errors import UsageError
 from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
 
 
 @app.command("compress")
+@preprocessing_options
 def compress_command(
     model_spec: str = typer.Argument(..., metavar="IN.onnx",
                                      help="Input model: a path or zoo:NAME (zoo:digits-cnn is the "
@@ -32,8 +35,7 @@ def compress_command(
                                                    "zoo:NAME). Default for zoo models: their test set."),
     calib: str = typer.Option(None, "--calib", help="Calibration data (default: a seeded subset of --data, "
                                                      "or the zoo model's calibration split)."),
-    calib_size: int = typer.Option(500, help="Calibration images (seeded subset; the same default in "
-                                             "every command and the Python API)."),
+    calib_size: CalibSizeOption = CompressOptions.calib_size,
     test: str = typer.Option(None, "--test", help="Held-out data scored once on the final model."),
     metric: str = typer.Option("top1", help="top1, top5, fidelity (agreement with FP32), or module:function."),
     granularity: str = typer.Option("group", help="group (thesis: conv weights, fc weights, activations) "
@@ -65,16 +67,11 @@ def compress_command(
                                                               "for zoo models: their training split)."),
     epochs: int = typer.Option(3, "--epochs", help="--finetune: epochs per fine-tuned plan."),
     lr: float = typer.Option(1e-4, "--lr", help="--finetune: learning rate (Adam)."),
-    backend: str = typer.Option("local", "--backend", help="local (this process) or ray (data shards on Ray "
-                                                           "actors; same result; needs ristretto-onnx[ray])."),
-    ray_address: str = typer.Option(None, "--ray-address", help="--backend ray: the cluster (default: start "
-                                                                "a local one)."),
-    workers: int = typer.Option(2, "--workers", help="--backend ray: actors, each with a shard of the data."),
-    scale: ScaleOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    resize: ResizeOption = None,
-    crop: CropOption = None,
+    backend: BackendOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
+    label_offset: LabelOffsetOption = None,
+    flags: dict = None,
 ) -> None:
     """Find the smallest number formats that keep accuracy within a tolerance; write the model.
 
@@ -102,10 +99,8 @@ def compress_command(
             fold_bn=not no_fold_bn, layers=split_patterns(layers), exclude=split_patterns(exclude),
             early_reject=not no_early_reject,
         )
-        where = Backend(backend, ray_address, workers)
-        if where.kind == "ray" and finetune:
+        if backend == "ray" and finetune:
             raise UsageError("--finetune runs locally; use --backend local with --finetune")
-        flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         check_flags(**flags)
         check_rule(range_rule)
         if weight_granularity not in ("tensor", "channel", "auto"):
@@ -113,25 +108,23 @@ def compress_command(
         for name, value in (("--batch-size", batch_size), ("--min-bits", min_bits), ("--max-bits", max_bits)):
             if value is not None and value < (1 if name == "--batch-size" else 2):
                 raise UsageError(f"{name} is too small: {value}")
+    where = backend_from_flags(backend, ray_address, workers)
     model_path = zoo.resolve_model(model_spec)
     check_outputs([out_path, report_path], [model_path, data, calib, test], force=force)
-    dataset = open_split(data, model_spec, "test", **flags)
+    flags_and_labels = dict(flags, label_offset=label_offset)
+    dataset = open_split(data, model_spec, "test", **flags_and_labels)
     if dataset is None:
         raise UsageError("give --data (validation images with labels, or use --metric fidelity)")
-    calib_set = open_split(calib, model_spec, "calib", **flags)  # compress takes a seeded subset
-    test_set = open_split(test, model_spec, "test", **flags) if test else None
+    calib_set = open_split(calib, model_spec, "calib", **flags_and_labels)  # compress takes a seeded subset
+    test_set = open_split(test, model_spec, "test", **flags_and_labels) if test else None
 
     with Reporter(quiet=quiet) as log:
         if finetune:  # issue 12: fine-tune the chosen plan, then narrow it (ristretto_onnx.finetune)
             from ristretto_onnx.finetune.compress_driver import run_from_cli
 
-            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags),
+            result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags_and_labels),
                                   epochs, lr, calib=calib_set, test=test_set, log=log, options=options)
         else:
-            if where.kind == "ray":
-                from ristretto_onnx.runtime.cluster import import_ray
-
-                import_ray()  # a one-line error saying how to install it, before any work
             result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
                               metric_fn=metric_fn, options=options, backend=where)
         emit(log, ProgressEvent("write", f"writing {out_path} and {report_path}"))

@@ -8,8 +8,8 @@ import sys
 import typer
 
 from ristretto_onnx.cli.app import app, state
-from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.cli.calib_options import check_flags
+from ristretto_onnx.cli.backend_options import BackendOption, RayAddressOption, WorkersOption, backend_from_flags
+from ristretto_onnx.cli.calib_options import LabelOffsetOption, check_flags, preprocessing_options
 from ristretto_onnx.cli.outputs import usage_errors
 from ristretto_onnx.data import preprocess_from_cli
 from ristretto_onnx.errors import UsageError
@@ -20,6 +20,7 @@ def _zoo_name(model: str) -> str | None:
 
 
 @app.command("eval")
+@preprocessing_options
 def eval_command(
     model: str = typer.Argument(..., metavar="MODEL", help="An .onnx file (FP32 or simulated) or zoo:NAME."),
     data: str = typer.Option(None, "--data", help="Images (.npz, .npy, image folder or zoo:NAME). "
@@ -32,11 +33,11 @@ def eval_command(
                                                             "zoo:NAME)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object keyed by metric name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    scale: ScaleOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    resize: ResizeOption = None,
-    crop: CropOption = None,
+    backend: BackendOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
+    label_offset: LabelOffsetOption = None,
+    flags: dict = None,
 ) -> None:
     """Print the metric(s) and images/s of MODEL on --data."""
     from ristretto_onnx import zoo
@@ -49,7 +50,8 @@ def eval_command(
     with usage_errors():
         for m in metric or ():
             accumulator(m)
-        check_flags(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+        check_flags(**flags)
+    where = backend_from_flags(backend, ray_address, workers)
     model_path = zoo.resolve_model(model)
     zoo_name = _zoo_name(model)
     # Base preprocessing: the zoo entry's, else what the model recorded; flags modify it.
@@ -57,8 +59,8 @@ def eval_command(
     rec = None if zoo_name else recorded(model_path)
     if rec is not None:
         base = rec[0]
-    given = any(v is not None for v in (scale, mean, std, resize, crop))
-    pre = preprocess_from_cli(scale=scale, mean=mean, std=std, resize=resize, crop=crop, base=base) \
+    given = any(v is not None for v in flags.values())
+    pre = preprocess_from_cli(**flags, base=base) \
         if given else base
     if data is None:
         if zoo_name is None:
@@ -66,14 +68,16 @@ def eval_command(
         dataset = zoo.model_dataset(zoo_name, "test", pre if given else None)
     else:
         dataset = data
-    dataset, _ = dataset_for(model_path, dataset, pre)
+    dataset, _ = dataset_for(model_path, dataset, pre, label_offset=label_offset)
     if rec is not None and not as_json:
         how = "with your flags on top" if given else "flags override it"
-        print(f"note: using the preprocessing recorded in {model} ({base}); {how}", file=sys.stderr)
+        offset = f" and label offset {rec[1]}" if rec[1] and label_offset is None else ""
+        print(f"note: using the preprocessing recorded in {model} ({base}){offset}; {how}", file=sys.stderr)
     metrics = list(dict.fromkeys(metric or (["top1"] if dataset.labels is not None else ["fidelity"])))
     ref = str(zoo.resolve_model(reference)) if reference else None
     show = False if (quiet or as_json or state.get("quiet")) else None
-    result = evaluate(str(model_path), dataset, metrics, batch_size=batch_size, reference=ref, progress=show)
+    result = evaluate(str(model_path), dataset, metrics, batch_size=batch_size, reference=ref, progress=show,
+                      backend=where)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return

@@ -8,11 +8,12 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
-from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
+from ristretto_onnx.cli.calib_options import LabelOffsetOption, preprocessing_options, with_label_offset
 from ristretto_onnx.errors import RistrettoError
 
 
 @app.command("finetune")
+@preprocessing_options
 def finetune_command(
     model_path: Path = typer.Argument(..., metavar="SIM.onnx",
                                       help="Simulated model written by compress or quantize. Never modified."),
@@ -41,11 +42,8 @@ def finetune_command(
     report: Path = typer.Option(None, "--report", help="JSON report path (default: OUT with .json)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT (and its report) if they exist."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
-    scale: ScaleOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    resize: ResizeOption = None,
-    crop: CropOption = None,
+    label_offset: LabelOffsetOption = None,
+    flags: dict = None,
 ) -> None:
     """Fine-tune a simulated model: shadow weights, stochastic rounding, best epoch by exact score.
 
@@ -72,10 +70,11 @@ def finetune_command(
                                   quantize_activations=quantize_activations, train_size=train_size,
                                   weight_rounding=weight_rounding,
                                   tolerance=tolerance, metric=metric)
-        flags = dict(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
         pre = preprocess_from_cli(**flags) if any(v is not None for v in flags.values()) else None
     check_outputs([out, report_path], [model_path, train_data, data], force=force)
     train_set, val_set = load_dataset(train_data, pre), load_dataset(data, pre)
+    if label_offset is not None:
+        train_set, val_set = with_label_offset(train_set, label_offset), with_label_offset(val_set, label_offset)
     log = None if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = finetune(str(model_path), train_set, val_set, options=options, log=log,
                       progress=False if quiet else None)

@@ -10,15 +10,20 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
-from ristretto_onnx.cli.calib_options import CropOption, MeanOption, ResizeOption, ScaleOption, StdOption
-from ristretto_onnx.cli.calib_options import check_flags, open_calibration, resolve_input, split_patterns
+from ristretto_onnx.cli.backend_options import BackendOption, RayAddressOption, WorkersOption, backend_from_flags
+from ristretto_onnx.cli.calib_options import (
+    CalibSizeOption, LabelOffsetOption, check_flags, open_calibration, preprocessing_options,
+    resolve_input, split_patterns,
+)
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.errors import UsageError
 from ristretto_onnx.formats import Minifloat, PerChannel, Pow2, parse_format
+from ristretto_onnx.options import QuantizeOptions
 from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
 
 
 @app.command("quantize")
+@preprocessing_options
 def quantize_command(
     model_in: str = typer.Argument(..., metavar="IN.onnx", help="FP32 model: a path or zoo:NAME."),
     model_out: Path = typer.Argument(..., metavar="OUT.onnx", help="Where to write the simulated model "
@@ -33,8 +38,7 @@ def quantize_command(
                                                       "(no calibration)."),
     calib: str = typer.Option(None, "--calib", help="Calibration data: .npz, .npy, image folder or zoo:NAME "
                                                     "(default for zoo models: their calibration split)."),
-    calib_size: int = typer.Option(500, help="Calibration images (seeded subset; the same default in "
-                                             "every command and the Python API)."),
+    calib_size: CalibSizeOption = QuantizeOptions.calib_size,
     score_size: int = typer.Option(300, help="fixed, minifloat: images scoring each split of the bit width."),
     layers: list[str] = typer.Option(None, "--layers", help="Only quantize layers matching these regexes "
                                                             "(comma-separated or repeated)."),
@@ -70,11 +74,11 @@ def quantize_command(
     batch_size: int = typer.Option(256, help="Images per onnxruntime run (the same default in every command)."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report to stdout instead of the summary."),
-    scale: ScaleOption = None,
-    mean: MeanOption = None,
-    std: StdOption = None,
-    resize: ResizeOption = None,
-    crop: CropOption = None,
+    backend: BackendOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
+    label_offset: LabelOffsetOption = None,
+    flags: dict = None,
 ) -> None:
     """Write OUT.onnx: IN with QuantizeSim on the inputs, weights and outputs of every Conv,
     ConvTranspose, Gemm and MatMul (the thesis data path), and OUT.json with every group's format.
@@ -82,7 +86,7 @@ def quantize_command(
     OUT runs in plain onnxruntime. IN is never modified; OUT appears only when complete.
     """
     from ristretto_onnx.passes.save import save_model, write_text_atomic
-    from ristretto_onnx.quantize import QuantizeOptions, quantize
+    from ristretto_onnx.quantize import quantize
 
     start = time.perf_counter()
     model_out = onnx_output(model_out)
@@ -100,15 +104,16 @@ def quantize_command(
             round_once=not round_twice, bias_correction=bias_correction.lower(),
             channel_rule=channel_rule.lower(), equalize=equalize, refine=refine,
         )
-        check_flags(scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+        check_flags(**flags)
+    where = backend_from_flags(backend, ray_address, workers)
     in_path = resolve_input(model_in)
     check_outputs([model_out, report_path], [in_path, calib], force=force)
     data = None
     if options.needs_calibration:
-        data = open_calibration(calib, model_in, scale=scale, mean=mean, std=std, resize=resize, crop=crop)
+        data = open_calibration(calib, model_in, **flags, label_offset=label_offset)
         if data is None:
             raise UsageError(f"--scheme {options.scheme} needs calibration data: give --calib")
-    result = quantize(in_path, options, data)
+    result = quantize(in_path, options, data, backend=where)
     if data is None and model_in.startswith("zoo:"):  # no calibration data: record the zoo's recipe
         from ristretto_onnx import zoo
         from ristretto_onnx.data.metadata import record

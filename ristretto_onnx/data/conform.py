@@ -16,16 +16,7 @@ from onnx import ModelProto, TensorProto
 
 from ristretto_onnx.data.datasets import Dataset
 from ristretto_onnx.errors import RistrettoError
-
-
-def model_input(model: ModelProto):
-    """The model's one graph input that is not an initializer (a ValueInfoProto)."""
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise RistrettoError(f"the model needs exactly one input; it has {len(inputs)}: "
-                             f"{[i.name for i in inputs]}")
-    return inputs[0]
+from ristretto_onnx.passes.graph import single_input_info
 
 
 def _dims(value_info) -> tuple[int | None, ...] | None:
@@ -51,7 +42,7 @@ def conform(dataset: Dataset, model: ModelProto) -> Dataset:
     """
     if len(dataset) == 0:
         raise RistrettoError(f"dataset {dataset.name} is empty")
-    inp = model_input(model)
+    inp = single_input_info(model, "reading data")
     elem = inp.type.tensor_type.elem_type
     if elem not in (TensorProto.FLOAT, 0):
         raise RistrettoError(f"the model's input {inp.name!r} is {TensorProto.DataType.Name(elem)}; "

@@ -118,6 +118,17 @@ class Dataset(abc.ABC):
         other._check_preprocess()
         return other
 
+    #: Added to the stored labels (model class = dataset label + offset); written models record it.
+    label_offset: int = 0
+
+    def with_label_offset(self, offset: int) -> Dataset:
+        """The same items with ``offset`` added to every label, remembered in ``label_offset``."""
+        other = copy.copy(self)
+        other.label_offset = int(self.label_offset) + int(offset)
+        if self._all_labels is not None and offset:
+            other._all_labels = self._all_labels + np.int64(offset)
+        return other
+
     def with_labels(self, labels: Any) -> Dataset:
         """The same items with these labels (one per item, in this dataset's order)."""
         labels = _check_labels(labels, len(self), self.name)
@@ -170,7 +181,11 @@ class ArrayDataset(Dataset):
     """Images held as one array: uint8 NHW/NHWC raw pixels, or float in the model's layout.
 
     The array may be a read-only memory map; batches index it, so only the rows read are paged in.
+    ``origin``: the compressed ``.npz`` the array was loaded from, if any (workers of a cluster
+    load it themselves, :mod:`ristretto_onnx.data.shards`).
     """
+
+    origin: str | None = None
 
     def __init__(self, images: np.ndarray, labels: np.ndarray | None = None,
                  preprocess: Preprocess | None = None, name: str = "array") -> None:

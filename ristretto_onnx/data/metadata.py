@@ -19,7 +19,7 @@ import onnx
 from onnx import ModelProto
 
 from ristretto_onnx.data.preprocess import Preprocess
-from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.errors import RistrettoError, UsageError
 
 KEY = "ristretto.preprocess"
 _FIELDS = ("scale", "mean", "std", "resize", "crop", "add_channel_axis", "channels_last")
@@ -78,6 +78,18 @@ def recorded(model: ModelProto | str | os.PathLike) -> tuple[Preprocess, int] | 
     return None
 
 
+def with_label_offset(dataset, offset: int | None):
+    """``dataset`` with ``--label-offset`` applied (``None``: unchanged); a usage error when the
+    offset makes a label negative (model classes start at 0)."""
+    if dataset is None or offset is None:
+        return dataset
+    labels = dataset.labels
+    if labels is not None and len(labels) and int(labels.min()) + offset < 0:
+        raise UsageError(f"--label-offset {offset} makes label {int(labels.min())} of {dataset.name} "
+                         f"negative ({int(labels.min()) + offset}); model classes start at 0")
+    return dataset.with_label_offset(offset)
+
+
 def header(model: ModelProto | str | os.PathLike) -> ModelProto | None:
     """The model without its external data (graph, inputs, metadata), or ``None`` if unreadable."""
     if isinstance(model, ModelProto):
@@ -88,11 +100,13 @@ def header(model: ModelProto | str | os.PathLike) -> ModelProto | None:
         return None
 
 
-def dataset_for(model: ModelProto | str | os.PathLike, source, preprocess: Preprocess | None = None):
+def dataset_for(model: ModelProto | str | os.PathLike, source, preprocess: Preprocess | None = None, *,
+                label_offset: int | None = None):
     """``(dataset, note)``: ``source`` prepared as ``model`` recorded, fitted to its input.
 
     ``preprocess`` (explicit flags) wins; else a :class:`Dataset` keeps its own; else the
     model's recorded preprocessing applies and ``note`` says so (one line, for the user).
+    ``label_offset`` (``--label-offset``) wins over the recorded offset likewise.
     """
     from ristretto_onnx.data import Dataset, load_dataset
     from ristretto_onnx.data.conform import conform
@@ -106,8 +120,10 @@ def dataset_for(model: ModelProto | str | os.PathLike, source, preprocess: Prepr
                 "--scale/--mean/--std/--resize/--crop override it")
     loaded = not isinstance(source, Dataset)  # a Dataset is taken as already prepared
     dataset = load_dataset(source, preprocess)
-    if loaded and rec is not None and rec[1] and dataset.labels is not None:
-        dataset = dataset.with_labels(dataset.labels + rec[1])
+    if label_offset is not None:
+        dataset = with_label_offset(dataset, label_offset)
+    elif loaded and rec is not None and rec[1]:
+        dataset = dataset.with_label_offset(rec[1])
     if proto is not None:
         dataset = conform(dataset, proto)
     return dataset, note

@@ -35,6 +35,7 @@ from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.export.sim_graph import SimGraph, read_sim
 from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, UFixed
 from ristretto_onnx.ops import is_quantize_sim
+from ristretto_onnx.passes.graph import runtime_input_infos
 from ristretto_onnx.passes.layers import Layer
 from ristretto_onnx.passes.slots import get_metadata
 
@@ -290,7 +291,7 @@ def _per_image_shapes(sim: ModelProto) -> dict[str, tuple[int, ...]]:
             node.domain, node.op_type, node.overload = "", "Identity", ""
             del node.attribute[:]
     del model.functions[:]
-    for vi in model.graph.input:
+    for vi in runtime_input_infos(model):
         dims = vi.type.tensor_type.shape.dim
         if len(dims) > 1:
             dims[0].Clear()

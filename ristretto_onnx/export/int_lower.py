@@ -17,38 +17,16 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.export.int_program import LayerNote, Program, Step, Tensor, bits_of, rne_div, shift_factors
+from ristretto_onnx.export.int_program import (
+    Const, FloatT, LayerNote, Program, QConst, Step, Tensor, rne_div, shift_factors,
+)
 from ristretto_onnx.export.int_ops import lower_int_op
 from ristretto_onnx.formats import Fixed, PerChannel, Pow2, UFixed, quantize
 from ristretto_onnx.ops import default_opset, is_quantize_sim, node_format
+from ristretto_onnx.passes.graph import runtime_input_infos
 from ristretto_onnx.passes.slots import has_slots, read_layers
 
 MAX_BITS = 16
-
-
-class Const:
-    """A float constant (initializer or Constant node)."""
-
-    def __init__(self, value: np.ndarray) -> None:
-        self.value = value
-
-
-class QConst:
-    """Quantized constant: ``value = k * 2**-frac`` (``frac`` broadcast against ``k``)."""
-
-    def __init__(self, k: np.ndarray, frac: np.ndarray, bits: int, axis: int | None, fmt: str) -> None:
-        self.k, self.frac, self.bits, self.axis, self.fmt = k, frac, bits, axis, fmt
-
-    @property
-    def value(self) -> np.ndarray:
-        return self.k * np.ldexp(1.0, -self.frac)
-
-
-class FloatT:
-    """A float tensor of the output graph."""
-
-    def __init__(self, name: str, shape: tuple[int, ...] | None) -> None:
-        self.name, self.shape = name, shape
 
 
 def fixed_params(fmt, ndim: int, where: str) -> tuple[int, np.ndarray, int | None]:
@@ -133,7 +111,7 @@ class Lowering:
         inits = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
         for name, value in inits.items():
             self.state[name] = Const(value)
-        inputs = [i for i in self.graph.input if i.name not in inits]
+        inputs = runtime_input_infos(self.graph)
         if not inputs:
             raise RistrettoError("integer export: the model has no input")
         for vi in inputs:
@@ -261,11 +239,3 @@ def _per_sample_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
 def lower(sim: onnx.ModelProto, *, exact_bias: bool = True) -> Program:
     """The integer program of a simulated model (see the module docstring and :mod:`.int_ops`)."""
     return Lowering(sim, exact_bias).run()
-
-
-def acc_note(layer: str, op: str, x: Tensor, w: QConst, bias_exact: str, bound_sum: np.ndarray,
-             bound: np.ndarray, facc: np.ndarray, guard: int) -> LayerNote:
-    return LayerNote(layer, op, bits_of(x.lo, x.hi), w.bits, [int(f) for f in facc],
-                     bits_of(-int(bound_sum.max()), int(bound_sum.max())), guard,
-                     bits_of(-int(bound.max()), int(bound.max())), bias_exact, [],
-                     bool(bound_sum.max() < 2**24), bool(bound.max() < 2**24 and bias_exact != "rounded"))

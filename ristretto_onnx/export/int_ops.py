@@ -26,7 +26,7 @@ import numpy as np
 from onnx import helper
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.export.int_program import Tensor
+from ristretto_onnx.export.int_program import Const, FloatT, QConst, Tensor, acc_note
 
 INT32 = (-(2**31), 2**31 - 1)
 #: At most this many fractional bits below the accumulator's grid for an exact bias.
@@ -49,7 +49,6 @@ def lower_int_op(lw, node, ins):
 
 
 def _int_input(lw, node, s, what: str, *, scalar=True, nodiv=True) -> Tensor:
-    from ristretto_onnx.export.int_lower import FloatT
     if not isinstance(s, Tensor):
         kind = "float" if isinstance(s, FloatT) else "a constant"
         raise _fail(node, f"its {what} is {kind}; the integer model needs quantized layer inputs "
@@ -66,7 +65,6 @@ def _layer_name(lw, node) -> str:
 
 
 def _bias_value(node, bias_state, m: int) -> np.ndarray:
-    from ristretto_onnx.export.int_lower import Const, QConst
     if bias_state is None:
         return np.zeros(m)
     if not isinstance(bias_state, (Const, QConst)):
@@ -91,14 +89,12 @@ def _guard_bits(b: np.ndarray, facc: np.ndarray, bound_sum: int, exact: bool) ->
 
 
 def _weights(node, w) -> np.ndarray:
-    from ristretto_onnx.export.int_lower import QConst
     if not isinstance(w, QConst):
         raise _fail(node, "its weights are float; the integer model needs quantized weights")
     return w.k
 
 
 def _layer(lw, node, x: Tensor, w, bias_state, wmat: np.ndarray, out_shape, kind: str, attrs: dict) -> Tensor:
-    from ristretto_onnx.export.int_lower import acc_note
     if not x.fits(-(2**15), 2**15 - 1):
         raise _fail(node, f"its inputs need more than 16 bits ([{x.lo}, {x.hi}])")
     m = wmat.shape[0]
@@ -180,7 +176,6 @@ def relu(lw, node, ins) -> Tensor:
 
 
 def clip(lw, node, ins) -> Tensor:
-    from ristretto_onnx.export.int_lower import Const
     x = _int_input(lw, node, ins[0], "input")
     a = _attrs(node)
     bounds = [a.get("min", -np.inf), a.get("max", np.inf)]
@@ -254,7 +249,6 @@ def avgpool(lw, node, ins) -> Tensor:
 
 
 def add(lw, node, ins):
-    from ristretto_onnx.export.int_lower import Const, QConst
     consts = [s for s in ins if isinstance(s, (Const, QConst))]
     if consts:
         x = _int_input(lw, node, next(s for s in ins if isinstance(s, Tensor)), "input", scalar=False)
@@ -311,7 +305,6 @@ def concat(lw, node, ins) -> Tensor:
 
 
 def reshape(lw, node, ins):
-    from ristretto_onnx.export.int_lower import Const
     x = _int_input(lw, node, ins[0], "input", scalar=False, nodiv=False)
     if x.per_channel:
         return None
@@ -338,7 +331,6 @@ def reshape(lw, node, ins):
 
 
 def slice_(lw, node, ins):
-    from ristretto_onnx.export.int_lower import Const
     x = _int_input(lw, node, ins[0], "input", scalar=False, nodiv=False)
     if any(not isinstance(v, Const) for v in ins[1:] if v is not None):
         return None
@@ -364,7 +356,6 @@ def slice_(lw, node, ins):
 
 
 def pad(lw, node, ins):
-    from ristretto_onnx.export.int_lower import Const
     x = _int_input(lw, node, ins[0], "input")
     mode = _attrs(node).get("mode", b"constant")
     if mode not in (b"constant", "constant") or len(ins) < 2 or not isinstance(ins[1], Const):

@@ -149,3 +149,39 @@ def bits_of(lo: int, hi: int) -> int:
     """Two's complement width that holds ``[lo, hi]``."""
     need = max(int(hi), -int(lo) - 1, 0)
     return need.bit_length() + 1
+
+
+# ---- what a tensor of the simulated model holds while it is lowered (int_lower, int_ops)
+
+class Const:
+    """A float constant (initializer or Constant node)."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self.value = value
+
+
+class QConst:
+    """Quantized constant: ``value = k * 2**-frac`` (``frac`` broadcast against ``k``)."""
+
+    def __init__(self, k: np.ndarray, frac: np.ndarray, bits: int, axis: int | None, fmt: str) -> None:
+        self.k, self.frac, self.bits, self.axis, self.fmt = k, frac, bits, axis, fmt
+
+    @property
+    def value(self) -> np.ndarray:
+        return self.k * np.ldexp(1.0, -self.frac)
+
+
+class FloatT:
+    """A float tensor of the output graph."""
+
+    def __init__(self, name: str, shape: tuple[int, ...] | None) -> None:
+        self.name, self.shape = name, shape
+
+
+def acc_note(layer: str, op: str, x: Tensor, w: QConst, bias_exact: str, bound_sum: np.ndarray,
+             bound: np.ndarray, facc: np.ndarray, guard: int) -> LayerNote:
+    """The note of one layer's accumulator: operand, sum and accumulator widths (thesis 5.1)."""
+    return LayerNote(layer, op, bits_of(x.lo, x.hi), w.bits, [int(f) for f in facc],
+                     bits_of(-int(bound_sum.max()), int(bound_sum.max())), guard,
+                     bits_of(-int(bound.max()), int(bound.max())), bias_exact, [],
+                     bool(bound_sum.max() < 2**24), bool(bound.max() < 2**24 and bias_exact != "rounded"))

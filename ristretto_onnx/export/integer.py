@@ -39,6 +39,7 @@ from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.export.int_lower import lower
 from ristretto_onnx.export.int_program import Program, Step, Tensor
 from ristretto_onnx.ops import default_opset
+from ristretto_onnx.passes.graph import runtime_input_infos
 
 INTEGER_KEY = "ristretto.integer"
 IR_VERSION = 10
@@ -263,9 +264,7 @@ def render(program: Program, sim: onnx.ModelProto, *, shift: str = "float64") ->
     for s in program.steps:
         _step(g, s)
     g.inits.extend(numpy_helper.from_array(v, n) for n, v in sorted(program.float_inits.items()))
-    inits = {i.name for i in sim.graph.initializer}
-    inputs = [vi for vi in sim.graph.input if vi.name not in inits]
-    graph = helper.make_graph(g.nodes, f"{sim.graph.name or 'model'}_integer", inputs,
+    graph = helper.make_graph(g.nodes, f"{sim.graph.name or 'model'}_integer", runtime_input_infos(sim),
                               list(sim.graph.output), initializer=g.inits)
     opset = max(default_opset(sim), 13)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],

@@ -19,21 +19,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.finetune.trainer import FinetuneOptions, FinetuneResult, finetune
 from ristretto_onnx.finetune.writeback import write_back
+from ristretto_onnx.report import report_json, save_with_report, weight_bytes
 
 #: The order categories are narrowed in: the most weight memory per bit first.
 ORDER = ("fc_weights", "conv_weights", "activations")
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(type(o).__name__)
 
 
 @dataclass
@@ -55,7 +49,7 @@ class FinetuneCompressReport:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_json_default)
+        return report_json(self.to_dict())
 
     def summary_lines(self) -> list[str]:
         ft = self.finetune
@@ -80,13 +74,7 @@ class CompressFinetuneResult:
     finetuned: FinetuneResult
 
     def save(self, path, report_path=None) -> tuple[Path, Path]:
-        from ristretto_onnx.passes.save import save_model, write_text_atomic
-
-        path = Path(path)
-        report_path = Path(report_path) if report_path else path.with_suffix(".json")
-        save_model(self.model, path)
-        write_text_atomic(report_path, self.report.to_json())
-        return path, report_path
+        return save_with_report(self.model, self.report, path, report_path)
 
 
 def _category_bits(plan: Mapping, ranges, category: str) -> int | None:
@@ -135,17 +123,13 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
     ranges = ctx.ranges
     val = load_dataset(iter(ctx.scorer.batches))  # the search's data, already preprocessed
 
-    def weight_bytes(plan) -> float:
-        return sum(r.size * (32 if plan.get(r.group) is None else plan[r.group].bits) / 8
-                   for r in ranges if r.role == "weights")
-
     def tune(sim: ModelProto, what: str) -> FinetuneResult:
         log(f"fine-tuning {what}")
         return finetune(sim, train_data, val, options=fopts, log=log, progress=False, baseline=baseline)
 
     plan = post.plan
     best = tune(post.model, "the post-training plan")
-    candidates = [{"what": "post-training plan", "weight_bytes": weight_bytes(plan), "before": best.before,
+    candidates = [{"what": "post-training plan", "weight_bytes": weight_bytes(plan, ranges), "before": best.before,
                    "after": best.after, "holds": best.holds}]
     for category in ORDER:
         while True:
@@ -155,7 +139,7 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
             bits = _category_bits(cand, ranges, category)
             sim = write_back(simulate(ctx.prepared, cand), best.weights)
             result = tune(sim, f"{category} at {bits} bits")
-            candidates.append({"what": f"{category} {bits}-bit", "weight_bytes": weight_bytes(cand),
+            candidates.append({"what": f"{category} {bits}-bit", "weight_bytes": weight_bytes(cand, ranges),
                                "before": result.before, "after": result.after, "holds": result.holds})
             log(f"{category} at {bits} bits: {result.headline}")
             if not result.holds:
@@ -169,11 +153,11 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
     final = ModelProto()
     final.CopyFrom(best.model)
     summary = json.loads(get_metadata(post.model, "ristretto.compress") or "{}")
-    summary.update({"final": round(best.after, 6), "weight_bytes": weight_bytes(plan), "finetuned": True})
+    summary.update({"final": round(best.after, 6), "weight_bytes": weight_bytes(plan, ranges), "finetuned": True})
     set_metadata(final, "ristretto.compress", json.dumps(summary, separators=(",", ":")))
     report = FinetuneCompressReport(
         compress=post.report.to_dict(), finetune=best.to_dict(), bits_bought=bought, candidates=candidates,
-        weight_bytes_post_training=weight_bytes(post.plan), weight_bytes=weight_bytes(plan),
+        weight_bytes_post_training=weight_bytes(post.plan, ranges), weight_bytes=weight_bytes(plan, ranges),
         weight_bytes_fp32=post.report.weight_bytes_fp32, seconds=round(time.perf_counter() - t0, 3),
         _lines=post.report.summary_lines())
     return CompressFinetuneResult(final, report, plan, post, best)

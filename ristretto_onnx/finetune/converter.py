@@ -32,6 +32,7 @@ from ristretto_onnx.finetune import require_torch
 from ristretto_onnx.finetune.ops_torch import BUILDERS, STATIC_INPUTS
 from ristretto_onnx.finetune.quantizers import TorchFormat, quantize_ste
 from ristretto_onnx.ops import is_quantize_sim, node_format
+from ristretto_onnx.passes.graph import runtime_inputs
 
 torch = require_torch()
 
@@ -118,7 +119,7 @@ class OnnxModule(torch.nn.Module):
         self.generator = None  # a seeded CPU torch.Generator for stochastic rounding
         graph = model.graph
         inits = {t.name: t for t in graph.initializer}
-        self.input_names = [i.name for i in graph.input if i.name not in inits]
+        self.input_names = runtime_inputs(model)
         self.output_names = [o.name for o in graph.output]
         if not self.output_names:
             raise RistrettoError("the model has no outputs")

@@ -25,7 +25,8 @@ from onnx import ModelProto
 
 from ristretto_onnx.ops import attach_functions
 from ristretto_onnx.passes.contract import run_pipeline
-from ristretto_onnx.passes.graph import export_model, import_graph
+from ristretto_onnx.passes.external import has_external
+from ristretto_onnx.passes.graph import export_model, external_proto, import_graph
 from ristretto_onnx.passes.transforms.set_formats import is_quantizer
 from ristretto_onnx.runtime.lowering.params import PARAM_PREFIX, Params
 from ristretto_onnx.runtime.lowering.quantizers import (
@@ -62,6 +63,8 @@ def lower_graph(graph: gs.Graph, source: ModelProto, *, parametric: bool = True,
         RewriteRules(params, rules),
     ])
     feeds = params.publish()
+    if has_external(source):  # weights on disk (passes.external): see _weights_as_inputs
+        feeds.update(_weights_as_inputs(graph, weights or WeightCache()))
     out = export_model(graph, source, keep_order=False)
     del out.metadata_props[:]  # the plan is recorded there; it must not split the cache
     del out.functions[:]
@@ -70,6 +73,39 @@ def lower_graph(graph: gs.Graph, source: ModelProto, *, parametric: bool = True,
     key = hashlib.sha1(out.SerializeToString()).hexdigest()
     return Lowered(out, feeds, key)
 
+
+#: Constants at least this large are fed at run time (models with weights on disk).
+FED_MIN_BYTES = 1 << 20
+
+
+def _weights_as_inputs(graph: gs.Graph, weights: WeightCache) -> dict[str, np.ndarray]:
+    """Turn the large weights of ``graph`` (quantized, or float and still on disk) into graph
+    inputs fed at run time.
+
+    onnxruntime copies every initializer into its session, and a model over 2 GB cannot afford
+    a second copy of its weights (issue 10, Deliver 8): a fed array is read in place, and the
+    :class:`WeightCache` holds about one assignment of the weights. Sessions then depend on the
+    structure only and hold no weights.
+    """
+    fed: dict[str, np.ndarray] = {}
+    for name, t in graph.tensors().items():
+        if not isinstance(t, gs.Constant):
+            continue
+        if isinstance(t._values, gs.ir.tensor.LazyValues):
+            if external_proto(t) is None or t._values.nbytes < FED_MIN_BYTES:
+                continue  # small ones onnxruntime reads from the file itself
+            value = weights.get_float(t)
+        else:
+            value = t.values
+            if not isinstance(value, np.ndarray) or value.nbytes < FED_MIN_BYTES:
+                continue
+        fed[name] = np.ascontiguousarray(value)
+        t.to_variable(dtype=value.dtype, shape=list(value.shape))
+        if not hasattr(t, "type"):  # imported constants never were variables
+            t.type = "tensor_type"
+        if not any(i is t for i in graph.inputs):  # (an initializer may double as a graph input)
+            graph.inputs.append(t)
+    return fed
 
 def lower(model: ModelProto, *, parametric: bool = True, weights: WeightCache | None = None) -> Lowered:
     """The exact, faster equivalent of the simulated ``model`` (see the module docstring)."""

@@ -20,29 +20,64 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
-from ristretto_onnx.formats import Fixed, UFixed, quantize
+from ristretto_onnx.formats import Fixed, PerChannel, UFixed, quantize
 from ristretto_onnx.passes.contract import PassResult, Transformation
-from ristretto_onnx.passes.graph import constant_value, is_op, remove_nodes, subgraph_inputs
+from ristretto_onnx.passes.external import row_chunks, tensor_rows
+from ristretto_onnx.passes.graph import constant_value, external_proto, is_op, remove_nodes, subgraph_inputs
 from ristretto_onnx.passes.transforms.set_formats import is_quantizer, quantizer_format
 from ristretto_onnx.runtime.lowering.params import Params
 
 
 class WeightCache:
-    """Quantized weights by (tensor, format): a search re-quantizes the same tensors many times."""
+    """Quantized weights by (tensor, format): a search re-quantizes the same tensors many times.
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    ``max_bytes`` bounds the memory held (models over 2 GB: about one assignment of every
+    weight); when a new weight would exceed it, the cache is emptied first. Weights still on
+    disk (passes.external) are read and quantized in chunks of rows; their float values (format
+    ``None``) are cached too, for the sessions that are fed their weights (runtime.lowering).
+    """
+
+    def __init__(self, max_entries: int = 4096, max_bytes: int | None = None) -> None:
         self._items: dict[tuple[str, str, str], np.ndarray] = {}
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._bytes = 0
 
     def get(self, tensor: gs.Constant, fmt, rounding: str) -> np.ndarray:
         key = (tensor.name, str(fmt), rounding)
         hit = self._items.get(key)
         if hit is None:
-            if len(self._items) >= self.max_entries:
-                self._items.clear()
-            hit = quantize(constant_value(tensor), fmt, rounding=rounding)
+            if len(self._items) >= self.max_entries or (
+                    self.max_bytes is not None and self._items and self._bytes + tensor._values.nbytes > self.max_bytes):
+                self.clear()
+            hit = _quantize_constant(tensor, fmt, rounding)
             self._items[key] = hit
+            self._bytes += hit.nbytes
         return hit
+
+    def get_float(self, tensor: gs.Constant) -> np.ndarray:
+        """The float value of a weight still on disk (passes.external), read once."""
+        return self.get(tensor, None, "")
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+
+def _quantize_constant(tensor: gs.Constant, fmt, rounding: str) -> np.ndarray:
+    proto = external_proto(tensor)
+    if fmt is None:
+        return constant_value(tensor)
+    if proto is None or isinstance(fmt, PerChannel) or rounding == "stochastic":
+        return quantize(constant_value(tensor), fmt, rounding=rounding)
+    out = np.empty(tuple(int(d) for d in proto.dims), np.float32)
+    for start, stop in row_chunks(proto):  # elementwise: the same values as all at once
+        chunk = quantize(tensor_rows(proto, start, stop), fmt, rounding=rounding)
+        if out.ndim:
+            out[start:stop] = chunk
+        else:
+            out[()] = chunk
+    return out
 
 
 class ConstantsToInitializers(Transformation):

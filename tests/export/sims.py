@@ -7,6 +7,7 @@ import functools
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from ristretto_onnx.data import load_dataset
 from ristretto_onnx.formats import Fixed
@@ -36,6 +37,10 @@ CONFIGS = {
 FLOAT_ACTIVATIONS = {"pow2-channel", "fixed24"}
 
 
+#: Every (model, configuration) pair, for the tests that check an export on all of them.
+EVERY_SIM = pytest.mark.parametrize(("name", "config"), [(n, c) for c in CONFIGS for n in MODELS])
+
+
 def sample(name: str, batch: int = 16) -> np.ndarray:
     return synth.sample_input(getattr(synth, name)(), batch=batch, scale=2.0)
 
@@ -45,6 +50,14 @@ def sim_model(name: str, config: str) -> onnx.ModelProto:
     m = getattr(synth, name)()
     calib = load_dataset(synth.sample_input(m, batch=64, seed=3, scale=2.0))
     return quantize(m, QuantizeOptions(calib_size=64, **CONFIGS[config]), calib).model
+
+
+def export_checked(export, name: str, config: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """``(sim, export(sim))`` for one pair, the export passed through onnx's checker."""
+    sim = sim_model(name, config)
+    out = export(sim)
+    onnx.checker.check_model(out)
+    return sim, out
 
 
 def run(model: onnx.ModelProto, x: np.ndarray, *, level: str = "project") -> np.ndarray:

@@ -10,15 +10,12 @@ from onnx import TensorProto, numpy_helper
 from ristretto_onnx.export.qdq import export_qdq, float8_match, float8_values, minifloat_values
 from ristretto_onnx.formats import Minifloat
 from ristretto_onnx.ops import DOMAIN, default_opset
-from tests.export.sims import CONFIGS, MODELS, run, sample, sim_model
+from tests.export.sims import EVERY_SIM, export_checked, run, sample, sim_model
 
 
-@pytest.mark.parametrize("config", list(CONFIGS))
-@pytest.mark.parametrize("name", MODELS)
+@EVERY_SIM
 def test_qdq_outputs_equal_the_simulation_exactly(name, config):
-    sim = sim_model(name, config)
-    qdq = export_qdq(sim)
-    onnx.checker.check_model(qdq)
+    sim, qdq = export_checked(export_qdq, name, config)
     x = sample(name)
     for level in ("project", "disable_all"):
         ref, got = run(sim, x, level=level), run(qdq, x, level=level)

@@ -10,7 +10,7 @@ import pytest
 
 from ristretto_onnx.export.qonnx import QONNX_DOMAIN, export_qonnx
 from ristretto_onnx.ops import DOMAIN, is_quantize_sim, node_format
-from tests.export.sims import CONFIGS, FLOAT_ACTIVATIONS, MODELS, run, sample, sim_model
+from tests.export.sims import EVERY_SIM, FLOAT_ACTIVATIONS, export_checked, run, sample, sim_model
 
 qonnx = pytest.importorskip("qonnx")
 
@@ -35,15 +35,12 @@ def execute_qonnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return out[m.graph.output[0].name]
 
 
-@pytest.mark.parametrize("config", list(CONFIGS))
-@pytest.mark.parametrize("name", MODELS)
+@EVERY_SIM
 def test_qonnx_executor_reproduces_the_simulation(name, config):
-    sim = sim_model(name, config)
-    exported = export_qonnx(sim)
-    onnx.checker.check_model(exported)
-    assert not [n for n in exported.graph.node if n.domain == DOMAIN] and not exported.functions
+    sim, out = export_checked(export_qonnx, name, config)
+    assert not [n for n in out.graph.node if n.domain == DOMAIN] and not out.functions
     x = sample(name, batch=4)
-    got, ref = execute_qonnx(exported, x), run(sim, x)
+    got, ref = execute_qonnx(out, x), run(sim, x)
     if config in FLOAT_ACTIVATIONS:  # float-precision sums, computed node by node by qonnx: order differs
         # pow2 weights: float outputs within float32 noise; fixed:24:12: at most one output step
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2.0**-12 if config == "fixed24" else 1e-5)

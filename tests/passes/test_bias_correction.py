@@ -140,3 +140,34 @@ def test_quantize_command_flags(tmp_path):
     assert not any(str(f).startswith("ufixed") for f in side["formats"].values() if f)
     assert side["options"]["equalize"] is True and side["options"]["channel_rule"] == "range"
     assert main(args[:-5] + ["--bias-correction", "maybe", "--force"]) == 2
+
+
+@pytest.mark.parametrize("build", [synth.conv_relu_conv, synth.flatten_gemm, synth.matmul_add])
+def test_weights_on_disk_give_the_in_memory_corrections(build, tmp_path, monkeypatch):
+    """A weight left on disk (passes.external) is read a few rows at a time: same deltas."""
+    from ristretto_onnx.passes import external
+    from ristretto_onnx.passes.load import load_model
+    from ristretto_onnx.passes.save import save_model
+
+    monkeypatch.setattr(external, "CHUNK_BYTES", 64)  # several chunks per weight
+    monkeypatch.setattr("ristretto_onnx.passes.save.EXTERNAL_MIN_BYTES", 0)
+    m = build()
+    save_model(m, tmp_path / "m.onnx", external_data=True)
+    disk = prepare(load_model(tmp_path / "m.onnx"))
+    assert any(external.is_external(t) for t in disk.float_model.graph.initializer)
+    memory = prepare(m)
+    plan = {g.id: Fixed(4, 2) for layer in memory.layers for g in layer.groups if g.role == "weights"}
+    rng = np.random.default_rng(0)
+    means = {l.name: rng.random(_inputs(l)) for l in memory.layers}
+    want = weight_error_means(memory.float_model, memory.layers, plan, means)
+    got = weight_error_means(disk.float_model, disk.layers, plan, means)
+    assert want and want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12)
+
+
+def _inputs(layer) -> int:
+    """Input channels of a layer's weight (Conv: axis 1; Gemm/MatMul: the axis not the output's)."""
+    if layer.op_type == "Conv":
+        return layer.weight_shape[1]
+    return layer.weight_shape[1 - layer.out_channel_axis]

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.passes.graph import (
-    constant_lookup, elem_type, export_model, import_graph, output_names, runtime_inputs,
+    constant_lookup, consumer_lookup, elem_type, export_model, import_graph, output_names, runtime_inputs,
     single_input, sole_consumer, static_shape, subgraph_inputs, unique_name,
 )
 from ristretto_onnx.passes.load import load_model
@@ -80,6 +80,26 @@ def test_subgraph_reads_are_found_on_protos_and_graphs():
     m = builders.model(nodes, [builders.init("cond", np.array(True))], x_shape=(1,), y_shape=[1])
     assert subgraph_inputs(m.graph.node[1]) == {"outer", "x"}
     assert subgraph_inputs(import_graph(m).nodes[1]) == {"outer", "x"}
+
+
+def test_readers_are_top_level_nodes_once_per_slot_and_per_body():
+    then = helper.make_graph([helper.make_node("Relu", ["outer"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1])])
+    other = helper.make_graph([helper.make_node("Neg", ["outer"], ["n"]),
+                               helper.make_node("Add", ["n", "outer"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1])])
+    nodes = [helper.make_node("Abs", ["x"], ["outer"]),
+             helper.make_node("Mul", ["outer", "outer"], ["sq"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    m = builders.model(nodes, [builders.init("cond", np.array(True))], x_shape=(1,), y_shape=[1])
+    graph = import_graph(m)
+    readers = consumer_lookup(graph)
+    tensors = graph.tensors()
+    # graphsurgeon lists the bodies' Relu, Neg and Add; the top level sees Mul twice, If per body
+    assert [n.op for n in readers(tensors["outer"])] == ["Mul", "Mul", "If", "If"]
+    assert [n.op for n in readers(tensors["x"])] == ["Abs"]
+    flat = import_graph(load_model(builders.inception()))
+    assert sorted(n.name for n in consumer_lookup(flat)(flat.tensors()["sr"])) == ["expand1x1", "expand3x3"]
 
 
 @pytest.mark.parametrize("build", ["residual_block", "inception", "weights_as_inputs", "constant_weights"])
