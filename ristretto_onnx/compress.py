@@ -90,7 +90,7 @@ def compress(
     t = time.perf_counter()
     for name in schemes:
         log(f"searching {name}")
-        search = BitSearch(scorer, opts.scheme_named(name), ranges, tolerance, min_bits=opts.min_bits,
+        search = BitSearch(scorer, opts.scheme_named(name, ctx.layer_weights), ranges, tolerance, min_bits=opts.min_bits,
                            max_bits=opts.max_bits, log=log)
         search.log = search_log(log, scorer, search, name)
         emit(log, ProgressEvent("search", f"searching {name}", name, scorer.plans_scored, scorer.evaluations))

@@ -145,6 +145,8 @@ class SearchContext:
     runner: Any = None
     preprocess: Any = None  # the evaluation data's Preprocess, recorded in the written model
     label_offset: int = 0  # and its label offset (model class = label + offset)
+    #: ``--weight-granularity auto``: each layer's weights and input E[x^2] (granularity_rule).
+    layer_weights: Any = None
 
 
 def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
@@ -169,6 +171,10 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     emit(log, ProgressEvent("ranges", f"range analysis on {len(calib_ds)} calibration images"))
     ranges = measure_groups(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64),
                             unsigned=opts.unsigned and opts.scheme != "fixed")  # fixed: one signed format
+    layer_weights = None
+    if opts.weight_granularity == "auto":
+        from ristretto_onnx.granularity_rule import measure_layer_weights
+        layer_weights = measure_layer_weights(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64))
     seconds["ranges"] = time.perf_counter() - t
     log(f"ranges of {len(ranges)} groups in {len(layers)} layers from {len(calib_ds)} calibration images")
 
@@ -179,4 +185,4 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     seconds["baseline"] = time.perf_counter() - t
     log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
     return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner,
-                         preprocess=ds.preprocess, label_offset=ds.label_offset)
+                         preprocess=ds.preprocess, label_offset=ds.label_offset, layer_weights=layer_weights)

@@ -95,6 +95,9 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                                 threads=threads, unsigned=dfp and options.unsigned)
         seconds["calibrate" if calib_set is not None else "ranges"] = time.perf_counter() - t
         scheme = options.make_scheme()
+        by_output = options.refine and dfp and options.weight_granularity == "auto" and calib_set is not None
+        if options.weight_granularity == "auto" and options.scheme in ("dfp", "pow2") and not by_output:
+            scheme = _layerwise(scheme, options, prepared, layers, calib_set, threads)
         widths = options.widths(scheme)
         t = time.perf_counter()
         variants, search, metric = _choose_variants(scheme, ranges, widths, prepared, calib_set, options, threads,
@@ -102,12 +105,25 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         if search:
             seconds["variant_search"] = time.perf_counter() - t
         plan = plan_for(scheme, ranges, widths, variants)
-        if dfp and options.round_once:
-            plan = round_once(plan, grid_sources(prepared.float_model, layers),
-                              concat_ties(prepared.float_model, layers))
+        ties = concat_ties(prepared.float_model, layers) if dfp else {}
+        sources = grid_sources(prepared.float_model, layers) if dfp and options.round_once else {}
+        tie = (lambda p: round_once(p, sources, ties)) if sources else dict  # noqa: E731
         if dfp and options.weight_granularity == "channel" and options.channel_rule == "output":
             plan = output_rule_plan(prepared.float_model, layers, plan, calib_set,
                                     batch_size=min(options.batch_size, 64), threads=threads)
+        if dfp and options.refine and calib_set is not None:
+            t = time.perf_counter()
+            alternatives = None
+            if by_output:  # per channel where it brings the network's output closer to FP32's
+                channel = plan_for(replace(options, weight_granularity="channel").make_scheme(), ranges, widths,
+                                   variants)
+                channel = output_rule_plan(prepared.float_model, layers, channel, calib_set,
+                                           batch_size=min(options.batch_size, 64), threads=threads)
+                alternatives = {g: f for g, f in channel.items() if f is not None and f.kind == "per-channel"}
+            plan = _refine(prepared, plan, [r.group for r in ranges], tie, ties, calib_set, options, threads,
+                           alternatives)
+            seconds["refine"] = time.perf_counter() - t
+        plan = tie(plan)
     t = time.perf_counter()
     model = simulate(prepared, plan, rounding=options.rounding)
     seconds["simulate"] = time.perf_counter() - t
@@ -121,6 +137,34 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
                           measured, search, metric, seconds, corrected)
+
+
+def _refine(prepared: Prepared, plan, groups, tie, ties, calib_set, options: QuantizeOptions, threads,
+            alternatives=None):
+    """ristretto_onnx.refine on ``options.refine_size`` calibration images."""
+    from ristretto_onnx.context import PlanRunner, model_input
+    from ristretto_onnx.refine import refine_plan
+    from ristretto_onnx.runtime.session import create_session
+
+    name = model_input(prepared.float_model)
+    batches = [np.ascontiguousarray(x, np.float32) for x, _ in
+               load_batches(calib_set.take(min(options.refine_size, len(calib_set))), options.batch_size)]
+    fp32 = create_session(prepared.float_model, threads=threads)
+    reference = [np.asarray(fp32.run(None, {name: x})[0], np.float64) for x in batches]
+    runner = PlanRunner(prepared, name, threads)
+    units = {m: members for members in ties.values() for m in members} if ties else None
+    refined, _ = refine_plan(plan, groups, runner, batches, reference, tie=tie, units=units,
+                             alternatives=alternatives)
+    return refined
+
+
+def _layerwise(scheme: Scheme, options: QuantizeOptions, prepared: Prepared, layers, calib_set, threads):
+    """``--weight-granularity auto``: per tensor or per channel layer by layer (granularity_rule)."""
+    from ristretto_onnx.granularity_rule import LayerwiseGranularity, measure_layer_weights
+
+    evidence = measure_layer_weights(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                                     threads=threads)
+    return LayerwiseGranularity.of(scheme, replace(options, weight_granularity="channel").make_scheme(), evidence)
 
 
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
