@@ -6,8 +6,12 @@ Each row quantizes one network with one configuration through the public API
 * LeNet / MNIST: calibrated on the training split, scored on the 10,000 test images;
 * ResNet-20 / CIFAR-10: calibrated on the training split, scored on the 10,000 test images;
 * SqueezeNet 1.1 / ImageNet sample: the 1,000 images split in two seeded halves, calibrated on
-  one and scored on the other; onnxruntime's quantize_static (uint8 activations, int8 weights,
-  MinMax / Percentile / Entropy, per tensor) on the same halves (``--ort``).
+  one and scored on the other.
+
+``--granularity tensor,channel,auto`` runs each row with per-tensor, per-channel and per-layer
+chosen (``auto``, ristretto_onnx.granularity_rule) weights. ``--ort`` adds onnxruntime's
+quantize_static (uint8 activations, int8 weights, MinMax / Percentile / Entropy, per tensor and
+per channel) calibrated and scored on the same images.
 
 Run: ``nice -n 10 python bench/accuracy.py [lenet] [resnet20] [squeezenet] [--ort] [--json out.json]``.
 """
@@ -42,8 +46,14 @@ VARIANTS = {
     "once": ("+ outputs rounded once", dict(unsigned=True, round_once=True, bias_correction="off")),
     "bc": ("+ bias correction", dict(unsigned=True, round_once=True, bias_correction="on")),
     "auto": ("+ bias correction auto", dict(unsigned=True, round_once=True, bias_correction="auto")),
-    "range": ("per-channel range rule (before)", dict(channel_rule="range", bias_correction="off")),
-    "output": ("per-channel output rule", dict(channel_rule="output", bias_correction="off")),
+    "refine": ("+ refined by the output error", dict(unsigned=True, round_once=True, bias_correction="auto",
+                                                   refine=True)),
+    "refine_nobc": ("refined, bias correction off", dict(unsigned=True, round_once=True, bias_correction="off",
+                                                         refine=True)),
+    "range": ("per-channel range rule (before)", dict(weight_granularity="channel", channel_rule="range",
+                                                      bias_correction="off")),
+    "output": ("per-channel output rule", dict(weight_granularity="channel", channel_rule="output",
+                                               bias_correction="off")),
 }
 
 
@@ -65,46 +75,49 @@ def top1(model, data, batch: int = 250) -> float:
     return hits / len(data)
 
 
-def ort_rows(model_path: Path, calib, scored, work: Path) -> list[dict]:
+def ort_rows(model_path: Path, calib, scored, work: Path, granularities=("tensor", "channel")) -> list[dict]:
     from bench import ort_quant
 
     pre = ort_quant.preprocess_for_quantization(model_path, work)
     batches = [np.ascontiguousarray(x, np.float32) for x, _ in calib.batches(50)]
     rows = []
-    for method in ort_quant.METHODS:
-        cfg = ort_quant.OrtQuantConfig(False, method)
+    for cfg in ort_quant.default_configs():
+        if ("channel" if cfg.per_channel else "tensor") not in granularities:
+            continue
         with contextlib.redirect_stdout(io.StringIO()):
             q = ort_quant.quantize(pre, create_session(str(model_path)).get_inputs()[0].name, batches, cfg, work)
         rows.append({"config": f"onnxruntime int8 {cfg.label}", "top1": top1(str(q.path), scored)})
     return rows
 
 
-def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granularity: str = "tensor",
-        ort: bool = False, calib_size: int = 500, log=print) -> list[dict]:
+def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granularities=("tensor",),
+        ort: bool = False, calib_size: int = 500, bits: int | None = None, ort_granularities=("tensor", "channel"),
+        log=print) -> list[dict]:
     name, widths = NETS[net]
+    widths = widths if bits is None else [dict(weight_bits=bits, act_bits=bits)]
     calib, scored = splits(name, calib_size)
     path = zoo.get_model(name).locate()
     rows = [{"net": net, "config": "FP32", "top1": top1(str(path), scored)}]
     log(f"{net}: FP32 {rows[0]['top1']:.4f} on {len(scored)} images, calibrated on {len(calib)}", flush=True)
-    for w in widths:
-        for rule in rules:
-            for key in variants:
-                label, extra = VARIANTS[key]
-                t = time.perf_counter()
-                opts = QuantizeOptions(scheme="dfp", range_rule=rule, calib_size=len(calib), batch_size=32,
-                                       weight_granularity=granularity, **w, **extra)
-                res = quantize(f"zoo:{name}", opts, calib)
-                acc = top1(res.model, scored)
-                n_u = sum(1 for f in res.plan.values() if f is not None and f.kind == "ufixed")
-                rows.append({"net": net, "config": f"dfp {w['act_bits']}/{w['weight_bits']} {granularity} {rule} {label}",
-                             "top1": acc, "ufixed_groups": n_u, "bias_correction": res.bias_correction,
-                             "seconds": round(time.perf_counter() - t, 1)})
-                log(f"  {rows[-1]['config']}: {acc:.4f} ({n_u} ufixed groups, bias correction "
-                    f"{res.bias_correction}, {rows[-1]['seconds']} s)", flush=True)
+    for w, rule, granularity, key in ((w, r, g, k) for w in widths for r in rules for g in granularities
+                                       for k in variants):
+        label, extra = VARIANTS[key]
+        t = time.perf_counter()
+        opts = QuantizeOptions(scheme="dfp", range_rule=rule, calib_size=len(calib), batch_size=32,
+                               **{"weight_granularity": granularity, **w, **extra})
+        res = quantize(f"zoo:{name}", opts, calib)
+        acc = top1(res.model, scored)
+        n_u = sum(1 for f in res.plan.values() if f is not None and f.kind == "ufixed")
+        n_c = sum(1 for f in res.plan.values() if f is not None and f.kind == "per-channel")
+        rows.append({"net": net, "config": f"dfp {w['act_bits']}/{w['weight_bits']} {opts.weight_granularity} "
+                     f"{rule} {label}", "top1": acc, "ufixed_groups": n_u, "per_channel_layers": n_c,
+                     "bias_correction": res.bias_correction, "seconds": round(time.perf_counter() - t, 1)})
+        log(f"  {rows[-1]['config']}: {acc:.4f} ({n_u} ufixed groups, {n_c} per-channel layers, bias correction "
+            f"{res.bias_correction}, {rows[-1]['seconds']} s)", flush=True)
     if ort:
         import tempfile
         with tempfile.TemporaryDirectory() as work:
-            for r in ort_rows(path, calib, scored, Path(work)):
+            for r in ort_rows(path, calib, scored, Path(work), ort_granularities):
                 rows.append({"net": net, **r})
                 log(f"  {r['config']}: {r['top1']:.4f}", flush=True)
     return rows
@@ -117,12 +130,15 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--granularity", default="tensor")
     ap.add_argument("--ort", action="store_true")
+    ap.add_argument("--ort-granularity", default="tensor,channel", help="onnxruntime rows: tensor, channel or both")
+    ap.add_argument("--bits", type=int, help="every width (default: the acceptance widths of the network)")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     rows = []
     for net in a.nets:
         rows += run(net, rules=tuple(a.rules.split(",")), variants=tuple(v for v in a.variants.split(",") if v),
-                    granularity=a.granularity, ort=a.ort)
+                    granularities=tuple(a.granularity.split(",")), ort=a.ort, bits=a.bits,
+                    ort_granularities=tuple(a.ort_granularity.split(",")))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

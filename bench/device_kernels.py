@@ -48,8 +48,14 @@ def _grid():
         from tests.core.test_ops import GRID, SPECIALS, boundary_values, random_bit_patterns
     except ImportError:
         GRID, SPECIALS, boundary_values, random_bit_patterns = _grid_copy()
-    x = np.concatenate([random_bit_patterns(200_000, 5), SPECIALS] + [boundary_values(f) for f in GRID])
-    return GRID, x.astype(np.float32)
+    grid = list(GRID) + UFIXED
+    x = np.concatenate([random_bit_patterns(200_000, 5), SPECIALS] + [boundary_values(f) for f in grid])
+    return grid, x.astype(np.float32)
+
+
+#: Unsigned fixed point (added to the kernels after the GPU run of 2026-11-30: not yet checked on a GPU).
+UFIXED = [f"ufixed:{b}:{f}" for b in (1, 2, 4, 7, 8, 9, 16) for f in sorted({-3, 0, 1, b // 2, b - 1, b, b + 3})]
+UFIXED += ["ufixed:24:12", "ufixed:25:24", "ufixed:31:0", "ufixed:8:126", "ufixed:8:-119"]
 
 
 def _grid_copy():
@@ -91,7 +97,7 @@ PER_CHANNEL = [
     (PerChannel(tuple(Pow2(-9 - i, -2 + i % 3) for i in range(8)), -4), (8, 16, 3, 3)),
     (dfp_channel_format(np.geomspace(1e-3, 10, 64), 6, axis=-2), (64, 100)),
 ]
-STOCHASTIC = ["fixed:8:3", "minifloat:8:4", "pow2:-8:-1", "fixed:16:12"]
+STOCHASTIC = ["fixed:8:3", "minifloat:8:4", "pow2:-8:-1", "fixed:16:12", "ufixed:8:3"]
 
 
 def standalone(folder: Path) -> bool:

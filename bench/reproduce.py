@@ -383,6 +383,8 @@ def compare_with_onnxruntime(bench: Bench, configs, work: Path, log: Log, throug
                 sessions["ristretto_dfp8"] = session  # the thesis's rule, per tensor
             ours.append(row)
             log(f"    {row['label']}: {row.get('accuracy', row.get('error'))}")
+    from bench.rules_rows import rules_int8  # the issue-15 rules, through quantize's defaults
+    ours += rules_int8(bench, log)
     theirs = ort_int8(bench, configs, work, log)
     ref = next((r for r in theirs if r.get("config") == "per-tensor MinMax" and "session" in r), None)
     if ref is not None:

@@ -1,4 +1,4 @@
-// Parse a QuantizeSim format attribute ("fixed:8:4", "minifloat:8:5", "pow2:-8:-1", per-channel
+// Parse a QuantizeSim format attribute ("fixed:8:4", "ufixed:8:4", "minifloat:8:5", "pow2:-8:-1", per-channel
 // "fixed:8:5,7,6" / "pow2:-9,-8:-2,-1" with an axis) into the kernel's Spec and channels, with the
 // limits of ristretto_onnx/formats.py. Host code only.
 #pragma once
@@ -67,6 +67,17 @@ inline Format parse_format(const std::string& text, const std::string& rounding,
       c.inv = std::ldexp(1.0f, static_cast<int>(-q));
       c.lo = static_cast<float>(-std::ldexp(1.0, static_cast<int>(p - 1)));
       c.hi = static_cast<float>(std::ldexp(1.0, static_cast<int>(p - 1)) - 1.0);
+      c.dhi = std::ldexp(1.0, static_cast<int>(p - 1)) - 1.0;
+    } else if (kind == "ufixed") {
+      f.spec.kind = qsim::kUFixed;
+      if (has_axis) throw std::invalid_argument("QuantizeSim: ufixed has no per-channel form");
+      if (p < 1 || p > 31) throw std::invalid_argument("QuantizeSim: unsigned fixed point needs 1 to 31 bits");
+      if (-q < -126 || p - q > 127) throw std::invalid_argument("QuantizeSim: unsigned fixed point range exceeds float32");
+      c.scale = std::ldexp(1.0f, static_cast<int>(q));
+      c.inv = std::ldexp(1.0f, static_cast<int>(-q));
+      c.lo = 0.0f;
+      c.dhi = std::ldexp(1.0, static_cast<int>(p)) - 1.0;
+      c.hi = static_cast<float>(c.dhi);
     } else if (kind == "minifloat") {
       f.spec.kind = kMinifloat;
       if (has_axis) throw std::invalid_argument("QuantizeSim: minifloat has no per-channel form");
@@ -79,6 +90,17 @@ inline Format parse_format(const std::string& text, const std::string& rounding,
       f.spec.mf_emin = static_cast<int>(emin);
       f.spec.mf_max = (2.0 - std::ldexp(1.0, static_cast<int>(-m))) * std::ldexp(1.0, static_cast<int>(emax));
       f.spec.mf_minpos = std::ldexp(1.0, static_cast<int>(emin));
+      // The float32 bit-pattern path (qsim_math.h minifloat_ne32) needs 2^emin, the largest
+      // value and the rounding midpoint below 2^emin to be float32 numbers (checked, not assumed).
+      double mid = std::ldexp(std::ldexp(1.0, static_cast<int>(m + 1)) - 1.0, static_cast<int>(emin - m - 1));
+      float mid32 = static_cast<float>(mid), max32 = static_cast<float>(f.spec.mf_max);
+      float min32 = static_cast<float>(f.spec.mf_minpos);
+      f.spec.mf_fast = static_cast<double>(mid32) == mid && static_cast<double>(max32) == f.spec.mf_max &&
+                       static_cast<double>(min32) == f.spec.mf_minpos && mid32 != 0.0f;
+      f.spec.mf_drop = static_cast<uint32_t>(23 - m);
+      f.spec.mf_minbits = qsim::f2u(min32);
+      f.spec.mf_maxbits = qsim::f2u(max32);
+      f.spec.mf_tbits = qsim::f2u(mid32);
     } else if (kind == "pow2") {
       f.spec.kind = kPow2;
       if (p > q || p < -125 || q > 126) throw std::invalid_argument("QuantizeSim: unsupported pow2 '" + text + "'");

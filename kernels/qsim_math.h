@@ -1,7 +1,7 @@
 // QuantizeSim arithmetic shared by the CPU and the CUDA kernels (ristretto-onnx).
 //
 // Each function reproduces one numpy reference quantizer of ristretto_onnx/formats.py bit for bit
-// on float32 (thesis ch. 5-7): fixed point, minifloat (no denormals, saturating, flush to a signed
+// on float32 (thesis ch. 5-7): fixed point, unsigned fixed point (ufixed), minifloat (no denormals, saturating, flush to a signed
 // zero) and power-of-two (rounded in the log domain, both zeros give +0). NaN gives NaN, +-inf
 // saturates. Where float32 arithmetic is not provably exact the computation runs in float64, as
 // the reference does; the last conversion to float32 is exact by the formats' limits.
@@ -22,14 +22,15 @@
 
 namespace qsim {
 
-enum Kind : int { kFixed = 0, kMinifloat = 1, kPow2 = 2 };
+enum Kind : int { kFixed = 0, kMinifloat = 1, kPow2 = 2, kUFixed = 3 };
 
 // One channel's parameters (a scalar format has exactly one).
 struct Chan {
   float scale;  // fixed: 2^frac
   float inv;    // fixed: 2^-frac
-  float lo;     // fixed: -2^(bits-1)
-  float hi;     // fixed: float32(2^(bits-1) - 1) (exact for bits <= 24; see fixed_ne)
+  float lo;     // fixed: -2^(bits-1); ufixed: 0
+  float hi;     // fixed: float32(2^(bits-1) - 1), ufixed: float32(2^bits - 1) (exact up to 24 bits; see fixed_ne)
+  double dhi;   // the same bound, exact (stochastic rounding runs in float64)
   int emin;     // pow2: exponent window
   int emax;
 };
@@ -43,6 +44,11 @@ struct Spec {
   double mf_max;    // minifloat largest value
   double mf_minpos; // minifloat smallest normal
   uint32_t thr;     // pow2: mantissa field >= thr  <=>  mantissa >= sqrt(2) (float64 sqrt(2))
+  int mf_fast;         // minifloat: the float32 bit-pattern path applies (see minifloat_ne32)
+  uint32_t mf_drop;    // minifloat: 23 - mantissa bits (float32 mantissa bits rounded away)
+  uint32_t mf_minbits; // minifloat: float32 bits of 2^emin (smallest normal)
+  uint32_t mf_maxbits; // minifloat: float32 bits of the largest value
+  uint32_t mf_tbits;   // minifloat: float32 bits of 2^emin - 2^(emin-m-1) (rounds up to 2^emin)
   int64_t channels; // 1 for a scalar format
   int64_t inner;    // elements per run of one channel: channel = (i / inner) % channels
   uint64_t seed;
@@ -80,12 +86,22 @@ QSIM_HD float fixed_ne(float x, const Chan& c) {
   return v * c.inv;
 }
 
-// Fixed point, stochastic: floor(x 2^f + u) in float64 like the reference.
+// Fixed point, stochastic: floor(x 2^f + u) in float64 like the reference (signed or unsigned:
+// the bounds come from the channel; + 0.0 turns an unsigned -0 into +0, as the reference does).
 QSIM_HD float fixed_sr(float x, const Chan& c, double u) {
   double v = floor(static_cast<double>(x) * static_cast<double>(c.scale) + u);
-  double lo = static_cast<double>(c.lo), hi = -lo - 1.0;
+  double lo = static_cast<double>(c.lo), hi = c.dhi;
   v = v < lo ? lo : (v > hi ? hi : v);
+  if (lo == 0.0) v = v + 0.0;
   return static_cast<float>(v * static_cast<double>(c.inv));
+}
+
+// Unsigned fixed point, round half to even: fixed_ne with the bounds [0, 2^bits - 1]; a zero
+// result is +0 (a small negative rounds to -0, and -0 + 0 = +0). NaN passes.
+QSIM_HD float ufixed_ne(float x, const Chan& c) {
+  float v = rintf(x * c.scale);
+  v = v < 0.0f ? 0.0f : (v > c.hi ? c.hi : v);
+  return v * c.inv + 0.0f;
 }
 
 // Minifloat in float64: e = max(floor(log2|x|), emin) from the exponent field (subnormal inputs
@@ -100,6 +116,32 @@ QSIM_HD float minifloat(float x, const Spec& s, double u) {
   q = q < -s.mf_max ? -s.mf_max : (q > s.mf_max ? s.mf_max : q);
   q = fabs(q) < s.mf_minpos ? q * 0.0 : q;
   return static_cast<float>(q);
+}
+
+// Minifloat, round half to even, on the float32 bit pattern (used when Spec::mf_fast): for
+// |x| >= 2^emin, rounding x to m mantissa bits is rounding its magnitude's bit pattern at bit
+// 23 - m (half to even; a carry moves into the exponent, as rounding up to the next binade
+// does), then saturating (inf saturates too). Below 2^emin, round(x 2^(m-emin)) 2^(emin-m) is
+// either +-2^emin (when |x| reaches the midpoint 2^emin - 2^(emin-m-1); the midpoint itself
+// goes up iff 2^m is even, i.e. m >= 1) or a value below 2^emin that is flushed to a zero of
+// x's sign. Non-negative floats order like their bit patterns. NaN stays NaN.
+QSIM_HD float minifloat_ne32(float x, const Spec& s) {
+  uint32_t b = f2u(x);
+  uint32_t a = b & 0x7fffffffu;
+  if (a > 0x7f800000u) return x * 1.0f;  // NaN (quieted, as the float64 path does)
+  uint32_t q;
+  if (a >= s.mf_minbits) {
+    if (s.mf_drop > 0u) {
+      // the last kept bit; with no mantissa bits (m = 0) it is the implicit leading 1
+      uint32_t lsb = s.mf_drop == 23u ? 1u : (a >> s.mf_drop) & 1u;
+      a += (1u << (s.mf_drop - 1u)) - 1u + lsb;
+      a &= ~((1u << s.mf_drop) - 1u);
+    }
+    q = a > s.mf_maxbits ? s.mf_maxbits : a;
+  } else {
+    q = (a > s.mf_tbits || (a == s.mf_tbits && s.mant > 0)) ? s.mf_minbits : 0u;
+  }
+  return u2f((b & 0x80000000u) | q);
 }
 
 // Power of two on the bit pattern: f = floor(log2|x|) from the exponent field (subnormals get
@@ -124,7 +166,8 @@ QSIM_HD float element(const Spec& s, const Chan& c, float x, uint64_t i) {
   double u = s.stochastic ? uniform(s.seed, s.run, i) : -1.0;
   switch (s.kind) {
     case kFixed: return s.stochastic ? fixed_sr(x, c, u) : fixed_ne(x, c);
-    case kMinifloat: return minifloat(x, s, u);
+    case kUFixed: return s.stochastic ? fixed_sr(x, c, u) : ufixed_ne(x, c);
+    case kMinifloat: return s.stochastic || !s.mf_fast ? minifloat(x, s, u) : minifloat_ne32(x, s);
     default: return pow2(x, c, s.thr, u);
   }
 }

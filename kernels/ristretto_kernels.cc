@@ -6,7 +6,10 @@
 // so a CPU-only session still finds a kernel. Built against the C API of onnxruntime 1.21
 // (ORT_API_VERSION 21); GetApi is checked, so older runtimes get an error instead of a crash.
 //
-// Attributes: format (string, required), rounding ("nearest_even" | "stochastic"), axis (int,
+// QuantizeSimChain (CPU only): several elementwise steps (formats, Relu, Add) in one pass over
+// the tensor; see ChainKernel. Only the project's sessions create it (runtime/kernel_chains.py).
+//
+// Attributes of QuantizeSim: format (string, required), rounding ("nearest_even" | "stochastic"), axis (int,
 // negative, per-channel formats), seed (int, stochastic rounding: the same seed gives the same
 // noise sequence run after run of a new session; without it the noise is seeded at random).
 #define ORT_API_MANUAL_INIT
@@ -15,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -45,8 +49,24 @@ QSIM_CLONES void loop_fixed_ne(const float* __restrict x, float* __restrict y, i
   for (int64_t i = 0; i < n; ++i) y[i] = qsim::fixed_ne(x[i], c);
 }
 
+QSIM_CLONES void loop_ufixed_ne(const float* __restrict x, float* __restrict y, int64_t n, Chan c) {
+  for (int64_t i = 0; i < n; ++i) y[i] = qsim::ufixed_ne(x[i], c);
+}
+
 QSIM_CLONES void loop_minifloat_ne(const float* __restrict x, float* __restrict y, int64_t n, Spec s) {
-  for (int64_t i = 0; i < n; ++i) y[i] = qsim::minifloat(x[i], s, -1.0);
+  if (s.mf_fast) {
+    for (int64_t i = 0; i < n; ++i) y[i] = qsim::minifloat_ne32(x[i], s);
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = qsim::minifloat(x[i], s, -1.0);
+  }
+}
+
+QSIM_CLONES void loop_relu(const float* __restrict x, float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] < 0.0f ? 0.0f : x[i];  // as onnxruntime: -0 and NaN pass
+}
+
+QSIM_CLONES void loop_add(const float* __restrict x, const float* __restrict r, float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] + r[i];
 }
 
 QSIM_CLONES void loop_pow2_ne(const float* __restrict x, float* __restrict y, int64_t n, Chan c, uint32_t thr) {
@@ -69,6 +89,8 @@ void quantize_range(const float* x, float* y, int64_t begin, int64_t end, const 
       loop_generic(x + i, y + i, i, n, s, ch);
     } else if (s.kind == qsim::kFixed) {
       loop_fixed_ne(x + i, y + i, n, ch);
+    } else if (s.kind == qsim::kUFixed) {
+      loop_ufixed_ne(x + i, y + i, n, ch);
     } else if (s.kind == qsim::kMinifloat) {
       loop_minifloat_ne(x + i, y + i, n, s);
     } else {
@@ -182,6 +204,162 @@ struct CpuOp : Ort::CustomOpBase<CpuOp, CpuKernel> {
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+
+// ---- QuantizeSimChain: elementwise steps fused into one pass (project sessions, CPU) ---------
+//
+// Attribute "steps": '|'-separated steps applied in order to each element of input 0: a scalar
+// QuantizeSim format (nearest even), "relu" (onnxruntime's Relu: x < 0 gives +0, -0 and NaN
+// pass), "add" (+ the element of input 1, which has input 0's shape: onnxruntime's Add without
+// broadcasting) or "tee" (the value so far is also written to output 1, for a second reader). Each step is the float32 function of the node it replaces, so the chain gives
+// the bits of those nodes run one after the other; runtime/kernel_chains.py builds the chains.
+
+constexpr const char* kChainOpName = "QuantizeSimChain";
+constexpr int64_t kTile = 2048;  // elements per step inside a block (stays in L1/L2)
+
+struct ChainStep {
+  int op;  // 0 quantize, 1 relu, 2 add, 3 tee
+  Spec spec;
+  Chan chan;
+};
+
+void apply_step(const ChainStep& st, const float* src, const float* r, float* dst, int64_t n) {
+  if (st.op == 1) { loop_relu(src, dst, n); return; }
+  if (st.op == 2) { loop_add(src, r, dst, n); return; }
+  switch (st.spec.kind) {
+    case qsim::kFixed: loop_fixed_ne(src, dst, n, st.chan); return;
+    case qsim::kUFixed: loop_ufixed_ne(src, dst, n, st.chan); return;
+    case qsim::kMinifloat: loop_minifloat_ne(src, dst, n, st.spec); return;
+    default: loop_pow2_ne(src, dst, n, st.chan, st.spec.thr); return;
+  }
+}
+
+struct ChainTask {
+  const float* x;
+  const float* r;
+  float* y;
+  float* tee;
+  int64_t n;
+  const std::vector<ChainStep>* steps;
+};
+
+void run_chain_block(void* data, size_t block) {
+  const ChainTask* t = static_cast<const ChainTask*>(data);
+  int64_t begin = static_cast<int64_t>(block) * kBlock;
+  int64_t end = begin + kBlock < t->n ? begin + kBlock : t->n;
+  alignas(64) float buf[2][kTile];
+  const std::vector<ChainStep>& steps = *t->steps;
+  size_t k = steps.size();
+  for (int64_t i = begin; i < end; i += kTile) {
+    int64_t n = end - i < kTile ? end - i : kTile;
+    const float* src = t->x + i;
+    int flip = 0;
+    for (size_t j = 0; j < k; ++j) {
+      if (steps[j].op == 3) {  // tee: never the last step (parse_steps)
+        std::memcpy(t->tee + i, src, static_cast<size_t>(n) * sizeof(float));
+        continue;
+      }
+      float* dst = j + 1 == k ? t->y + i : buf[flip];
+      flip ^= 1;
+      apply_step(steps[j], src, t->r == nullptr ? nullptr : t->r + i, dst, n);
+      src = dst;
+    }
+  }
+}
+
+std::vector<ChainStep> parse_steps(const std::string& text, bool* has_add, bool* has_tee) {
+  std::vector<ChainStep> steps;
+  *has_add = false;
+  *has_tee = false;
+  size_t start = 0;
+  while (true) {
+    size_t bar = text.find('|', start);
+    std::string item = text.substr(start, bar == std::string::npos ? std::string::npos : bar - start);
+    ChainStep st{};
+    if (item == "relu") {
+      st.op = 1;
+    } else if (item == "add") {
+      if (*has_add) throw std::invalid_argument("QuantizeSimChain: at most one 'add' step");
+      st.op = 2;
+      *has_add = true;
+    } else if (item == "tee") {
+      if (*has_tee) throw std::invalid_argument("QuantizeSimChain: at most one 'tee' step");
+      st.op = 3;
+      *has_tee = true;
+    } else {
+      qsim::Format f = qsim::parse_format(item, "nearest_even", false, 0);
+      st.op = 0;
+      st.spec = f.spec;
+      st.chan = f.chans[0];
+    }
+    steps.push_back(st);
+    if (bar == std::string::npos) break;
+    start = bar + 1;
+  }
+  if (steps.back().op == 3) throw std::invalid_argument("QuantizeSimChain: 'tee' cannot be the last step");
+  return steps;
+}
+
+struct ChainKernel {
+  std::vector<ChainStep> steps;
+  bool has_add = false;
+  bool has_tee = false;
+
+  explicit ChainKernel(const OrtKernelInfo* raw) {
+    Ort::ConstKernelInfo info(raw);
+    try {
+      steps = parse_steps(string_attr(info, "steps", nullptr), &has_add, &has_tee);
+    } catch (const std::exception& e) {
+      throw Ort::Exception(e.what(), ORT_INVALID_ARGUMENT);
+    }
+  }
+
+  void Compute(OrtKernelContext* raw) {
+    Ort::KernelContext ctx(raw);
+    Ort::ConstValue input = ctx.GetInput(0);
+    std::vector<int64_t> shape = input.GetTensorTypeAndShapeInfo().GetShape();
+    const float* r = nullptr;
+    if (has_add) {
+      Ort::ConstValue other = ctx.GetInputCount() > 1 ? ctx.GetInput(1) : Ort::ConstValue(nullptr);
+      if (!other || other.GetTensorTypeAndShapeInfo().GetShape() != shape)
+        throw Ort::Exception("QuantizeSimChain: 'add' needs a second input of the first one's shape",
+                             ORT_INVALID_ARGUMENT);
+      r = other.GetTensorData<float>();
+    }
+    Ort::UnownedValue output = ctx.GetOutput(0, shape);
+    float* tee = nullptr;
+    if (has_tee) {
+      if (ctx.GetOutputCount() < 2)
+        throw Ort::Exception("QuantizeSimChain: 'tee' needs a second output", ORT_INVALID_ARGUMENT);
+      tee = ctx.GetOutput(1, shape).GetTensorMutableData<float>();
+    }
+    int64_t n = static_cast<int64_t>(input.GetTensorTypeAndShapeInfo().GetElementCount());
+    if (n == 0) return;
+    ChainTask task{input.GetTensorData<float>(), r, output.GetTensorMutableData<float>(), tee, n, &steps};
+    size_t blocks = static_cast<size_t>((n + kBlock - 1) / kBlock);
+    if (blocks == 1) {
+      run_chain_block(&task, 0);
+    } else {
+      ctx.ParallelFor(run_chain_block, blocks, 0, &task);
+    }
+  }
+};
+
+struct ChainOp : Ort::CustomOpBase<ChainOp, ChainKernel> {
+  void* CreateKernel(const OrtApi& /*api*/, const OrtKernelInfo* info) const { return new ChainKernel(info); }
+  const char* GetName() const { return kChainOpName; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+};
+
 }  // namespace
 
 #ifdef RISTRETTO_WITH_CUDA
@@ -233,6 +411,7 @@ namespace {
 std::mutex g_mu;
 std::unique_ptr<Ort::CustomOpDomain> g_domain;  // lives as long as the library (sessions need it)
 CpuOp g_cpu_op;
+ChainOp g_chain_op;
 #ifdef RISTRETTO_WITH_CUDA
 CudaOp g_cuda_op;
 #endif
@@ -265,6 +444,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
     if (!g_domain) {
       g_domain = std::make_unique<Ort::CustomOpDomain>(kDomain);
       g_domain->Add(&g_cpu_op);
+      g_domain->Add(&g_chain_op);
 #ifdef RISTRETTO_WITH_CUDA
       g_domain->Add(&g_cuda_op);
 #endif

@@ -26,7 +26,7 @@ import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx import __version__
-from ristretto_onnx.context import PlanRunner, SearchContext, as_dataset, build_context, load_batches
+from ristretto_onnx.context import FloatRunner, PlanRunner, SearchContext, as_dataset, build_context, load_batches
 from ristretto_onnx.data.metadata import record as record_preprocess
 from ristretto_onnx.data.zoo_inputs import zoo_inputs
 from ristretto_onnx.errors import RistrettoError
@@ -90,7 +90,7 @@ def compress(
     t = time.perf_counter()
     for name in schemes:
         log(f"searching {name}")
-        search = BitSearch(scorer, opts.scheme_named(name), ranges, tolerance, min_bits=opts.min_bits,
+        search = BitSearch(scorer, opts.scheme_named(name, ctx.layer_weights), ranges, tolerance, min_bits=opts.min_bits,
                            max_bits=opts.max_bits, log=log)
         search.log = search_log(log, scorer, search, name)
         emit(log, ProgressEvent("search", f"searching {name}", name, scorer.plans_scored, scorer.evaluations))
@@ -121,10 +121,13 @@ def compress(
         else:
             final_session = create_session(final_model)
             run_final = lambda p, x: final_session.run(None, {input_name: x})[0]  # noqa: E731
+        run_float = ctx.run_float
+        if hasattr(run_float, "run_batch"):  # a cluster's FP32 side holds the evaluation batches, not these
+            run_float = FloatRunner(prepared.float_model, input_name)
         test_scorer = Scorer(load_batches(as_dataset(test, "test"), opts.batch_size), run_final,
-                             ctx.run_float, metric=opts.metric, metric_fn=metric_fn, screen_fraction=1.0)
-        if has_external(final_model) and hasattr(ctx.run_float, "release"):
-            ctx.run_float.release()
+                             run_float, metric=opts.metric, metric_fn=metric_fn, screen_fraction=1.0)
+        if has_external(final_model) and hasattr(run_float, "release"):
+            run_float.release()
         test_result = (test_scorer.baseline, test_scorer.score({}).value, test_scorer.n)
         seconds["test"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0

@@ -22,6 +22,7 @@ from onnx import ModelProto
 
 from ristretto_onnx.data import Dataset, load_dataset
 from ristretto_onnx.data.conform import conform
+from ristretto_onnx.data.shards import batch_indices
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.options import Backend, CompressOptions
@@ -79,21 +80,28 @@ class PlanRunner:
         return self.sim.run(x)
 
 
-def plan_scorer(prepared: Prepared, batches: Batches, *, metric: str = "top1", metric_fn: Callable | None = None,
-                early_reject: bool = True, threads: int | None = None, backend: Backend | None = None
-                ) -> tuple[Scorer, PlanRunner, Callable[[np.ndarray], np.ndarray]]:
-    """A scorer of plans on ``batches`` against the FP32 model, its runner and the FP32 runner."""
+def plan_scorer(prepared: Prepared, data: Dataset | Batches, *, batch_size: int = 256, metric: str = "top1",
+                metric_fn: Callable | None = None, early_reject: bool = True, threads: int | None = None,
+                backend: Backend | None = None) -> tuple[Scorer, PlanRunner, Callable[[np.ndarray], np.ndarray]]:
+    """A scorer of plans on ``data`` (a Dataset in batches of ``batch_size``, or the batches)
+    against the FP32 model, its runner and the FP32 runner."""
     input_name = model_input(prepared.float_model)
     if backend is not None and backend.kind == "ray":
         from ristretto_onnx.runtime.cluster import RayRunner
 
-        runner = RayRunner(prepared.annotated, prepared.float_model, [x for x, _ in batches],
+        runner = RayRunner(prepared.annotated, prepared.float_model,
+                           data if isinstance(data, Dataset) else [x for x, _ in data], batch_size=batch_size,
                            workers=backend.workers, address=backend.address,
                            gpus_per_worker=backend.gpus_per_worker, threads=threads)
         run_float = runner.float_runner()
+        # the actors hold the images: the scorer keeps the labels and each batch's size only
+        batches = data if not isinstance(data, Dataset) else \
+            [(np.empty((len(i), 0), np.float32), None if data.labels is None else data.labels[s:s + len(i)])
+             for s, i in zip(range(0, len(data), batch_size), batch_indices(data, batch_size))]
         scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
                         screen_fraction=0.25 if early_reject else 1.0)
         return scorer, runner, run_float
+    batches = load_batches(data, batch_size) if isinstance(data, Dataset) else data
     run_float = FloatRunner(prepared.float_model, input_name, threads)
     runner = PlanRunner(prepared, input_name, threads)
     scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
@@ -137,6 +145,8 @@ class SearchContext:
     runner: Any = None
     preprocess: Any = None  # the evaluation data's Preprocess, recorded in the written model
     label_offset: int = 0  # and its label offset (model class = label + offset)
+    #: ``--weight-granularity auto``: each layer's weights and input E[x^2] (granularity_rule).
+    layer_weights: Any = None
 
 
 def build_context(model, data, *, calib=None, options: CompressOptions | None = None,
@@ -161,14 +171,18 @@ def build_context(model, data, *, calib=None, options: CompressOptions | None = 
     emit(log, ProgressEvent("ranges", f"range analysis on {len(calib_ds)} calibration images"))
     ranges = measure_groups(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64),
                             unsigned=opts.unsigned and opts.scheme != "fixed")  # fixed: one signed format
+    layer_weights = None
+    if opts.weight_granularity == "auto":
+        from ristretto_onnx.granularity_rule import measure_layer_weights
+        layer_weights = measure_layer_weights(prepared.float_model, layers, calib_ds, batch_size=min(opts.batch_size, 64))
     seconds["ranges"] = time.perf_counter() - t
     log(f"ranges of {len(ranges)} groups in {len(layers)} layers from {len(calib_ds)} calibration images")
 
     t = time.perf_counter()
     emit(log, ProgressEvent("baseline", f"FP32 baseline on {len(ds)} images"))
-    scorer, runner, run_float = plan_scorer(prepared, load_batches(ds, opts.batch_size), metric=opts.metric,
+    scorer, runner, run_float = plan_scorer(prepared, ds, batch_size=opts.batch_size, metric=opts.metric,
                                             metric_fn=metric_fn, early_reject=opts.early_reject, backend=backend)
     seconds["baseline"] = time.perf_counter() - t
     log(f"baseline {opts.metric} {scorer.baseline:.4f} on {scorer.n} images")
     return SearchContext(prepared, tuple(layers), input_name, ranges, scorer, run_float, seconds, runner,
-                         preprocess=ds.preprocess, label_offset=ds.label_offset)
+                         preprocess=ds.preprocess, label_offset=ds.label_offset, layer_weights=layer_weights)

@@ -52,7 +52,7 @@ class CompressOptions:
     metric: str = "top1"
     calib_size: int = 500
     granularity: str = "group"  # or "layer"
-    weight_granularity: str = "tensor"  # or "channel"
+    weight_granularity: str = "tensor"  # or "channel", or "auto" (granularity_rule: per layer)
     range_rule: str = DEFAULT_RANGE_RULE  # dfp: mse, max (thesis eq. 5.2) or percentile:P
     min_bits: int | None = None
     max_bits: int | None = None
@@ -79,10 +79,16 @@ class CompressOptions:
         if self.min_bits is not None and self.max_bits is not None and self.min_bits > self.max_bits:
             raise RistrettoError("--min-bits must not exceed --max-bits")
 
-    def scheme_named(self, name: str) -> Scheme:
-        """One of the schemes this run searches (``auto``: each in turn)."""
-        return make_scheme(name, weight_granularity=self.weight_granularity if name in ("dfp", "pow2") else "tensor",
-                           exp_min=self.exp_min, exp_max=self.exp_max, range_rule=self.range_rule)
+    def scheme_named(self, name: str, layer_weights=None) -> Scheme:
+        """One of the schemes this run searches (``auto``: each in turn); with weight granularity
+        ``auto``, ``layer_weights`` (granularity_rule.measure_layer_weights) decide per layer."""
+        wg = self.weight_granularity if name in ("dfp", "pow2") else "tensor"
+        make = lambda g: make_scheme(name, weight_granularity=g, exp_min=self.exp_min,  # noqa: E731
+                                     exp_max=self.exp_max, range_rule=self.range_rule)
+        if wg != "auto":
+            return make(wg)
+        from ristretto_onnx.granularity_rule import LayerwiseGranularity
+        return LayerwiseGranularity.of(make("tensor"), make("channel"), layer_weights or {})
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,9 @@ class QuantizeOptions:
     channel_rule: str = "output"
     #: cross-layer equalization of Conv -> ReLU/ReLU6 -> Conv pairs first (passes.equalize).
     equalize: bool = False
+    #: dfp: fractional lengths moved while the network's output error falls (ristretto_onnx.refine).
+    refine: bool = False
+    refine_size: int = 256
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -140,7 +149,7 @@ class QuantizeOptions:
             raise RistrettoError(f"--bias-correction must be auto, on or off, not {self.bias_correction!r}")
         if self.channel_rule not in ("output", "range"):
             raise RistrettoError(f"--channel-rule must be output or range, not {self.channel_rule!r}")
-        _check_positive(self, ("calib_size", "score_size", "batch_size"))
+        _check_positive(self, ("calib_size", "score_size", "batch_size", "refine_size"))
 
     @property
     def weight_bits_(self) -> int | None:

@@ -31,7 +31,7 @@ from ristretto_onnx.data.metadata import record as record_preprocess
 from ristretto_onnx.data.zoo_inputs import is_zoo, zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
-from ristretto_onnx.options import QuantizeOptions
+from ristretto_onnx.options import Backend, QuantizeOptions
 from ristretto_onnx.passes.layers import Group
 from ristretto_onnx.moments import input_means
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
@@ -57,8 +57,11 @@ def uniform_plan(groups: list[Group], fmt: Format, *, quantize_bias: bool = Fals
 
 
 def quantize(source: str | os.PathLike | ModelProto | Prepared, options: QuantizeOptions,
-             calib=None, *, threads: int | None = None) -> QuantizeResult:
-    """The simulated model of ``source`` for ``options`` (``calib``: a Dataset, when needed)."""
+             calib=None, *, threads: int | None = None, backend: Backend | None = None) -> QuantizeResult:
+    """The simulated model of ``source`` for ``options`` (``calib``: a Dataset, when needed).
+
+    ``backend=Backend("ray", workers=N)`` scores a scheme's alternatives on Ray actors (same choice).
+    """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     if is_zoo(source):  # "zoo:NAME" as on the command line, with its calibration split
@@ -92,18 +95,35 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                                 threads=threads, unsigned=dfp and options.unsigned)
         seconds["calibrate" if calib_set is not None else "ranges"] = time.perf_counter() - t
         scheme = options.make_scheme()
+        by_output = options.refine and dfp and options.weight_granularity == "auto" and calib_set is not None
+        if options.weight_granularity == "auto" and options.scheme in ("dfp", "pow2") and not by_output:
+            scheme = _layerwise(scheme, options, prepared, layers, calib_set, threads)
         widths = options.widths(scheme)
         t = time.perf_counter()
-        variants, search, metric = _choose_variants(scheme, ranges, widths, prepared, calib_set, options, threads)
+        variants, search, metric = _choose_variants(scheme, ranges, widths, prepared, calib_set, options, threads,
+                                                    backend)
         if search:
             seconds["variant_search"] = time.perf_counter() - t
         plan = plan_for(scheme, ranges, widths, variants)
-        if dfp and options.round_once:
-            plan = round_once(plan, grid_sources(prepared.float_model, layers),
-                              concat_ties(prepared.float_model, layers))
+        ties = concat_ties(prepared.float_model, layers) if dfp else {}
+        sources = grid_sources(prepared.float_model, layers) if dfp and options.round_once else {}
+        tie = (lambda p: round_once(p, sources, ties)) if sources else dict  # noqa: E731
         if dfp and options.weight_granularity == "channel" and options.channel_rule == "output":
             plan = output_rule_plan(prepared.float_model, layers, plan, calib_set,
                                     batch_size=min(options.batch_size, 64), threads=threads)
+        if dfp and options.refine and calib_set is not None:
+            t = time.perf_counter()
+            alternatives = None
+            if by_output:  # per channel where it brings the network's output closer to FP32's
+                channel = plan_for(replace(options, weight_granularity="channel").make_scheme(), ranges, widths,
+                                   variants)
+                channel = output_rule_plan(prepared.float_model, layers, channel, calib_set,
+                                           batch_size=min(options.batch_size, 64), threads=threads)
+                alternatives = {g: f for g, f in channel.items() if f is not None and f.kind == "per-channel"}
+            plan = _refine(prepared, plan, [r.group for r in ranges], tie, ties, calib_set, options, threads,
+                           alternatives)
+            seconds["refine"] = time.perf_counter() - t
+        plan = tie(plan)
     t = time.perf_counter()
     model = simulate(prepared, plan, rounding=options.rounding)
     seconds["simulate"] = time.perf_counter() - t
@@ -117,6 +137,34 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
                           measured, search, metric, seconds, corrected)
+
+
+def _refine(prepared: Prepared, plan, groups, tie, ties, calib_set, options: QuantizeOptions, threads,
+            alternatives=None):
+    """ristretto_onnx.refine on ``options.refine_size`` calibration images."""
+    from ristretto_onnx.context import PlanRunner, model_input
+    from ristretto_onnx.refine import refine_plan
+    from ristretto_onnx.runtime.session import create_session
+
+    name = model_input(prepared.float_model)
+    batches = [np.ascontiguousarray(x, np.float32) for x, _ in
+               load_batches(calib_set.take(min(options.refine_size, len(calib_set))), options.batch_size)]
+    fp32 = create_session(prepared.float_model, threads=threads)
+    reference = [np.asarray(fp32.run(None, {name: x})[0], np.float64) for x in batches]
+    runner = PlanRunner(prepared, name, threads)
+    units = {m: members for members in ties.values() for m in members} if ties else None
+    refined, _ = refine_plan(plan, groups, runner, batches, reference, tie=tie, units=units,
+                             alternatives=alternatives)
+    return refined
+
+
+def _layerwise(scheme: Scheme, options: QuantizeOptions, prepared: Prepared, layers, calib_set, threads):
+    """``--weight-granularity auto``: per tensor or per channel layer by layer (granularity_rule)."""
+    from ristretto_onnx.granularity_rule import LayerwiseGranularity, measure_layer_weights
+
+    evidence = measure_layer_weights(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                                     threads=threads)
+    return LayerwiseGranularity.of(scheme, replace(options, weight_granularity="channel").make_scheme(), evidence)
 
 
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
@@ -161,7 +209,8 @@ def _outputs(model: ModelProto, batches, threads: int | None) -> np.ndarray:
 
 
 def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str, int | None],
-                     prepared: Prepared, calib_set, options: QuantizeOptions, threads: int | None):
+                     prepared: Prepared, calib_set, options: QuantizeOptions, threads: int | None,
+                     backend: Backend | None = None):
     """Each category's alternative at its width, among the candidates compress's search scores.
 
     A category with one alternative (dfp, pow2) needs no scoring; otherwise every alternative
@@ -171,7 +220,7 @@ def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str,
     """
     variants: dict[str, int | None] = {}
     scores: list[VariantScore] = []
-    scorer = None
+    scorer = runner = None
     for cat, bits in widths.items():
         groups = category_groups(ranges, cat)
         cands = scheme.variants(groups, bits) if groups and bits is not None else [None]
@@ -181,17 +230,21 @@ def _choose_variants(scheme: Scheme, ranges: list[GroupRange], widths: dict[str,
         if scorer is None:
             if calib_set is None:
                 raise RistrettoError(f"--scheme {scheme.name} needs calibration data to choose its splits")
-            batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
-            has_labels = all(y is not None for _, y in batches)
-            scorer, _, _ = plan_scorer(prepared, batches, metric="top1" if has_labels else "fidelity",
-                                       early_reject=False, threads=threads)
+            scored = calib_set.take(min(options.score_size, len(calib_set)))
+            scorer, runner, _ = plan_scorer(prepared, scored, batch_size=options.batch_size,
+                                            metric="fidelity" if scored.labels is None else "top1",
+                                            early_reject=False, threads=threads, backend=backend)
         tried = []
-        for v in cands:
-            s = scorer.score(plan_for(scheme, ranges, {cat: bits}, {cat: v}))
+        plans = [plan_for(scheme, ranges, {cat: bits}, {cat: v}) for v in cands]
+        scorer.ahead(plans)  # independent: scored concurrently on a cluster
+        for v, plan in zip(cands, plans):
+            s = scorer.score(plan)
             tried.append(VariantScore(cat, bits, v, scheme.describe(v), s.value, s.n))
         best = _first_within_noise([t.value for t in tried], scorer.n)
         variants[cat] = cands[best]
         scores += [replace(s, chosen=i == best) for i, s in enumerate(tried)]
+    if hasattr(runner, "close"):  # a cluster's actors
+        runner.close()
     return variants, tuple(scores), None if scorer is None else scorer.metric
 
 

@@ -41,7 +41,8 @@ DEFAULT_RANGE_RULE = "mse"
 #: The thesis's power-of-two window (ch. 7, 4 bits: sign and 3-bit exponent code).
 DEFAULT_POW2 = Pow2(-8, -1)
 
-WEIGHT_GRANULARITIES = ("tensor", "channel")
+#: ``auto``: per tensor or per channel layer by layer (ristretto_onnx.granularity_rule).
+WEIGHT_GRANULARITIES = ("tensor", "channel", "auto")
 
 
 def check_scheme(scheme: str | None, *, weight_granularity: str = "tensor",
@@ -54,8 +55,8 @@ def check_scheme(scheme: str | None, *, weight_granularity: str = "tensor",
     if scheme is not None and scheme not in SCHEMES + ("auto",):
         raise RistrettoError(f"unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)} (compress: or auto)")
     if weight_granularity not in WEIGHT_GRANULARITIES:
-        raise RistrettoError(f"--weight-granularity must be tensor or channel, not {weight_granularity!r}")
-    if weight_granularity == "channel" and (forced_format or scheme in ("fixed", "minifloat")):
+        raise RistrettoError(f"--weight-granularity must be tensor, channel or auto, not {weight_granularity!r}")
+    if weight_granularity != "tensor" and (forced_format or scheme in ("fixed", "minifloat")):
         what = "--format" if forced_format else f"--scheme {scheme}"
         why = " (minifloat has no per-channel form)" if scheme == "minifloat" and not forced_format else ""
         raise RistrettoError(f"per-channel weights need --scheme dfp or pow2 (compress: or auto); "
@@ -243,7 +244,7 @@ def make_scheme(name: str, *, weight_granularity: str = "tensor", exp_min: int |
     """The scheme ``name`` with its options (``exp_min``/``exp_max``: a fixed pow2 window)."""
     check_scheme(name, weight_granularity=weight_granularity,
                  range_rule=range_rule if name == "dfp" else DEFAULT_RANGE_RULE)
-    per_channel = weight_granularity == "channel"
+    per_channel = weight_granularity == "channel"  # auto: the per-tensor scheme, granularity_rule wraps it
     if name == "dfp":
         return DynamicFixedPoint(per_channel=per_channel, range_rule=range_rule)
     if name == "fixed":

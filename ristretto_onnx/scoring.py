@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -249,6 +249,18 @@ class Scorer:
         if score.screen_value is None or self.metric_fn is not None:
             return self.paired_drop(score)
         return float(self._baseline_prefix[self.n_screen] / self.n_screen - score.screen_value)
+
+    def ahead(self, plans: Sequence[Mapping]) -> None:
+        """The next plans asked for, independent of each other's verdicts: a cluster runner
+        (:meth:`~ristretto_onnx.runtime.cluster.RayRunner.ahead`) scores their first batches
+        concurrently. Verdicts, counts and their order are unchanged: each plan is still
+        consumed batch by batch when it is asked for; work fetched ahead and not needed is
+        never counted. Only plans not scored yet are announced: a new plan always needs its
+        first batch, while a resumed one may be settled without another. A no-op for the
+        local runner."""
+        hint = getattr(self.run_plan, "ahead", None)
+        if hint is not None:
+            hint([(plan, 0) for plan in plans if plan_key(plan) not in self._progress], self.screen_batches)
 
     def decide(self, plan: Mapping, tolerance: float, *, provisional: bool = False) -> Decision:
         """Does ``plan`` keep the drop within ``tolerance`` (absolute) on the full set?

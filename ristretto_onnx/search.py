@@ -123,6 +123,12 @@ class BitSearch:
                      f"{'  (screened out)' if s.screened_out else ''}{state}")
         return d.ok, s
 
+    def _announce(self, plans: list) -> None:
+        """Independent plans asked for next (:meth:`Scorer.ahead`: scored concurrently on a cluster)."""
+        ahead = getattr(self.scorer, "ahead", None)
+        if ahead is not None:
+            ahead(plans)
+
     def _sensitivity(self, s: Score) -> float:
         return self.scorer.screen_drop(s)
 
@@ -135,7 +141,9 @@ class BitSearch:
         """The category alone at ``bits``: provisionally, each variant, the best on the screen."""
         groups = category_groups(self.ranges, category)
         best: tuple[bool, Score, int | None] | None = None
-        for v in self.scheme.variants(groups, bits):
+        variants = self.scheme.variants(groups, bits)
+        self._announce([self._plan(self._category_bits(category, bits), {category: v}) for v in variants])
+        for v in variants:
             ok, s = self._try("category", f"{category} {self.scheme.describe(v)}".strip(), bits,
                               self._category_bits(category, bits), {category: v}, provisional=True)
             if best is None or (ok, -self._sensitivity(s)) > (best[0], -self._sensitivity(best[1])):
@@ -204,7 +212,9 @@ class BitSearch:
                 group_bits.update(self._category_bits(c.category, c.bits))
         variants = {c.category: c.variant for c in choices.values()}
         weights = [r for r in self.ranges if r.role == "weights" and group_bits.get(r.group)]
-        # sensitivity: drop when only this layer's weights lose one bit
+        # sensitivity: drop when only this layer's weights lose one bit (independent plans)
+        self._announce([self._plan(dict(group_bits, **{r.group: group_bits[r.group] - 1}), variants)
+                        for r in weights if group_bits[r.group] > self.min_bits])
         costs = []
         for r in weights:
             b = group_bits[r.group]

@@ -8,7 +8,15 @@ order (its sequential decisions are unchanged); the runner keeps the next N batc
 current plan in flight ahead of it. Work done ahead of a decision that stops early is wasted,
 never counted: the report's evaluations, plans and decisions are the local backend's.
 Scoring a plan sends the *plan* (a few hundred bytes of format strings), never the model: the
-model and each shard travel once, when the actors start, through Ray's object store.
+model travels once, when the actors start, through Ray's object store. The images do not pass
+through the driver when the data comes from files: each actor gets a
+:class:`~ristretto_onnx.data.shards.ShardSource` (path, its batches' indices, the preprocessing)
+and reads its shard itself; only data held in memory (arrays given to the Python API) is
+preprocessed by the driver and shipped.
+
+Independent plans (a width's variants, the per-layer sensitivities of the search) are announced
+with :meth:`RayRunner.ahead`: their first batches go into the actors' queues at once, so the
+cluster works on all of them while the scorer still takes one plan at a time, in the local order.
 
 Outputs come back per batch and in order, so the scorer sees exactly the arrays the local
 backend would compute (each actor runs the same onnxruntime graph on the same batches), and
@@ -31,6 +39,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from onnx import ModelProto
 
+from ristretto_onnx.data.shards import batch_indices, read_batches, shard_source
 from ristretto_onnx.errors import RistrettoError
 
 #: How often a shard's work is retried on a fresh actor before the run fails.
@@ -69,33 +78,46 @@ def deal(n_batches: int, workers: int) -> list[list[int]]:
 
 
 class _ShardWorker:
-    """Body of the Ray actor: a Simulator, the FP32 session and one shard of batches."""
+    """Body of the Ray actor: a Simulator (when plans are scored), the model run as is, and one
+    shard of batches (shipped arrays, or a :class:`~ristretto_onnx.data.shards.ShardSource` read here)."""
 
-    def __init__(self, model_bytes: bytes, float_bytes: bytes, batches: dict, threads: int, providers) -> None:
+    def __init__(self, model_bytes: bytes | None, float_bytes: bytes, shard, threads: int, providers) -> None:
+        from ristretto_onnx.ops import is_quantize_sim
         from ristretto_onnx.runtime.session import create_session
         from ristretto_onnx.runtime.simulator import Simulator
 
-        model = ModelProto()
-        model.ParseFromString(model_bytes)
-        self.sim = Simulator(model, threads=threads, providers=providers)
-        self.float_session = create_session(float_bytes_model(float_bytes), blocked_layout=True,
-                                            threads=threads, providers=providers)
-        self.input = self.float_session.get_inputs()[0].name
-        self.batches = batches
+        self.sim = None
+        if model_bytes is not None:
+            self.sim = Simulator(float_bytes_model(model_bytes), threads=threads, providers=providers)
+        # the FP32 model (or, for eval, the model given), run as evaluate.runner_for runs it locally
+        model = float_bytes_model(float_bytes)
+        if any(is_quantize_sim(n) for n in model.graph.node):
+            self.run_model = Simulator(model, threads=threads, providers=providers).run
+        else:
+            session = create_session(model, providers=providers, threads=threads, blocked_layout=True)
+            name = session.get_inputs()[0].name
+            self.run_model = lambda x: session.run(None, {name: x})[0]
+        self.error: str | None = None  # a shard this actor cannot read: reported by run(), not retried
+        try:
+            self.batches = shard if isinstance(shard, dict) else shard.read()
+        except RistrettoError as e:
+            self.error, self.batches = str(e), {}
         self._key: str | None = None
 
     def run(self, plan_json: str | None, k: int) -> np.ndarray:
-        """Output of batch ``k`` under the plan; ``None``: the FP32 model."""
+        """Output of batch ``k`` under the plan; ``None``: the model as given (FP32 for a search)."""
+        if self.error is not None:
+            raise RistrettoError(self.error)
         x = self.batches[k]
         if plan_json is None:
-            return np.asarray(self.float_session.run(None, {self.input: x})[0])
+            return np.asarray(self.run_model(x))
         if plan_json != self._key:
             self.sim.set_formats(json.loads(plan_json), replace=True)
             self._key = plan_json
         return np.asarray(self.sim.run(x))
 
     def sessions_built(self) -> int:
-        return self.sim.sessions_built
+        return 0 if self.sim is None else self.sim.sessions_built
 
 
 def float_bytes_model(data: bytes) -> ModelProto:
@@ -107,31 +129,49 @@ def float_bytes_model(data: bytes) -> ModelProto:
 class RayRunner:
     """Plan runner for :class:`~ristretto_onnx.scoring.Scorer` on Ray actors (module docstring).
 
-    ``run_batch(plan, k)`` is the output of batch ``k`` under ``plan`` (``None``: FP32);
+    ``run_batch(plan, k)`` is the output of batch ``k`` under ``plan`` (``None``: ``float_model``);
     :meth:`float_runner` gives the FP32 side. Both prefetch the next ``workers`` batches.
+    ``data``: a :class:`~ristretto_onnx.data.Dataset` cut into batches of ``batch_size`` (actors
+    read file-backed data themselves), or the preprocessed input of each batch (shipped).
+    ``annotated=None``: no plans, only ``float_model`` (``eval``).
     """
 
-    def __init__(self, annotated: ModelProto, float_model: ModelProto, batches: Sequence[np.ndarray], *,
+    def __init__(self, annotated: ModelProto | None, float_model: ModelProto, data, *, batch_size: int = 256,
                  workers: int = 2, address: str | None = None, gpus_per_worker: float = 0.0,
                  threads: int | None = None) -> None:
+        from ristretto_onnx.data import Dataset
+
         if workers < 1:
             raise RistrettoError(f"--workers must be at least 1, got {workers}")
         self.ray = connect(address, workers=workers)
-        self.n = len(batches)
+        cut = batch_indices(data, batch_size) if isinstance(data, Dataset) else None
+        self.n = len(cut) if cut is not None else len(data)
         self.shards = deal(self.n, workers)
         self.owner = {k: i for i, ks in enumerate(self.shards) for k in ks}
         self.gpus = gpus_per_worker
         cpus = int(self.ray.cluster_resources().get("CPU", workers))
         self.threads = threads or max(1, cpus // len(self.shards))
         self.providers = None if gpus_per_worker else ["CPUExecutionProvider"]
-        self._model_ref = self.ray.put(annotated.SerializeToString())
+        self._model_ref = None if annotated is None else self.ray.put(annotated.SerializeToString())
         self._float_ref = self.ray.put(float_model.SerializeToString())
-        self._shard_refs = [self.ray.put({k: np.ascontiguousarray(batches[k]) for k in ks}) for ks in self.shards]
+        self.read_by_actors = False  # whether the actors read their shards from the data source
+        self._shard_refs = [self.ray.put(self._shard(data, cut, ks)) for ks in self.shards]
         self._actor_cls = self.ray.remote(_ShardWorker)
         self.actors = [self._start(i) for i in range(len(self.shards))]
         self.restarts = 0
         self._pending: dict[tuple[str | None, int], object] = {}
         self._current: object = ()
+        self._ahead: list[str | None] = []
+
+    def _shard(self, data, cut, ks: list[int]):
+        """What an actor gets for batches ``ks``: a source it reads itself, else the arrays."""
+        if cut is None:
+            return {k: np.ascontiguousarray(data[k]) for k in ks}
+        source = shard_source(data, {k: cut[k] for k in ks})
+        if source is not None:
+            self.read_by_actors = True
+            return source
+        return read_batches(data, {k: cut[k] for k in ks})  # in memory only: the driver preprocesses
 
     @property
     def workers(self) -> int:
@@ -147,16 +187,32 @@ class RayRunner:
     def _submit(self, key: str | None, k: int):
         return self.actors[self.owner[k]].run.remote(key, k)
 
-    def run_batch(self, plan: Mapping | None, k: int) -> np.ndarray:
+    @staticmethod
+    def _key(plan: Mapping | None) -> str | None:
         from ristretto_onnx.passes.plan import plan_to_dict
 
-        key = None if plan is None else json.dumps(plan_to_dict(plan), sort_keys=True)
-        if key != self._current:  # a new plan: what was fetched ahead for another one is dropped
-            self._pending = {pk: ref for pk, ref in self._pending.items() if pk[0] == key}
-            self._current = key
-        for j in range(k, min(k + self.workers, self.n)):
+        return None if plan is None else json.dumps(plan_to_dict(plan), sort_keys=True)
+
+    def _fetch(self, key: str | None, start: int, stop: int) -> None:
+        for j in range(start, min(stop, self.n)):
             if (key, j) not in self._pending:
                 self._pending[(key, j)] = self._submit(key, j)
+
+    def ahead(self, plans: Sequence[tuple[Mapping, int]], depth: int) -> None:
+        """The scorer will next ask for these plans, in this order, each from its batch ``start``:
+        put their first batches (up to ``depth``, at most one round of the actors) in flight now."""
+        self._ahead = [self._key(plan) for plan, _ in plans]
+        for (plan, start), key in zip(plans, self._ahead):
+            self._fetch(key, start, min(start + self.workers, depth) if start < depth else start + self.workers)
+
+    def run_batch(self, plan: Mapping | None, k: int) -> np.ndarray:
+        key = self._key(plan)
+        if key != self._current:  # a new plan: work fetched ahead for plans not coming is dropped
+            self._ahead = self._ahead[self._ahead.index(key) + 1:] if key in self._ahead else []
+            keep = {key, *self._ahead}
+            self._pending = {pk: ref for pk, ref in self._pending.items() if pk[0] in keep}
+            self._current = key
+        self._fetch(key, k, k + self.workers)
         return self._get(key, k, self._pending.pop((key, k)))
 
     def __call__(self, plan: Mapping, x: np.ndarray) -> np.ndarray:  # pragma: no cover - scorer uses run_batch
@@ -181,6 +237,10 @@ class RayRunner:
                     if self.owner[pk[1]] == shard:
                         self._pending[pk] = self._submit(*pk)
                 ref = self._submit(key, k)
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, RistrettoError):  # e.g. a worker cannot read its shard
+                    raise RistrettoError(str(e.cause)) from None
+                raise RistrettoError(f"the Ray cluster failed: {' '.join(str(e).split())[:200]}") from None
             except ray.exceptions.RayError as e:
                 raise RistrettoError(f"the Ray cluster failed: {' '.join(str(e).split())[:200]}") from None
         raise RistrettoError(f"batch {k} failed on {MAX_RETRIES + 1} actors in a row; giving up")
@@ -192,7 +252,10 @@ class RayRunner:
 
     def close(self) -> None:
         for a in self.actors:
-            self.ray.kill(a)
+            try:
+                self.ray.kill(a)
+            except Exception:  # noqa: BLE001 - a lost cluster: nothing left to stop
+                pass
         self.actors = []
 
 

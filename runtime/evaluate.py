@@ -98,7 +98,7 @@ def runner_for(model, *, providers=None, threads=None) -> Runner:
 
 
 def baseline(model: ModelProto | str | os.PathLike, dataset, *, batch_size: int = 256,
-             progress: bool | None = None) -> Baseline:
+             progress: bool | None = None, backend=None) -> Baseline:
     """The FP32 baseline of ``model`` on ``dataset``, from the memo when already computed."""
     key, hit = recall(model, dataset)
     if hit is not None:
@@ -106,14 +106,14 @@ def baseline(model: ModelProto | str | os.PathLike, dataset, *, batch_size: int 
     labels = getattr(dataset, "labels", None)
     metrics = ("top1", "top5") if labels is not None else ()
     result = evaluate(model, dataset, metrics, batch_size=batch_size, progress=progress,
-                      keep_predictions=True, _description="FP32 baseline")
+                      keep_predictions=True, backend=backend, _description="FP32 baseline")
     entry = Baseline(result.predictions, result.n, result.metrics.get("top1"), result.metrics.get("top5"),
                      result.images_per_s)
     remember(key, entry, dataset)
     return entry
 
 
-def _reference_predictions(reference, model, dataset, batch_size: int, progress) -> np.ndarray:
+def _reference_predictions(reference, model, dataset, batch_size: int, progress, backend=None) -> np.ndarray:
     if reference is None:
         proto = model.source if isinstance(model, Simulator) else _model_of(model)
         named = None
@@ -125,7 +125,7 @@ def _reference_predictions(reference, model, dataset, batch_size: int, progress)
     if isinstance(reference, np.ndarray):
         preds = reference
     else:
-        preds = baseline(reference, dataset, batch_size=batch_size, progress=progress).predictions
+        preds = baseline(reference, dataset, batch_size=batch_size, progress=progress, backend=backend).predictions
     if len(preds) != len(dataset):
         raise RistrettoError(f"the reference has {len(preds)} predictions for {len(dataset)} images")
     return preds
@@ -142,6 +142,7 @@ def evaluate(
     keep_predictions: bool = False,
     providers=None,
     threads=None,
+    backend=None,
     _description: str = "evaluating",
 ) -> EvalResult:
     """Score ``model`` on ``dataset`` with each of ``metrics``.
@@ -151,7 +152,9 @@ def evaluate(
     ``dataset``: a :class:`~ristretto_onnx.data.Dataset` or anything
     :func:`~ristretto_onnx.data.load_dataset` accepts. ``metrics``: ``top1``, ``top5``,
     ``fidelity`` (needs ``reference``: the FP32 model, or its top-1 predictions) or
-    ``module:function``. ``progress``: ``None`` shows a bar on a terminal only.
+    ``module:function``. ``progress``: ``None`` shows a bar on a terminal only. ``backend``: an
+    :class:`~ristretto_onnx.options.Backend`; ``ray`` runs the batches on Ray actors that read
+    their shards themselves (:mod:`ristretto_onnx.runtime.cluster`), with the same metrics.
     """
     from ristretto_onnx.data import Dataset, load_dataset
     from ristretto_onnx.data.metadata import dataset_for
@@ -170,18 +173,18 @@ def evaluate(
         raise RistrettoError(f"metric {names} needs labels; {dataset.name} has none (use --metric fidelity)")
     ref = None
     if any(a.needs_reference for a in accs):
-        ref = _reference_predictions(reference, model, dataset, batch_size, progress)
-    run = runner_for(model, providers=providers, threads=threads)
+        ref = _reference_predictions(reference, model, dataset, batch_size, progress, backend)
+    cluster = backend is not None and backend.kind == "ray"
+    stream = _on_cluster(model, dataset, batch_size, backend, threads) if cluster else \
+        _locally(runner_for(model, providers=providers, threads=threads), dataset, batch_size)
 
     preds: list[np.ndarray] = []
     t_start = time.perf_counter()
     infer = 0.0
     seen = 0
     with Progress(len(dataset), _description, show=progress) as bar:
-        for x, y in dataset.batches(batch_size):
-            t0 = time.perf_counter()
-            out = np.asarray(run(x))
-            infer += time.perf_counter() - t0
+        for x, y, out, dt in stream:
+            infer += dt
             if out.shape[0] != len(x):
                 raise RistrettoError(f"the model returned {out.shape[0]} rows for a batch of {len(x)}")
             scores = out.reshape(len(out), -1)
@@ -196,3 +199,33 @@ def evaluate(
     return EvalResult(values, seen, seen / infer if infer > 0 else float("inf"),
                       time.perf_counter() - t_start,
                       np.concatenate(preds) if keep_predictions else None)
+
+
+def _locally(run: Runner, dataset, batch_size: int):
+    """``(x, y, outputs, seconds)`` per batch, run in this process."""
+    for x, y in dataset.batches(batch_size):
+        t0 = time.perf_counter()
+        out = np.asarray(run(x))
+        yield x, y, out, time.perf_counter() - t0
+
+
+def _on_cluster(model, dataset, batch_size: int, backend, threads):
+    """The same per batch from Ray actors holding the shards (``x``: a placeholder of the batch's size)."""
+    from ristretto_onnx.runtime.cluster import RayRunner
+
+    proto = _model_of(model)
+    if proto is None:
+        raise RistrettoError("the ray backend evaluates ONNX models (a path or a ModelProto), not "
+                             f"a {type(model).__name__}")
+    runner = RayRunner(None, proto, dataset, batch_size=batch_size, workers=backend.workers,
+                       address=backend.address, gpus_per_worker=backend.gpus_per_worker, threads=threads)
+    labels = dataset.labels
+    try:
+        for k, start in enumerate(range(0, len(dataset), batch_size)):
+            t0 = time.perf_counter()
+            out = np.asarray(runner.run_batch(None, k))
+            n = min(batch_size, len(dataset) - start)
+            yield (np.empty((n, 0), np.float32), None if labels is None else labels[start:start + n], out,
+                   time.perf_counter() - t0)
+    finally:
+        runner.close()

@@ -18,6 +18,8 @@ keeps scalar-format QuantizeSim kernels in the blocked layout. Measured on ResNe
 CPU; the Simulator's own exact lowering of fixed point (QuantizeLinear/DequantizeLinear or
 Mul/Clip/Round/Mul, :mod:`ristretto_onnx.runtime.lowering`) is kept, and the kernel runs what it
 leaves as QuantizeSim nodes (minifloat, power-of-two, per-channel, stochastic rounding).
+On the CPU, :func:`prepare` also fuses runs of quantizers, ReLU and residual Add into one
+``QuantizeSimChain`` pass (:mod:`ristretto_onnx.runtime.kernel_chains`).
 
 Every transformation is exact, so results do not depend on whether the library is present: a
 session without it runs the function bodies, which equal the same numpy reference bit for bit.
@@ -160,8 +162,8 @@ def route(model: ModelProto) -> ModelProto | None:
     return out
 
 
-#: Format kinds the kernel library does not implement yet (their function bodies run instead).
-UNSUPPORTED_KINDS = frozenset({"ufixed"})
+#: Format kinds the kernel library does not implement (their function bodies run instead).
+UNSUPPORTED_KINDS: frozenset[str] = frozenset()
 
 
 def kernel_supports(model: ModelProto) -> bool:
@@ -225,6 +227,10 @@ def prepare(source: str | bytes, options: ort.SessionOptions, providers: list[st
             out = onnx.shape_inference.infer_shapes(out, strict_mode=False)
         except Exception:  # noqa: BLE001 - no shapes only costs speed and ulp-level equality
             pass
+        if not on_cuda:  # runs of quantizers, ReLU and residual Add in one pass (kernel_chains)
+            from ristretto_onnx.runtime.kernel_chains import fuse_chains
+
+            out = fuse_chains(out) or out
     if not used and routed is None:
         return source, used
     try:

@@ -31,7 +31,8 @@ CUDA_LIBRARY = "libristretto_kernels_cuda.so"
 CUDA_TEST = "qsim_cuda_test"
 HEADER = "onnxruntime_cxx_api.h"
 TRIXIE = "deb [trusted=yes] http://deb.debian.org/debian trixie main"
-CXXFLAGS = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math"]
+CXXFLAGS = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math",
+            "-ffp-contract=off"]
 
 
 def build_dir() -> Path:

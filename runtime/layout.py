@@ -46,8 +46,8 @@ Shape = tuple
 
 
 def _elementwise(node: NodeProto) -> bool:
-    """Standard elementwise ops, and QuantizeSim kernels of scalar formats (0 stays 0)."""
-    if node.domain == "ai.ristretto" and node.op_type == "QuantizeSim":
+    """Standard elementwise ops, and QuantizeSim kernels (and chains) of scalar formats (0 stays 0)."""
+    if node.domain == "ai.ristretto" and node.op_type in ("QuantizeSim", "QuantizeSimChain"):
         return not any(a.name == "axis" for a in node.attribute)
     return node.domain in ("", "ai.onnx") and node.op_type in ELEMENTWISE
 
@@ -136,7 +136,7 @@ def keep_blocked_layout(model: ModelProto, shapes: dict[str, Shape] | None = Non
         if _elementwise(node) and node.input and not subgraph_inputs(node):
             data = [i for i in node.input if i and i not in scalars]
             keys = {blocked[d][2] for d in data if d in blocked}
-            if data and all(d in blocked for d in data) and len(keys) == 1 and len(node.output) == 1:
+            if data and all(d in blocked for d in data) and len(keys) == 1 and all(node.output):
                 src_attrs = blocked[data[0]][1]
                 key = next(iter(keys))
                 new = NodeProto()
@@ -144,8 +144,9 @@ def keep_blocked_layout(model: ModelProto, shapes: dict[str, Shape] | None = Non
                 for k, name in enumerate(new.input):
                     if name in blocked:
                         new.input[k] = blocked[name][0]
-                new.output[0] = f"{node.output[0]}__nchwc"
-                blocked[node.output[0]] = (new.output[0], src_attrs, shapes.get(node.output[0], key))
+                for k, name in enumerate(node.output):  # a chain's second output has the same shape
+                    new.output[k] = f"{name}__nchwc"
+                    blocked[name] = (new.output[k], src_attrs, shapes.get(name, key))
                 nodes.append(new)
                 moved += 1
                 continue

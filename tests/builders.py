@@ -274,3 +274,23 @@ def sample_input(m: onnx.ModelProto, batch: int = 2, seed: int = 10, scale: floa
     inp = next(i for i in m.graph.input if i.name == "x")
     dims = [d.dim_value if d.HasField("dim_value") else batch for d in inp.type.tensor_type.shape.dim]
     return (rng(seed).standard_normal(dims) * scale).astype(np.float32)
+
+
+def depthwise_pointwise(channels: int = 8, seed: int = 3) -> onnx.ModelProto:
+    """x -> depthwise Conv 3x3 (channel ranges 1 .. 2^-9) -> Relu -> pointwise Conv 1x1 -> y.
+
+    The depthwise weights need one fractional length per channel (with one per layer the small
+    channels round to zero); every pointwise weight is +-0.5 or +-0.25 (its channels alike, exact
+    on any dfp grid of 3 bits or more), so per channel buys it nothing.
+    """
+    r = rng(seed)
+    c = np.arange(channels, dtype=np.float64)
+    scales = (2.0 ** -c * 0.75 ** (c % 3))[:, None, None, None]
+    wd = (r.standard_normal((channels, 1, 3, 3)) * scales).astype(np.float32)
+    wp = (r.choice([-0.5, -0.25, 0.25, 0.5], size=(channels, channels, 1, 1))).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "wd"], ["d"], name="dw", group=channels, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "wp"], ["y"], name="pw"),
+    ]
+    return model(nodes, [init("wd", wd), init("wp", wp)], x_shape=("N", channels, 8, 8))

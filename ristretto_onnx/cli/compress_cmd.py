@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
+from ristretto_onnx.cli.backend_options import BackendOption, RayAddressOption, WorkersOption, backend_from_flags
 from ristretto_onnx.cli.calib_options import (
     CalibSizeOption, LabelOffsetOption, check_flags, open_split, preprocessing_options,
     split_patterns,
@@ -14,7 +15,6 @@ from ristretto_onnx.cli.calib_options import (
 from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.cli.progress import Reporter
 from ristretto_onnx.compress import CompressOptions, compress
-from ristretto_onnx.options import Backend
 from ristretto_onnx.errors import UsageError
 from ristretto_onnx.events import ProgressEvent, emit
 from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
@@ -40,8 +40,9 @@ def compress_command(
     metric: str = typer.Option("top1", help="top1, top5, fidelity (agreement with FP32), or module:function."),
     granularity: str = typer.Option("group", help="group (thesis: conv weights, fc weights, activations) "
                                                   "or layer (a width per layer's weights)."),
-    weight_granularity: str = typer.Option("tensor", help="tensor (thesis) or channel (one scale per output "
-                                                          "channel; dfp and pow2)."),
+    weight_granularity: str = typer.Option("tensor", help="tensor (thesis), channel (one scale per output "
+                                                          "channel; dfp and pow2) or auto (per channel for the "
+                                                          "layers where it lowers the output error)."),
     range_rule: str = typer.Option(DEFAULT_RANGE_RULE, help="dfp fractional lengths: mse (least squared error on the "
                                                "calibration histogram), max (thesis eq. 5.2, no saturation) "
                                                "or percentile:P (e.g. percentile:99.99)."),
@@ -66,11 +67,9 @@ def compress_command(
                                                               "for zoo models: their training split)."),
     epochs: int = typer.Option(3, "--epochs", help="--finetune: epochs per fine-tuned plan."),
     lr: float = typer.Option(1e-4, "--lr", help="--finetune: learning rate (Adam)."),
-    backend: str = typer.Option("local", "--backend", help="local (this process) or ray (data shards on Ray "
-                                                           "actors; same result; needs ristretto-onnx[ray])."),
-    ray_address: str = typer.Option(None, "--ray-address", help="--backend ray: the cluster (default: start "
-                                                                "a local one)."),
-    workers: int = typer.Option(2, "--workers", help="--backend ray: actors, each with a shard of the data."),
+    backend: BackendOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
     label_offset: LabelOffsetOption = None,
     flags: dict = None,
 ) -> None:
@@ -100,16 +99,16 @@ def compress_command(
             fold_bn=not no_fold_bn, layers=split_patterns(layers), exclude=split_patterns(exclude),
             early_reject=not no_early_reject,
         )
-        where = Backend(backend, ray_address, workers)
-        if where.kind == "ray" and finetune:
+        if backend == "ray" and finetune:
             raise UsageError("--finetune runs locally; use --backend local with --finetune")
         check_flags(**flags)
         check_rule(range_rule)
-        if weight_granularity not in ("tensor", "channel"):
-            raise UsageError(f"--weight-granularity must be tensor or channel, not {weight_granularity!r}")
+        if weight_granularity not in ("tensor", "channel", "auto"):
+            raise UsageError(f"--weight-granularity must be tensor, channel or auto, not {weight_granularity!r}")
         for name, value in (("--batch-size", batch_size), ("--min-bits", min_bits), ("--max-bits", max_bits)):
             if value is not None and value < (1 if name == "--batch-size" else 2):
                 raise UsageError(f"{name} is too small: {value}")
+    where = backend_from_flags(backend, ray_address, workers)
     model_path = zoo.resolve_model(model_spec)
     check_outputs([out_path, report_path], [model_path, data, calib, test], force=force)
     flags_and_labels = dict(flags, label_offset=label_offset)
@@ -126,10 +125,6 @@ def compress_command(
             result = run_from_cli(str(model_path), dataset, open_split(train_data, model_spec, "train", **flags_and_labels),
                                   epochs, lr, calib=calib_set, test=test_set, log=log, options=options)
         else:
-            if where.kind == "ray":
-                from ristretto_onnx.runtime.cluster import import_ray
-
-                import_ray()  # a one-line error saying how to install it, before any work
             result = compress(str(model_path), dataset, calib=calib_set, test=test_set, log=log,
                               metric_fn=metric_fn, options=options, backend=where)
         emit(log, ProgressEvent("write", f"writing {out_path} and {report_path}"))

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from ristretto_onnx.cli.app import app, state
+from ristretto_onnx.cli.backend_options import BackendOption, RayAddressOption, WorkersOption, backend_from_flags
 from ristretto_onnx.cli.calib_options import LabelOffsetOption, check_flags, preprocessing_options
 from ristretto_onnx.cli.outputs import usage_errors
 from ristretto_onnx.data import preprocess_from_cli
@@ -32,6 +33,9 @@ def eval_command(
                                                             "zoo:NAME)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object keyed by metric name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    backend: BackendOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
     label_offset: LabelOffsetOption = None,
     flags: dict = None,
 ) -> None:
@@ -47,6 +51,7 @@ def eval_command(
         for m in metric or ():
             accumulator(m)
         check_flags(**flags)
+    where = backend_from_flags(backend, ray_address, workers)
     model_path = zoo.resolve_model(model)
     zoo_name = _zoo_name(model)
     # Base preprocessing: the zoo entry's, else what the model recorded; flags modify it.
@@ -71,7 +76,8 @@ def eval_command(
     metrics = list(dict.fromkeys(metric or (["top1"] if dataset.labels is not None else ["fidelity"])))
     ref = str(zoo.resolve_model(reference)) if reference else None
     show = False if (quiet or as_json or state.get("quiet")) else None
-    result = evaluate(str(model_path), dataset, metrics, batch_size=batch_size, reference=ref, progress=show)
+    result = evaluate(str(model_path), dataset, metrics, batch_size=batch_size, reference=ref, progress=show,
+                      backend=where)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return

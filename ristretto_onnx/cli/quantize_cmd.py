@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from ristretto_onnx.cli.app import app
+from ristretto_onnx.cli.backend_options import BackendOption, RayAddressOption, WorkersOption, backend_from_flags
 from ristretto_onnx.cli.calib_options import (
     CalibSizeOption, LabelOffsetOption, check_flags, open_calibration, preprocessing_options,
     resolve_input, split_patterns,
@@ -50,7 +51,8 @@ def quantize_command(
     weight_granularity: str = typer.Option("tensor", "--weight-granularity",
                                            help="tensor (one format per layer's weights, as the thesis) or "
                                                 "channel (one per output channel: dfp fractional lengths, "
-                                                "pow2 windows of --exp-min..--exp-max's width)."),
+                                                "pow2 windows of --exp-min..--exp-max's width), or auto "
+                                                "(per channel for the layers where it lowers the output error)."),
     range_rule: str = typer.Option(DEFAULT_RANGE_RULE, "--range-rule",
                                    help="dfp: mse (least squared error), max (no saturation, the "
                                         "thesis's eq. 5.2) or percentile:P (e.g. percentile:99.99)."),
@@ -66,10 +68,15 @@ def quantize_command(
                                           "error drops) or range (--range-rule per channel)."),
     equalize: bool = typer.Option(False, "--equalize", help="Cross-layer equalization of Conv -> ReLU(6) -> "
                                                             "Conv pairs first (depthwise networks)."),
+    refine: bool = typer.Option(False, "--refine", help="dfp: move each fractional length while the network's "
+                                "output on calibration images gets closer to FP32's."),
     report: Path = typer.Option(None, "--report", help="JSON sidecar path (default: OUT with .json)."),
     batch_size: int = typer.Option(256, help="Images per onnxruntime run (the same default in every command)."),
     seed: int = typer.Option(0, help="Seed of the calibration subset."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report to stdout instead of the summary."),
+    backend: BackendOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
     label_offset: LabelOffsetOption = None,
     flags: dict = None,
 ) -> None:
@@ -95,9 +102,10 @@ def quantize_command(
             weight_granularity=weight_granularity.lower(), range_rule=range_rule.lower(),
             score_size=score_size, batch_size=batch_size, seed=seed, unsigned=not signed_activations,
             round_once=not round_twice, bias_correction=bias_correction.lower(),
-            channel_rule=channel_rule.lower(), equalize=equalize,
+            channel_rule=channel_rule.lower(), equalize=equalize, refine=refine,
         )
         check_flags(**flags)
+    where = backend_from_flags(backend, ray_address, workers)
     in_path = resolve_input(model_in)
     check_outputs([model_out, report_path], [in_path, calib], force=force)
     data = None
@@ -105,7 +113,7 @@ def quantize_command(
         data = open_calibration(calib, model_in, **flags, label_offset=label_offset)
         if data is None:
             raise UsageError(f"--scheme {options.scheme} needs calibration data: give --calib")
-    result = quantize(in_path, options, data)
+    result = quantize(in_path, options, data, backend=where)
     if data is None and model_in.startswith("zoo:"):  # no calibration data: record the zoo's recipe
         from ristretto_onnx import zoo
         from ristretto_onnx.data.metadata import record

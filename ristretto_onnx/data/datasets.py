@@ -181,7 +181,11 @@ class ArrayDataset(Dataset):
     """Images held as one array: uint8 NHW/NHWC raw pixels, or float in the model's layout.
 
     The array may be a read-only memory map; batches index it, so only the rows read are paged in.
+    ``origin``: the compressed ``.npz`` the array was loaded from, if any (workers of a cluster
+    load it themselves, :mod:`ristretto_onnx.data.shards`).
     """
+
+    origin: str | None = None
 
     def __init__(self, images: np.ndarray, labels: np.ndarray | None = None,
                  preprocess: Preprocess | None = None, name: str = "array") -> None:

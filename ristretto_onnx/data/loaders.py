@@ -74,13 +74,16 @@ def _load_npz(path: Path, preprocess: Preprocess | None, labels: Any) -> ArrayDa
                                      f"{', '.join(names) or 'nothing'})")
             file_labels = npz["labels"] if "labels" in names else None
             images = _npz_member_memmap(path, "images.npy")
+            origin = None if images is not None else str(path.resolve())
             if images is None:
                 images = npz["images"]
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise RistrettoError(f"cannot read {path}: {e}") from None
     if labels is None:
         labels = file_labels
-    return ArrayDataset(images, labels, preprocess, str(path))
+    dataset = ArrayDataset(images, labels, preprocess, str(path))
+    dataset.origin = origin  # compressed: a cluster's workers load the file themselves
+    return dataset
 
 
 def _load_path(path: Path, preprocess: Preprocess | None, labels: Any) -> Dataset:

@@ -106,7 +106,6 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
     from ristretto_onnx.data import load_dataset
     from ristretto_onnx.passes.pipeline import simulate
     from ristretto_onnx.passes.slots import get_metadata, set_metadata
-    from ristretto_onnx.schemes import make_scheme
 
     if metric_fn is not None:
         raise RistrettoError("compress --finetune scores top1, top5 or fidelity, not a custom metric")
@@ -125,9 +124,7 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
     tolerance = opts.tolerance * (baseline if opts.tolerance_mode == "relative" else 1.0)
     fopts = FinetuneOptions(**{**asdict(fopts), "tolerance": tolerance, "tolerance_mode": "absolute",
                                "metric": opts.metric})
-    scheme = make_scheme(post.report.scheme,
-                         weight_granularity=opts.weight_granularity if post.report.scheme in ("dfp", "pow2") else "tensor",
-                         exp_min=opts.exp_min, exp_max=opts.exp_max, range_rule=opts.range_rule)
+    scheme = opts.scheme_named(post.report.scheme, ctx.layer_weights)
     ranges = ctx.ranges
     val = load_dataset(iter(ctx.scorer.batches))  # the search's data, already preprocessed
 

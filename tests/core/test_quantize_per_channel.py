@@ -60,7 +60,7 @@ def test_pow2_per_channel_windows_keep_the_width_and_follow_each_channel(dw):
     (dict(scheme="minifloat", bits=8, weight_granularity="channel"), "minifloat has no per-channel form"),
     (dict(scheme="fixed", bits=8, weight_granularity="channel"), "per-channel weights need --scheme dfp or pow2"),
     (dict(format="fixed:8:4", weight_granularity="channel"), "per-channel weights need"),
-    (dict(scheme="dfp", bits=8, weight_granularity="filter"), "must be tensor or channel"),
+    (dict(scheme="dfp", bits=8, weight_granularity="filter"), "must be tensor, channel or auto"),
     (dict(scheme="minifloat", bits=8, range_rule="max"), "applies to --scheme dfp only"),
     (dict(scheme="auto", bits=8), "compress tries them all"),
     (dict(scheme="dfp", bits=8, range_rule="p99"), "unknown range rule"),

@@ -51,7 +51,7 @@ def test_one_default_range_rule_and_max_is_opt_in():
     (dict(scheme="fixed", weight_granularity="channel"), "per-channel weights need --scheme dfp or pow2"),
     (dict(scheme="minifloat", weight_granularity="channel"), "minifloat has no per-channel form"),
     (dict(scheme=None, forced_format=True, weight_granularity="channel"), "--format has one format"),
-    (dict(scheme="dfp", weight_granularity="filter"), "must be tensor or channel"),
+    (dict(scheme="dfp", weight_granularity="filter"), "must be tensor, channel or auto"),
     (dict(scheme="pow2", range_rule="max"), "applies to --scheme dfp only"),
     (dict(scheme="dfp", range_rule="p99"), "unknown range rule"),
 ])

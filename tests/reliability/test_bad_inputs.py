@@ -55,6 +55,24 @@ def _no_layers(m):
     m.graph.output.append(helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 1, 8, 8]))
 
 
+def _external(keep: int | None):
+    """The digits CNN with its weights in ``in.onnx.data``: (model bytes, the first ``keep`` bytes of
+    the data file, or ``None`` for a missing data file)."""
+    import tempfile
+
+    from onnx import external_data_helper
+
+    m = onnx.load(str(PKG / "digits-cnn.onnx"))
+    external_data_helper.convert_model_to_external_data(m, location="in.onnx.data", size_threshold=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(m, str(Path(tmp) / "in.onnx"))
+        blob = (Path(tmp) / "in.onnx.data").read_bytes()
+        return (Path(tmp) / "in.onnx").read_bytes(), (None if keep is None else blob[:keep])
+
+
+EXTERNAL = {"missing external-data file": _external(None), "truncated external-data file": _external(1000)}
+
+
 def _opset(v):
     return lambda m: setattr(m.opset_import[0], "version", v)
 
@@ -81,6 +99,10 @@ CASES = {
     "unsupported opset": (C, _model(_opset(99)), None, 1, "supported are opsets 11 to 21"),
     "opset too old to convert": (C, _model(_opset(5)), None, 1, "supported are opsets 11 to 21"),
     "fixed batch dimension": (C, _model(_fixed_batch), None, 1, "has a fixed batch dimension of 3"),
+    "missing external-data file": (C, EXTERNAL["missing external-data file"][0], None, 1,
+                                   "should be stored in in.onnx.data"),
+    "truncated external-data file": (C, EXTERNAL["truncated external-data file"][0], None, 1,
+                                     "the data file is corrupt or truncated"),
     "missing data": (C, None, "MISSING", 1, "dataset not found"),
     "unreadable data": (C, None, b"PK\x03\x04 not a zip", 1, "cannot read"),
     "wrong shape": (C, None, _data(images=lambda x: np.zeros((64, 9, 9), np.uint8)), 1,
@@ -123,6 +145,8 @@ def test_bad_input_is_one_clean_line(case, tmp_path, monkeypatch, capsys):
         (tmp_path / "data.npz").write_bytes(data)
     elif data != "MISSING":
         np.savez(tmp_path / "data.npz", **(data or _data()))
+    if case in EXTERNAL and EXTERNAL[case][1] is not None:
+        (tmp_path / "in.onnx.data").write_bytes(EXTERNAL[case][1])
     if case == "existing output without --force":
         (tmp_path / "out.onnx").write_bytes(b"the user's file")
     subs = {"IN": "in.onnx", "OUT": "out.onnx", "DATA": "data.npz"}

@@ -18,23 +18,37 @@ def _report(result) -> dict:
     return d
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
+#: Per-layer widths: the search's per-layer sensitivities are independent plans, scored concurrently.
+#: ``test``: a held-out pass scored in the driver after the search.
+ARGS = dict(scheme="dfp", tolerance=0.01, granularity="layer")
 
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
-    yield ray
-    ray.shutdown()
+
+def _test_set():
+    from ristretto_onnx import zoo
+
+    return zoo.model_dataset("lenet-mnist", "test").take(1000)
 
 
 @pytest.fixture(scope="module")
 def local(shared_zoo):
-    return compress("zoo:lenet-mnist", scheme="dfp", tolerance=0.01)
+    return compress("zoo:lenet-mnist", test=_test_set(), **ARGS)
 
 
 @pytest.mark.slow
-def test_ray_finds_the_plan_metric_and_report_of_the_local_backend(zoo_env, ray_cluster, local):
-    remote = compress("zoo:lenet-mnist", scheme="dfp", tolerance=0.01, backend=Backend("ray", workers=2))
+def test_ray_finds_the_plan_metric_and_report_of_the_local_backend(zoo_env, ray_cluster, local, monkeypatch):
+    in_flight = []  # how many plans have batches queued on the actors at once, after each announcement
+    real = cluster.RayRunner.ahead
+
+    def ahead(self, plans, depth):
+        real(self, plans, depth)
+        in_flight.append(len({key for key, _ in self._pending}))
+
+    monkeypatch.setattr(cluster.RayRunner, "ahead", ahead)
+    remote = compress("zoo:lenet-mnist", test=_test_set(), backend=Backend("ray", workers=2), **ARGS)
+    assert max(in_flight) >= 2  # conv1 and conv2 weights one bit narrower, together
+    assert local.report.test_final is not None and local.report.n_test_images == 1000
+    assert (remote.report.test_baseline, remote.report.test_final) == (local.report.test_baseline,
+                                                                       local.report.test_final)
     assert remote.plan == local.plan
     assert remote.report.final == local.report.final
     assert _report(remote) == _report(local)
@@ -53,7 +67,7 @@ def test_a_killed_actor_is_replaced_and_the_result_does_not_change(zoo_env, ray_
         return real(self, plan, k)
 
     monkeypatch.setattr(cluster.RayRunner, "run_batch", run_batch)
-    remote = compress("zoo:lenet-mnist", scheme="dfp", tolerance=0.01, backend=Backend("ray", workers=2))
+    remote = compress("zoo:lenet-mnist", test=_test_set(), backend=Backend("ray", workers=2), **ARGS)
     assert calls["n"] > 60
     assert _report(remote) == _report(local)
     assert remote.model.SerializeToString() == local.model.SerializeToString()

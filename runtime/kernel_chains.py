@@ -1,0 +1,160 @@
+"""Fuse runs of elementwise nodes around the QuantizeSim kernels into one pass (issue 14).
+
+In a CNN the quantizers come in runs: a layer's output quantizer, the ReLU (or the residual Add
+and the ReLU) and the next layer's input quantizer (thesis fig. 9.1: every layer output and
+input is quantized). Run one node at a time, each is one more pass over the activations, which
+on the CPU costs about as much as the quantization itself. The kernel library therefore has a
+second op, ``ai.ristretto::QuantizeSimChain``: its ``steps`` attribute lists formats, ``relu``
+and ``add`` (plus its second input), applied one after the other to each element in a single
+pass (``kernels/ristretto_kernels.cc``); ``tee`` also writes the value so far to a second
+output, for a tensor with one more reader (the ReLU output a residual connection reads too).
+
+Exact by construction: every step is the float32 function of the node it replaces (the
+QuantizeSim reference, onnxruntime's ``Relu``: negatives give +0, -0 and NaN pass; ``Add`` of two
+tensors of the same static shape, no broadcasting), applied to the same values in the same
+order; intermediate tensors are dropped only when the next node of the run is their only
+reader and they are not graph outputs (one with a second reader leaves the chain as its tee
+output). The nodes are put back in topological order.
+
+Only project CPU sessions that register the library get chains (:func:`fuse_chains` is called
+by :func:`ristretto_onnx.runtime.kernels.prepare`); written models never contain them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from onnx import ModelProto, NodeProto, helper
+
+from ristretto_onnx.formats import PerChannel
+from ristretto_onnx.ops import DOMAIN, is_quantize_sim, node_format
+
+CHAIN_OP = "QuantizeSimChain"
+
+
+def _chain_step(node: NodeProto) -> str | None:
+    """The step a QuantizeSim node becomes, or None when it cannot join a chain."""
+    if not is_quantize_sim(node) or any(a.name in ("axis", "seed") for a in node.attribute):
+        return None
+    fmt, rounding = node_format(node)
+    if rounding != "nearest_even" or isinstance(fmt, PerChannel):
+        return None
+    return str(fmt)
+
+
+def _static_shapes(model: ModelProto) -> dict[str, tuple]:
+    shapes = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") or d.dim_param for d in t.shape.dim):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim)
+    return shapes
+
+
+def _subgraph_names(graph) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.type == 5 else list(attr.graphs)):
+                for n in g.node:
+                    names.update(n.input)
+                names |= _subgraph_names(g)
+    return names
+
+
+def fuse_chains(model: ModelProto) -> ModelProto | None:
+    """A copy of ``model`` with runs of QuantizeSim/Relu/Add fused (module docstring), or None."""
+    graph = model.graph
+    readers = Counter(name for node in graph.node for name in node.input if name)
+    pinned = {o.name for o in graph.output} | _subgraph_names(graph)
+    users: dict[str, list[NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    shapes = _static_shapes(model)
+    taken: set[int] = set()
+    chains: dict[int, tuple[NodeProto, list]] = {}  # id(last node) -> (chain node, members)
+    for node in graph.node:
+        first = _chain_step(node)
+        if first is None or id(node) in taken:
+            continue
+        steps, members, extra, tee, t = [first], [node], None, None, node.output[0]
+        while t not in pinned and readers[t] in (1, 2) and len(users.get(t, ())) == readers[t]:
+            if readers[t] == 1:
+                nxt = users[t][0]
+            else:  # a second reader: continue into a quantizer, keep t as the tee output
+                nxt = next((u for u in users[t] if _chain_step(u) is not None and id(u) not in taken), None)
+                if tee is not None or nxt is None or len(set(map(id, users[t]))) != 2:
+                    break
+            if id(nxt) in taken:
+                break
+            step = _chain_step(nxt)
+            if step is None and nxt.domain in ("", "ai.onnx"):
+                if nxt.op_type == "Relu" and list(nxt.input) == [t]:
+                    step = "relu"
+                elif nxt.op_type == "Add" and extra is None and len(nxt.input) == 2 and nxt.input[0] != nxt.input[1]:
+                    other = nxt.input[1] if nxt.input[0] == t else nxt.input[0]
+                    if shapes.get(other) is not None and shapes.get(other) == shapes.get(t) \
+                            and not any(isinstance(d, str) for d in shapes[t][1:]):
+                        step, extra = "add", other
+            if step is None or len(nxt.output) != 1:
+                break
+            if readers[t] == 2:
+                steps.append("tee")
+                tee = t
+            steps.append(step)
+            members.append(nxt)
+            t = nxt.output[0]
+        if len(members) < 2:
+            continue
+        inputs = [node.input[0]] + ([extra] if extra is not None else [])
+        chain = helper.make_node(CHAIN_OP, inputs, [t] + ([tee] if tee is not None else []),
+                                 name=f"{node.name or t}_chain", domain=DOMAIN, steps="|".join(steps))
+        taken.update(id(m) for m in members)
+        chains[id(members[-1])] = (chain, members)
+    if not chains:
+        return None
+    out = ModelProto()
+    out.CopyFrom(model)
+    dropped = {name for chain, members in chains.values() for m in members[:-1] for name in m.output} \
+        - {name for chain, _ in chains.values() for name in chain.output}
+    nodes = []
+    for node in graph.node:
+        if id(node) in chains:
+            nodes.append(chains[id(node)][0])
+        elif id(node) not in taken:
+            nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(_topological(nodes))
+    keep = [vi for vi in out.graph.value_info if vi.name not in dropped]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(keep)
+    return out
+
+
+def _topological(nodes: list[NodeProto]) -> list[NodeProto]:
+    """``nodes`` in an order where every tensor is produced before it is read (stable: the
+    given order wherever it already is one). A tee output can be read before the chain's place."""
+    produced_by = {name: k for k, n in enumerate(nodes) for name in n.output}
+    done: set[int] = set()
+    order: list[NodeProto] = []
+
+    def visit(k: int) -> None:
+        stack = [(k, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if i in done:
+                continue
+            if expanded:
+                done.add(i)
+                order.append(nodes[i])
+                continue
+            stack.append((i, True))
+            for name in reversed(list(nodes[i].input)):
+                j = produced_by.get(name)
+                if j is not None and j not in done:
+                    stack.append((j, False))
+
+    for k in range(len(nodes)):
+        visit(k)
+    return order
