@@ -429,6 +429,11 @@ __attribute__((visibility("default"))) const char* RistrettoKernelsProviders() {
 #endif
 }
 
+// The interface revision of this library: the ops and attributes the Python side may use. Keep in
+// step with KERNEL_ABI in runtime/kernels.py (a test compares them); a library without this
+// symbol is revision 1 (QuantizeSim only, no ufixed, no QuantizeSimChain).
+__attribute__((visibility("default"))) int RistrettoKernelsAbi() { return 2; }
+
 __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
                                                                                 const OrtApiBase* api_base) {
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);

@@ -46,6 +46,9 @@ from ristretto_onnx.ops import DOMAIN, is_quantize_sim, node_format
 from ristretto_onnx.runtime.kernels_build import CPU_LIBRARY, CUDA_LIBRARY, build_dir
 
 ENV = "RISTRETTO_KERNELS"
+#: The library interface this code expects (``RistrettoKernelsAbi`` in kernels/ristretto_kernels.cc):
+#: 2 = QuantizeSim with ufixed, and QuantizeSimChain. A library from older sources is not used.
+KERNEL_ABI = 2
 #: Session config key marking options that already carry the library (registering twice fails).
 _MARK = "ristretto.kernels_library"
 
@@ -70,6 +73,7 @@ def library_path(*, cuda: bool | None = None) -> Path | None:
     if env:
         path = Path(env).expanduser()
         if path.is_file():
+            _check_abi(path)
             return path.resolve()
         if not path.is_dir():
             raise RistrettoError(f"{ENV}={env}: no such file or folder")
@@ -78,11 +82,39 @@ def library_path(*, cuda: bool | None = None) -> Path | None:
         folder = build_dir()
     names = [CUDA_LIBRARY, CPU_LIBRARY] if want_cuda else [CPU_LIBRARY, CUDA_LIBRARY]
     for name in names:
-        if (folder / name).is_file():
+        if (folder / name).is_file() and (env or library_abi(str(folder / name)) == KERNEL_ABI):
             return (folder / name).resolve()
     if env:
         raise RistrettoError(f"{ENV}={env}: no {CPU_LIBRARY} or {CUDA_LIBRARY} in that folder")
-    return None
+    return None  # none built, or built from older sources (stale_libraries): the bodies run
+
+
+def library_abi(path: str) -> int:
+    """The interface revision of the library at ``path`` (1 for libraries older than the symbol)."""
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise RistrettoError(f"{path} is not a loadable library: {e}") from None
+    fn = getattr(lib, "RistrettoKernelsAbi", None)
+    if fn is None:
+        return 1
+    fn.restype = ctypes.c_int
+    return int(fn())
+
+
+def _check_abi(path: Path) -> None:
+    abi = library_abi(str(path))
+    if abi != KERNEL_ABI:
+        raise RistrettoError(f"{ENV}={path}: the library has kernel interface {abi}, this ristretto-onnx "
+                             f"needs {KERNEL_ABI}: rebuild it (ristretto-onnx kernels --build)")
+
+
+def stale_libraries() -> list[Path]:
+    """Libraries in the build folder built from older kernel sources (not used; rebuild them)."""
+    if _disabled() or os.environ.get(ENV, "").strip():
+        return []
+    found = [build_dir() / n for n in (CPU_LIBRARY, CUDA_LIBRARY) if (build_dir() / n).is_file()]
+    return [p for p in found if library_abi(str(p)) != KERNEL_ABI]
 
 
 @functools.lru_cache(maxsize=8)

@@ -18,7 +18,7 @@ def kernels_command(
     """Show the kernel library (path, CPU/CUDA kernels), onnxruntime's version and GPU visibility."""
     import onnxruntime as ort
 
-    from ristretto_onnx.runtime.kernels import ENV, library_path, library_providers
+    from ristretto_onnx.runtime.kernels import ENV, library_path, library_providers, stale_libraries
     from ristretto_onnx.runtime.session import gpu_available
 
     if build:
@@ -37,6 +37,9 @@ def kernels_command(
         return
     kinds = library_providers(str(lib)) if lib else ()
     typer.echo(f"library:      {lib or f'none (ristretto-onnx kernels --build, or set {ENV})'}")
+    for old in stale_libraries():
+        typer.echo(f"stale:        {old} is built from older kernel sources and is not used "
+                   "(rebuild: ristretto-onnx kernels --build)")
     typer.echo(f"kernels:      CPU {'yes' if 'cpu' in kinds else 'no'}, CUDA {'yes' if 'cuda' in kinds else 'no'}")
     typer.echo(f"onnxruntime:  {ort.__version__} ({', '.join(ort.get_available_providers())})")
     typer.echo(f"GPU visible:  {'yes' if gpu_available() else 'no'}")

@@ -253,3 +253,38 @@ def test_library_sessions_give_the_bits_of_the_function_bodies_on_a_residual_cnn
     assert same_bits(create_session(sim.model()).run(None, {"input": x})[0], bodies).all()
     assert same_bits(sim.run(x), bodies).all()
     assert bodies.std() > 0
+
+
+def test_the_interface_revision_is_the_same_in_the_sources_and_the_library(library):
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / "kernels" / "ristretto_kernels.cc").read_text()
+    assert int(re.search(r"RistrettoKernelsAbi\(\) \{ return (\d+);", source).group(1)) == kernels.KERNEL_ABI
+    assert kernels.library_abi(str(library)) == kernels.KERNEL_ABI
+
+
+def test_a_library_built_from_older_sources_is_not_used(tmp_path, monkeypatch, capsys):
+    import shutil
+    import subprocess
+
+    if shutil.which("g++") is None:
+        pytest.skip("no g++")
+    # An old build: it names its kernels but has no interface revision (revision 1).
+    src = tmp_path / "old.cc"
+    src.write_text('extern "C" const char* RistrettoKernelsProviders() { return "cpu"; }\n')
+    old = tmp_path / "libristretto_kernels.so"
+    subprocess.run(["g++", "-shared", "-fPIC", str(src), "-o", str(old)], check=True, timeout=120)
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.setattr(kernels, "build_dir", lambda: tmp_path)
+    assert kernels.library_abi(str(old)) == 1
+    assert kernels.library_path(cuda=False) is None  # the function bodies run: same results
+    assert kernels.stale_libraries() == [old]
+    from ristretto_onnx.cli import main
+
+    assert main(["kernels"]) == 0
+    out = capsys.readouterr().out
+    assert "stale:" in out and "function bodies" in out
+    monkeypatch.setenv(kernels.ENV, str(old))  # named explicitly: an error, not a silent fallback
+    with pytest.raises(RistrettoError, match="kernel interface 1, this ristretto-onnx needs 2"):
+        kernels.library_path()
