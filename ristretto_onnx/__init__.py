@@ -7,3 +7,7 @@ a zoo of models and datasets (:mod:`ristretto_onnx.zoo`).
 """
 
 __version__ = "0.1.0"
+
+# The package root wires the layers together: the zoo registers its ``zoo:NAME`` datasets with
+# the data layer (which never imports the zoo itself).
+from ristretto_onnx import zoo as _zoo  # noqa: E402,F401

@@ -24,7 +24,7 @@ from onnx import ModelProto
 
 from ristretto_onnx.data import Dataset, load_dataset
 from ristretto_onnx.data.conform import conform
-from ristretto_onnx.data.zoo_inputs import is_zoo, zoo_inputs
+from ristretto_onnx.zoo.inputs import is_zoo, zoo_inputs
 from ristretto_onnx.passes.pipeline import prepare
 from ristretto_onnx.range_rules import dfp_format, integer_bits
 from ristretto_onnx.ranges import measure_groups

@@ -28,7 +28,7 @@ from onnx import ModelProto
 from ristretto_onnx import __version__
 from ristretto_onnx.context import FloatRunner, PlanRunner, SearchContext, as_dataset, build_context, load_batches
 from ristretto_onnx.data.metadata import record as record_preprocess
-from ristretto_onnx.data.zoo_inputs import zoo_inputs
+from ristretto_onnx.zoo.inputs import zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.events import ProgressEvent, emit, search_log
 from ristretto_onnx.options import Backend, CompressOptions

@@ -28,7 +28,7 @@ from ristretto_onnx.context import load_batches, plan_scorer
 from ristretto_onnx.data import Dataset, load_dataset
 from ristretto_onnx.data.conform import conform
 from ristretto_onnx.data.metadata import record as record_preprocess
-from ristretto_onnx.data.zoo_inputs import is_zoo, zoo_inputs
+from ristretto_onnx.zoo.inputs import is_zoo, zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
 from ristretto_onnx.options import Backend, QuantizeOptions

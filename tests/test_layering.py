@@ -1,5 +1,6 @@
 """Imports flow one way: runtime/ may import passes/, passes/ never imports runtime/ (not even
-inside a function), and neither package has an import cycle."""
+inside a function), and neither package has an import cycle; the zoo is built on the data layer,
+which never imports the zoo (not even inside a function)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,15 @@ def test_no_import_cycles_in_passes_and_runtime():
     for m in sorted(edges):
         if m not in state:
             visit(m, [m])
+
+
+def test_the_data_layer_never_imports_the_zoo():
+    offenders = {}
+    for path in (ROOT / "ristretto_onnx" / "data").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n.startswith("ristretto_onnx.zoo") for n in names):
+                offenders.setdefault(path.name, []).append(node.lineno)
+    assert not offenders

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from ristretto_onnx.data import Dataset, Preprocess
+from ristretto_onnx.data.loaders import register_named_source
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.zoo.catalog import ENTRIES
 from ristretto_onnx.zoo.entries import DatasetEntry, ModelEntry
@@ -119,3 +120,6 @@ def open_dataset(name: str, preprocess: Preprocess | None = None) -> Dataset:
     if isinstance(entry, ModelEntry):
         return model_dataset(entry.name, "test", preprocess)
     return entry.open(preprocess)
+
+
+register_named_source("zoo", open_dataset)

@@ -55,7 +55,7 @@ def finetune_command(
     """
     from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
     from ristretto_onnx.data import load_dataset, preprocess_from_cli
-    from ristretto_onnx.finetune import require_torch
+    from ristretto_onnx.finetune.torch_dep import require_torch
 
     out = onnx_output(out)
     report_path = report if report is not None else out.with_suffix(".json")

@@ -2,13 +2,17 @@
 
 Calibration (the passes), evaluation (the runtime) and the search all read data through
 :func:`load_dataset`, so a dataset is described once and every stage sees the same numbers.
+
+Named sources (``zoo:NAME``) are opened by the package that owns the names: the zoo registers
+its opener here (:func:`register_named_source`) when it is imported, which the package root does,
+so the data layer never imports the zoo (the zoo is built on the data layer, not the reverse).
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,14 @@ import numpy as np
 from ristretto_onnx.data.datasets import ArrayDataset, Dataset, FolderDataset, _check_labels
 from ristretto_onnx.data.preprocess import IMAGE_SUFFIXES, Preprocess
 from ristretto_onnx.errors import RistrettoError
+
+#: ``PREFIX`` -> opener(name, preprocess) for sources written ``PREFIX:NAME``.
+_NAMED_SOURCES: dict[str, Callable[[str, Preprocess | None], Dataset]] = {}
+
+
+def register_named_source(prefix: str, opener: Callable[[str, Preprocess | None], Dataset]) -> None:
+    """Let :func:`load_dataset` open ``PREFIX:NAME`` with ``opener(NAME, preprocess)``."""
+    _NAMED_SOURCES[prefix] = opener
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
@@ -138,10 +150,9 @@ def load_dataset(source: Any, preprocess: Preprocess | None = None, *,
     if isinstance(source, Dataset):
         dataset = source.with_preprocess(preprocess) if preprocess is not None else source
         return dataset.with_labels(labels) if labels is not None else dataset
-    if isinstance(source, str) and source.startswith("zoo:"):
-        from ristretto_onnx import zoo
-
-        dataset = zoo.open_dataset(source[4:], preprocess=preprocess)
+    prefix, colon, name = source.partition(":") if isinstance(source, str) else ("", "", "")
+    if colon and prefix in _NAMED_SOURCES:
+        dataset = _NAMED_SOURCES[prefix](name, preprocess)
         return dataset.with_labels(labels) if labels is not None else dataset
     if isinstance(source, (str, os.PathLike)):
         return _load_path(Path(source).expanduser(), preprocess, labels)

@@ -171,7 +171,7 @@ def compress_finetune(model, data, train_data, *, calib=None, test=None, log=Non
 
 def run_from_cli(model, data, train_data, epochs: int, lr: float, **kwargs) -> CompressFinetuneResult:
     """``compress --finetune``: the checks the command needs, then :func:`compress_finetune`."""
-    from ristretto_onnx.finetune import require_torch
+    from ristretto_onnx.finetune.torch_dep import require_torch
 
     require_torch()
     if train_data is None:

@@ -28,7 +28,7 @@ import onnx
 from onnx import ModelProto, helper, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.finetune import require_torch
+from ristretto_onnx.finetune.torch_dep import require_torch
 from ristretto_onnx.finetune.ops_torch import BUILDERS, STATIC_INPUTS
 from ristretto_onnx.finetune.quantizers import TorchFormat, quantize_ste
 from ristretto_onnx.ops import is_quantize_sim, node_format

@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.finetune import require_torch
+from ristretto_onnx.finetune.torch_dep import require_torch
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ristretto_onnx.data import Dataset
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.finetune import require_torch
+from ristretto_onnx.finetune.torch_dep import require_torch
 
 torch = require_torch()
 

@@ -18,7 +18,7 @@ import numpy as np
 from onnx import NodeProto
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.finetune import require_torch
+from ristretto_onnx.finetune.torch_dep import require_torch
 
 torch = require_torch()
 F = torch.nn.functional

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ristretto_onnx.finetune import require_torch
+from ristretto_onnx.finetune.torch_dep import require_torch
 from ristretto_onnx.formats import Fixed, Format, Minifloat, PerChannel, Pow2, UFixed, parse_format
 
 torch = require_torch()

@@ -27,7 +27,7 @@ from onnx import ModelProto
 
 from ristretto_onnx import __version__
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.finetune import require_torch
+from ristretto_onnx.finetune.torch_dep import require_torch
 from ristretto_onnx.finetune.writeback import write_back
 
 Log = Callable[[str], None]
@@ -204,7 +204,7 @@ def finetune(model, train_data, data, *, options: FinetuneOptions | None = None,
     """
     torch = require_torch()
     from ristretto_onnx.data import Dataset, load_dataset
-    from ristretto_onnx.finetune import distributed as dp
+    from ristretto_onnx.finetune import distributed as dp  # only under torchrun
     from ristretto_onnx.finetune.converter import OnnxModule
     from ristretto_onnx.finetune.loader import TrainBatches
     from ristretto_onnx.finetune.progress import EpochProgress

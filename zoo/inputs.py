@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ristretto_onnx import zoo
+from ristretto_onnx.data import Dataset, load_dataset
+
 
 def is_zoo(spec: Any) -> bool:
     return isinstance(spec, str) and spec.startswith("zoo:")
@@ -22,8 +25,6 @@ def zoo_inputs(model: Any, data: Any = None, calib: Any = None) -> tuple[Any, An
     """``(model path, data, calib)``: a ``zoo:`` model resolved, its splits filling ``None``s."""
     if not is_zoo(model):
         return model, data, calib
-    from ristretto_onnx import zoo
-
     name = model[4:]
     path = str(zoo.resolve_model(model))
     data = zoo.model_dataset(name, "test") if data is None else _prepared(data, zoo.get_model(name).preprocess)
@@ -34,8 +35,6 @@ def zoo_inputs(model: Any, data: Any = None, calib: Any = None) -> tuple[Any, An
 def _prepared(source: Any, preprocess) -> Any:
     """Files and arrays get the zoo model's preprocessing (as ``--data`` does); Datasets and
     ``zoo:`` datasets keep their own."""
-    from ristretto_onnx.data import Dataset, load_dataset
-
     if isinstance(source, (Dataset, tuple)) or is_zoo(source):
         return source
     if isinstance(source, (str, os.PathLike, np.ndarray)):
