@@ -58,8 +58,7 @@ def save_model(model: ModelProto, path: str | os.PathLike, *, external_data: boo
     path = Path(path)
     folder = _folder_of(path)
     use_external = needs_external_data(model) if external_data is None else external_data
-    tmp_files: list[Path] = []
-    try:
+    with _one_write(path) as tmp_files:
         if use_external:
             data_name = f"{path.name}.data"
             tmp_data = _temp_path(folder, data_name)
@@ -70,12 +69,21 @@ def save_model(model: ModelProto, path: str | os.PathLike, *, external_data: boo
         else:
             tmp_model = _write_temp(folder, path.name, model.SerializeToString(), tmp_files)
         os.replace(tmp_model, path)
+    return path
+
+
+@contextlib.contextmanager
+def _one_write(path: Path) -> Iterator[list[Path]]:
+    """The temporary files of one write to ``path`` (the caller appends them): removed whatever
+    happens; an OSError becomes one line naming ``path``."""
+    tmp_files: list[Path] = []
+    try:
+        yield tmp_files
     except OSError as e:
         raise RistrettoError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         for tmp in tmp_files:
             tmp.unlink(missing_ok=True)
-    return path
 
 
 def _folder_of(path: Path) -> Path:
@@ -94,17 +102,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     folder = _folder_of(path)
-    try:
-        tmp = _temp_path(folder, path.name)
-    except OSError as e:
-        raise RistrettoError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise RistrettoError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _one_write(path) as tmp_files:
+        tmp_files.append(_temp_path(folder, path.name))
+        yield tmp_files[0]
+        os.replace(tmp_files[0], path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -116,15 +117,8 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
     """Write ``payload`` to ``path`` with the temp-then-rename rule (an .npz, a PNG ...)."""
     path = Path(path)
     folder = _folder_of(path)
-    tmp_files: list[Path] = []
-    try:
-        tmp = _write_temp(folder, path.name, payload, tmp_files)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise RistrettoError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        for t in tmp_files:
-            t.unlink(missing_ok=True)
+    with _one_write(path) as tmp_files:
+        os.replace(_write_temp(folder, path.name, payload, tmp_files), path)
     return path
 
 
