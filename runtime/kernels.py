@@ -82,13 +82,20 @@ def library_path(*, cuda: bool | None = None) -> Path | None:
         folder = build_dir()
     names = [CUDA_LIBRARY, CPU_LIBRARY] if want_cuda else [CPU_LIBRARY, CUDA_LIBRARY]
     for name in names:
-        if (folder / name).is_file() and (env or library_abi(str(folder / name)) == KERNEL_ABI):
-            return (folder / name).resolve()
+        candidate = folder / name
+        if not candidate.is_file():
+            continue
+        if env:  # named by the user: a stale library is an error, not a silent fallback
+            _check_abi(candidate)
+            return candidate.resolve()
+        if library_abi(str(candidate)) == KERNEL_ABI:
+            return candidate.resolve()
     if env:
         raise RistrettoError(f"{ENV}={env}: no {CPU_LIBRARY} or {CUDA_LIBRARY} in that folder")
     return None  # none built, or built from older sources (stale_libraries): the bodies run
 
 
+@functools.lru_cache(maxsize=8)
 def library_abi(path: str) -> int:
     """The interface revision of the library at ``path`` (1 for libraries older than the symbol)."""
     try:

@@ -16,7 +16,7 @@ from ristretto_onnx.runtime.session import create_session
 
 from tests.builders import annotate, images, residual_cnn, same_bits
 from ..core.test_ops import SPECIALS, boundary_values, random_bit_patterns
-from .test_kernels import _check, _kernel_session, _model, library  # noqa: F401 (fixture)
+from .test_kernels import _check, _kernel_outputs, _kernel_session, _model, library  # noqa: F401 (fixture)
 
 UFIXED = [f"ufixed:{b}:{f}" for b in (1, 2, 3, 4, 7, 8, 9, 12, 16) for f in sorted({-3, 0, 1, b // 2, b - 1, b, b + 3})]
 UFIXED += ["ufixed:24:12", "ufixed:25:24", "ufixed:31:0", "ufixed:31:96", "ufixed:8:126", "ufixed:8:-119"]
@@ -29,11 +29,7 @@ def _x(seed: int, fmts) -> np.ndarray:
 def test_ufixed_kernel_is_bit_exact_without_function_bodies(library):
     """Every float32 class (subnormals, inf, NaN, -0 -> +0, negatives -> +0) on 69 formats."""
     x = _x(5, UFIXED)
-    vi = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])]
-    nodes = [make_quantize_node("x", f"y{i}", f) for i, f in enumerate(UFIXED)]
-    outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["N"]) for i in range(len(UFIXED))]
-    got = _kernel_session(_model(nodes, vi, outs, functions=False), library).run(None, {"x": x})
-    for fmt, y in zip(UFIXED, got):
+    for fmt, y in zip(UFIXED, _kernel_outputs(library, UFIXED, x)):
         _check(fmt, y, x)
         assert not np.signbit(y[~np.isnan(y)]).any(), fmt
 

@@ -56,6 +56,14 @@ def _kernel_session(model, library):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+def _kernel_outputs(library, fmts, x):
+    """One node per format, without function bodies (only the kernel can run them), on ``x``."""
+    vi = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])]
+    nodes = [make_quantize_node("x", f"y{i}", f) for i, f in enumerate(fmts)]
+    outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["N"]) for i in range(len(fmts))]
+    return _kernel_session(_model(nodes, vi, outs, functions=False), library).run(None, {"x": x})
+
+
 def _check(fmt, got, x):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -70,11 +78,7 @@ def test_kernel_without_function_bodies_is_bit_exact_on_every_format(library):
     """Nodes without bodies: only the kernel can run them. Random float32 patterns (all binades,
     subnormals, inf, NaN), ties, binade and saturation edges, signed zeros."""
     x = np.concatenate([random_bit_patterns(50_000, 3), SPECIALS] + [boundary_values(f) for f in GRID])
-    vi = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])]
-    nodes = [make_quantize_node("x", f"y{i}", f) for i, f in enumerate(GRID)]
-    outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["N"]) for i in range(len(GRID))]
-    got = _kernel_session(_model(nodes, vi, outs, functions=False), library).run(None, {"x": x})
-    for fmt, y in zip(GRID, got):
+    for fmt, y in zip(GRID, _kernel_outputs(library, GRID, x)):
         _check(fmt, y, x)
 
 
