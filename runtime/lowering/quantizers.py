@@ -16,6 +16,8 @@ the rules see the data path itself.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
@@ -32,13 +34,14 @@ class WeightCache:
     """Quantized weights by (tensor, format): a search re-quantizes the same tensors many times.
 
     ``max_bytes`` bounds the memory held (models over 2 GB: about one assignment of every
-    weight); when a new weight would exceed it, the cache is emptied first. Weights still on
+    weight); when a new weight would exceed it, the least recently used ones are dropped first
+    (a plan that changes one weight's format re-quantizes that weight, not all of them). Weights still on
     disk (passes.external) are read and quantized in chunks of rows; their float values (format
     ``None``) are cached too, for the sessions that are fed their weights (runtime.lowering).
     """
 
     def __init__(self, max_entries: int = 4096, max_bytes: int | None = None) -> None:
-        self._items: dict[tuple[str, str, str], np.ndarray] = {}
+        self._items: OrderedDict[tuple[str, str, str], np.ndarray] = OrderedDict()
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._bytes = 0
@@ -46,13 +49,16 @@ class WeightCache:
     def get(self, tensor: gs.Constant, fmt, rounding: str) -> np.ndarray:
         key = (tensor.name, str(fmt), rounding)
         hit = self._items.get(key)
-        if hit is None:
-            if len(self._items) >= self.max_entries or (
-                    self.max_bytes is not None and self._items and self._bytes + tensor._values.nbytes > self.max_bytes):
-                self.clear()
-            hit = _quantize_constant(tensor, fmt, rounding)
-            self._items[key] = hit
-            self._bytes += hit.nbytes
+        if hit is not None:
+            self._items.move_to_end(key)
+            return hit
+        need = tensor._values.nbytes
+        while self._items and (len(self._items) >= self.max_entries or (
+                self.max_bytes is not None and self._bytes + need > self.max_bytes)):
+            self._bytes -= self._items.popitem(last=False)[1].nbytes
+        hit = _quantize_constant(tensor, fmt, rounding)
+        self._items[key] = hit
+        self._bytes += hit.nbytes
         return hit
 
     def get_float(self, tensor: gs.Constant) -> np.ndarray:
