@@ -82,21 +82,14 @@ class _ShardWorker:
     shard of batches (shipped arrays, or a :class:`~ristretto_onnx.data.shards.ShardSource` read here)."""
 
     def __init__(self, model_bytes: bytes | None, float_bytes: bytes, shard, threads: int, providers) -> None:
-        from ristretto_onnx.ops import is_quantize_sim
-        from ristretto_onnx.runtime.session import create_session
+        from ristretto_onnx.runtime.runner import runner_for
         from ristretto_onnx.runtime.simulator import Simulator
 
         self.sim = None
         if model_bytes is not None:
             self.sim = Simulator(float_bytes_model(model_bytes), threads=threads, providers=providers)
-        # the FP32 model (or, for eval, the model given), run as evaluate.runner_for runs it locally
-        model = float_bytes_model(float_bytes)
-        if any(is_quantize_sim(n) for n in model.graph.node):
-            self.run_model = Simulator(model, threads=threads, providers=providers).run
-        else:
-            session = create_session(model, providers=providers, threads=threads, blocked_layout=True)
-            name = session.get_inputs()[0].name
-            self.run_model = lambda x: session.run(None, {name: x})[0]
+        # the FP32 model (or, for eval, the model given), run as local evaluation runs it
+        self.run_model = runner_for(float_bytes_model(float_bytes), providers=providers, threads=threads)
         self.error: str | None = None  # a shard this actor cannot read: reported by run(), not retried
         try:
             self.batches = shard if isinstance(shard, dict) else shard.read()

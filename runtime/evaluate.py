@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -22,18 +22,15 @@ import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.ops import is_quantize_sim
-from ristretto_onnx.passes.graph import single_input
 from ristretto_onnx.runtime.baseline import Baseline, recall, remember
 from ristretto_onnx.runtime.metrics import Accumulator, accumulator
 from ristretto_onnx.runtime.progress import Progress
-from ristretto_onnx.runtime.session import create_session
-from ristretto_onnx.runtime.simulator import Simulator, load_model
+from ristretto_onnx.runtime.runner import Runner, _model_of, runner_for
+from ristretto_onnx.runtime.simulator import Simulator
 
 #: ``metadata_props`` key a simulated model may carry to name its FP32 model (a path).
 REFERENCE_KEY = "ristretto.reference"
 
-Runner = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -67,34 +64,6 @@ class EvalResult:
     def __str__(self) -> str:
         parts = [f"{k} {v:.4f}" for k, v in self.metrics.items()]
         return ", ".join(parts + [f"{self.images_per_s:,.0f} images/s ({self.n} images)"])
-
-
-def _model_of(model) -> ModelProto | None:
-    if isinstance(model, ModelProto):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        return load_model(model)
-    return None
-
-
-def runner_for(model, *, providers=None, threads=None) -> Runner:
-    """A function ``x -> first output`` for a model, a Simulator, a session or a callable."""
-    if isinstance(model, Simulator):
-        return model.run
-    proto = _model_of(model)
-    if proto is not None:
-        if any(is_quantize_sim(n) for n in proto.graph.node):
-            return Simulator(proto, providers=providers, threads=threads).run
-        session = create_session(proto, providers=providers, threads=threads, blocked_layout=True)
-        name = single_input(proto, "evaluation")
-        return lambda x: session.run(None, {name: x})[0]
-    if hasattr(model, "run") and hasattr(model, "get_inputs"):  # an InferenceSession
-        name = model.get_inputs()[0].name
-        return lambda x: model.run(None, {name: x})[0]
-    if callable(model):
-        return model
-    raise RistrettoError(f"cannot evaluate a {type(model).__name__}: give an ONNX model, a path, "
-                         "a Simulator or a callable")
 
 
 def baseline(model: ModelProto | str | os.PathLike, dataset, *, batch_size: int = 256,
