@@ -109,10 +109,10 @@ def run(model_path: Path, rows, bits: int = 8, log=print) -> list[dict]:
         with tempfile.TemporaryDirectory() as work:
             work = Path(work)
             pre = ort_quant.preprocess_for_quantization(model_path, work)
-            batches = [x for x, _ in calib.batches(50)]
+            batches = [x for x, _ in calib.batches(25)]
             for cfg in ort_quant.default_configs():
                 t = time.perf_counter()
-                with contextlib.redirect_stdout(io.StringIO()):
+                with contextlib.redirect_stdout(io.StringIO()), streamed_calibration():
                     q = ort_quant.quantize(pre, "input", batches, cfg, work)
                 emit({"row": f"onnxruntime int8 {cfg.label}", "top1": top1(str(q.path), scored),
                       "seconds": round(time.perf_counter() - t, 1)})
@@ -120,18 +120,67 @@ def run(model_path: Path, rows, bits: int = 8, log=print) -> list[dict]:
     return out
 
 
-def compress_command(model_path: Path, tolerance: float = 0.02, calib_size: int = 200, score_size: int = 300) -> str:
-    """The ``compress`` command of the acceptance (its data: the calibration half, as .npz)."""
+@contextlib.contextmanager
+def streamed_calibration(batches_per_pass: int = 1):
+    """onnxruntime's calibrators keep every intermediate tensor of every calibration batch until
+    the end (about 20 GB for 500 EfficientNet images): feed them ``batches_per_pass`` batches per
+    ``collect_data`` call instead. MinMax merges the ranges of the calls, the histogram
+    calibrators (Entropy, Percentile) merge their histograms: what onnxruntime itself does with
+    ``CalibMaxIntermediateOutputs``."""
+    from onnxruntime.quantization import calibrate
+
+    originals = {cls: cls.collect_data for cls in (calibrate.MinMaxCalibrater, calibrate.HistogramCalibrater)}
+
+    class Replay:
+        def __init__(self, items):
+            self.items = iter(items)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    def streamed(original):
+        def collect_data(self, data_reader):
+            while True:
+                chunk = []
+                while len(chunk) < batches_per_pass and (item := data_reader.get_next()) is not None:
+                    chunk.append(item)
+                if chunk:
+                    original(self, Replay(chunk))
+                if len(chunk) < batches_per_pass:
+                    return
+        return collect_data
+
+    try:
+        for cls, original in originals.items():
+            cls.collect_data = streamed(original)
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.collect_data = original
+
+
+def compress_files(search_size: int = 250) -> dict[str, Path]:
+    """The halves as .npz files for the command line: ``calib`` (the calibration half),
+    ``search`` (its first ``search_size`` images, scored by the search) and ``test`` (the scored
+    half, scored once on the final model)."""
     images, labels = pixels()
-    calib, _ = halves()
-    path = PIXELS.with_name("imagenet-sample-calib-half.npz")
-    if not path.exists():
-        idx = calib._indices
-        np.savez(path, images=images[idx], labels=labels[idx])
+    calib, scored = halves()
+    parts = {"calib": calib._indices, "search": calib._indices[:search_size], "test": scored._indices}
+    paths = {k: PIXELS.with_name(f"imagenet-sample-{k}.npz") for k in parts}
+    for k, idx in parts.items():
+        if not paths[k].exists():
+            np.savez(paths[k], images=images[idx], labels=labels[idx])
+    return paths
+
+
+def compress_command(model_path: Path, tolerance: float = 0.02, extra: str = "") -> str:
+    """The ``compress`` command of the acceptance (searched on calibration-half images only)."""
+    f = compress_files()
     m, s = PREPROCESS.mean, PREPROCESS.std
-    return (f"nice -n 10 ristretto-onnx compress {model_path} bench/out/lite0-compressed.onnx --data {path} "
-            f"--mean {','.join(map(str, m))} --std {','.join(map(str, s))} --tolerance {tolerance} "
-            f"--calib-size {calib_size} --score-size {score_size}")
+    return (f"nice -n 10 ristretto-onnx compress {model_path} bench/out/lite0-compressed.onnx --force "
+            f"--data {f['search']} --calib {f['calib']} --calib-size 500 --test {f['test']} "
+            f"--mean {','.join(f'{v:g}' for v in m)} --std {','.join(f'{v:g}' for v in s)} "
+            f"--tolerance {tolerance} --batch-size 50 {extra}".strip())
 
 
 def main(argv=None) -> int:
