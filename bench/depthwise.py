@@ -7,7 +7,8 @@ one half and scored on the other. The sample is decoded once (resize 256, center
 the quantized network's inference. The model comes from ``bench/depthwise_model.py``.
 
 Rows (``--rows``): ``fp32``; ``channel`` (dfp 8/8, per-channel weights), ``tensor``,
-``tensor-eq`` (per tensor after cross-layer equalization), ``channel-eq``, ``auto``
+``tensor-eq`` (per tensor after cross-layer equalization), ``tensor-eq-weights`` (equalized by
+the weights alone, the data-free rule), ``channel-eq``, ``auto``
 (``--weight-granularity auto``), ``w8`` (8-bit per-channel weights, activations at 16 bits);
 ``ort`` (onnxruntime quantize_static int8, MinMax / Percentile / Entropy, per tensor and per
 channel, bench/ort_quant.py). ``compress --tolerance 0.02`` runs through the command line:
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -94,11 +96,17 @@ def run(model_path: Path, rows, bits: int = 8, log=print) -> list[dict]:
               "top1": top1(str(model_path), s)})
     if "fp32" in rows:
         emit({"row": "fp32", "calib_top1": top1(str(model_path), calib), "top1": top1(str(model_path), scored)})
-    for key in [r for r in rows if r in ROWS]:
+    for key in [r for r in rows if r in ROWS or r == "tensor-eq-weights"]:
         t = time.perf_counter()
-        fields = {"weight_bits": bits, "act_bits": bits, **ROWS[key]}
+        source = str(model_path)
+        if key == "tensor-eq-weights":  # equalized by the weights alone (no link ranges): the data-free rule
+            from ristretto_onnx.passes.equalize import equalize
+            from ristretto_onnx.passes.pipeline import prepare
+
+            source = equalize(prepare(onnx.load(str(model_path))).float_model)
+        fields = {"weight_bits": bits, "act_bits": bits, **ROWS.get(key, ROWS["tensor"])}
         opts = QuantizeOptions(scheme="dfp", calib_size=len(calib), batch_size=50, **fields)
-        res = quantize(str(model_path), opts, calib)
+        res = quantize(source, opts, calib)
         n_c = sum(1 for f in res.plan.values() if f is not None and f.kind == "per-channel")
         widths = sorted({f.bits for f in res.plan.values() if f is not None})
         emit({"row": key, "top1": top1(res.model, scored), "per_channel_layers": n_c, "widths": widths,
@@ -159,14 +167,14 @@ def streamed_calibration(batches_per_pass: int = 1):
             cls.collect_data = original
 
 
-def compress_files(search_size: int = 250) -> dict[str, Path]:
+def compress_files(search_size: int = 150) -> dict[str, Path]:
     """The halves as .npz files for the command line: ``calib`` (the calibration half),
     ``search`` (its first ``search_size`` images, scored by the search) and ``test`` (the scored
     half, scored once on the final model)."""
     images, labels = pixels()
     calib, scored = halves()
     parts = {"calib": calib._indices, "search": calib._indices[:search_size], "test": scored._indices}
-    paths = {k: PIXELS.with_name(f"imagenet-sample-{k}.npz") for k in parts}
+    paths = {k: PIXELS.with_name(f"imagenet-sample-{k}{search_size if k == 'search' else ''}.npz") for k in parts}
     for k, idx in parts.items():
         if not paths[k].exists():
             np.savez(paths[k], images=images[idx], labels=labels[idx])
