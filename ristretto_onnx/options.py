@@ -120,8 +120,11 @@ class QuantizeOptions:
     unsigned: bool = True
     #: dfp: a layer input reading another layer's output unchanged takes its format (passes.grid_ties).
     round_once: bool = True
-    #: passes.bias_correction: on, off, or auto (kept when it lowers the output error on calibration images).
+    #: off, weights (passes.bias_correction; "on" is its old name), outputs (ristretto_onnx.output_bias)
+    #: or auto (whichever brings the outputs closest to FP32's on calibration images, or none).
     bias_correction: str = "auto"
+    #: calibration images the ``outputs`` bias correction measures each layer's mean error on.
+    bias_size: int = 256
     #: per-channel dfp weights: "output" (ristretto_onnx.channel_rule) or "range" (the range rule per channel).
     channel_rule: str = "output"
     #: cross-layer equalization of Conv -> ReLU/ReLU6 -> Conv pairs first (passes.equalize).
@@ -145,11 +148,12 @@ class QuantizeOptions:
                 raise RistrettoError(f"--{name.replace('_', '-')} must be between 2 and 32, got {v}")
         if self.format is None and self.scheme != "pow2" and None in (self.weight_bits_, self.act_bits_):
             raise RistrettoError(f"--scheme {self.scheme} needs --bits (or both --weight-bits and --act-bits)")
-        if self.bias_correction not in ("auto", "on", "off"):
-            raise RistrettoError(f"--bias-correction must be auto, on or off, not {self.bias_correction!r}")
+        if self.bias_correction not in ("auto", "on", "off", "weights", "outputs"):
+            raise RistrettoError("--bias-correction must be auto, weights (or on), outputs or off, "
+                                 f"not {self.bias_correction!r}")
         if self.channel_rule not in ("output", "range"):
             raise RistrettoError(f"--channel-rule must be output or range, not {self.channel_rule!r}")
-        _check_positive(self, ("calib_size", "score_size", "batch_size", "refine_size"))
+        _check_positive(self, ("calib_size", "score_size", "batch_size", "refine_size", "bias_size"))
 
     @property
     def weight_bits_(self) -> int | None:

@@ -61,8 +61,10 @@ def quantize_command(
     round_twice: bool = typer.Option(False, "--round-twice", help="dfp: inputs keep their own format even "
                                      "where they read another layer's output unchanged (the thesis)."),
     bias_correction: str = typer.Option("auto", "--bias-correction",
-                                        help="auto (kept when it lowers the output error on calibration "
-                                             "images), on or off."),
+                                        help="auto (none, weights or outputs: whichever brings the outputs "
+                                             "closest to FP32's on calibration images), weights (each layer's "
+                                             "weight error; 'on'), outputs (each layer's measured mean output "
+                                             "error) or off."),
     channel_rule: str = typer.Option("output", "--channel-rule",
                                      help="per-channel dfp weights: output (clip a channel only when its output "
                                           "error drops) or range (--range-rule per channel)."),
