@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
-from ristretto_onnx.passes.graph import import_graph, runtime_inputs
+from ristretto_onnx.passes.graph import import_graph, runtime_inputs, subgraph_inputs
 from ristretto_onnx.passes.layers import Layer
 from ristretto_onnx.runtime.calibrate import session_any_size
 
@@ -60,16 +60,34 @@ def simulated_outputs(model: ModelProto, layers: Iterable[Layer]) -> dict[str, s
     return out
 
 
+def truncated(model: ModelProto, outputs: list[str]) -> ModelProto:
+    """A copy of ``model`` with only the nodes ``outputs`` need, and those as its outputs
+    (onnxruntime runs every node of a graph whatever is fetched: a layer early in the network
+    is measured without running the rest)."""
+    made = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    keep: set[int] = set()
+    stack = list(outputs)
+    while stack:
+        i = made.get(stack.pop())
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        node = model.graph.node[i]
+        stack.extend(list(node.input) + sorted(subgraph_inputs(node)))
+    out = ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(n for i, n in enumerate(model.graph.node) if i in keep)
+    del out.graph.output[:]
+    out.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in outputs)
+    return out
+
+
 def channel_means(model: ModelProto, tensors: Mapping[str, str], axes: Mapping[str, int],
                   batches: list[np.ndarray], threads: int | None = None) -> dict[str, np.ndarray]:
     """``{key: per-channel mean of tensors[key]}`` over ``batches`` in ``model`` (one pass)."""
-    probe = ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    for t in dict.fromkeys(tensors.values()):
-        if t not in present:
-            probe.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     fetch = list(dict.fromkeys(tensors.values()))
+    probe = truncated(model, fetch)
     session = session_any_size(probe, threads=threads)
     name = runtime_inputs(probe)[0]
     sums: dict[str, np.ndarray] = {}

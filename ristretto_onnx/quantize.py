@@ -50,6 +50,9 @@ from ristretto_onnx.stats import GroupRange, category_groups
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]
 
+#: ``--range-rule auto``: the candidates, each one rule for the whole network (range_rules).
+AUTO_RULES = ("mse", "max")
+
 
 def uniform_plan(groups: list[Group], fmt: Format, *, quantize_bias: bool = False) -> dict[str, Format | None]:
     """``fmt`` everywhere (biases only with ``quantize_bias``)."""
@@ -94,6 +97,10 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         ranges = measure_groups(prepared.float_model, layers, calib_set, batch_size=options.batch_size,
                                 threads=threads, unsigned=dfp and options.unsigned)
         seconds["calibrate" if calib_set is not None else "ranges"] = time.perf_counter() - t
+        if options.range_rule == "auto":
+            t = time.perf_counter()
+            options = replace(options, range_rule=_choose_rule(prepared, layers, ranges, calib_set, options, threads))
+            seconds["range_rule"] = time.perf_counter() - t
         scheme = options.make_scheme()
         by_output = options.refine and dfp and options.weight_granularity == "auto" and calib_set is not None
         if options.weight_granularity == "auto" and options.scheme in ("dfp", "pow2") and not by_output:
@@ -137,6 +144,32 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
     return QuantizeResult(model, plan, prepared.layers, tuple(l.name for l in layers), options,
                           measured, search, metric, seconds, corrected)
+
+
+def _choose_rule(prepared: Prepared, layers, ranges, calib_set, options: QuantizeOptions, threads) -> str:
+    """``--range-rule auto`` (dfp): the rule of :data:`AUTO_RULES` whose plan (rounded once where
+    asked) brings the network's outputs closest to FP32's on the calibration images
+    (output_bias.divergence), the first on a tie. One rule for the whole network: the choice is
+    made on the network's output, not on each group's histogram (ristretto_onnx.range_rules)."""
+    from ristretto_onnx.output_bias import divergence
+
+    if calib_set is None:
+        raise RistrettoError("--range-rule auto needs calibration data (--calib)")
+    ties = concat_ties(prepared.float_model, layers)
+    sources = grid_sources(prepared.float_model, layers) if options.round_once else {}
+    batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
+    reference = _outputs(prepared.float_model, batches, threads)
+    logits = len(prepared.float_model.graph.output[0].type.tensor_type.shape.dim) == 2
+    scores = []
+    for rule in AUTO_RULES:
+        scheme = replace(options, range_rule=rule).make_scheme()
+        widths = options.widths(scheme)
+        variants = {c: None for c in widths}
+        plan = plan_for(scheme, ranges, widths, variants)
+        plan = round_once(plan, sources, ties) if sources else plan
+        out = _outputs(simulate(prepared, plan, rounding=options.rounding), batches, threads)
+        scores.append(divergence(reference, out, logits=logits))
+    return AUTO_RULES[int(np.argmin(scores))]
 
 
 def _refine(prepared: Prepared, plan, groups, tie, ties, calib_set, options: QuantizeOptions, threads,
