@@ -111,9 +111,9 @@ class QuantizeOptions:
     pow2: Pow2 | None = None
     rounding: str = "nearest_even"
     weight_granularity: str = "tensor"  # or "channel": one format per output channel (dfp, pow2)
-    #: dfp: mse, max (thesis eq. 5.2), percentile:P, or auto (quantize: mse or max, whichever brings
-    #: the outputs closest to FP32's on calibration images).
-    range_rule: str = DEFAULT_RANGE_RULE
+    #: dfp: mse, max (thesis eq. 5.2), percentile:P, or auto (mse or max, whichever brings the
+    #: outputs closest to FP32's on calibration images; the other schemes have one rule).
+    range_rule: str = "auto"
     calib_size: int = 500
     score_size: int = 300
     batch_size: int = 256
@@ -140,11 +140,10 @@ class QuantizeOptions:
             object.__setattr__(self, "format", parse_format(self.format))
         if self.scheme == "auto":
             raise RistrettoError("quantize needs one scheme (fixed, dfp, minifloat, pow2); compress tries them all")
-        auto_rule = self.range_rule == "auto"  # quantize: the rule chosen on calibration data (dfp)
-        if auto_rule and (self.scheme != "dfp" or self.format is not None):
-            raise RistrettoError("--range-rule auto applies to --scheme dfp only")
+        if self.range_rule == "auto" and (self.scheme != "dfp" or self.format is not None):
+            object.__setattr__(self, "range_rule", DEFAULT_RANGE_RULE)  # one rule there: nothing to choose
         check_scheme(self.scheme, weight_granularity=self.weight_granularity,
-                     range_rule=DEFAULT_RANGE_RULE if auto_rule else self.range_rule,
+                     range_rule=DEFAULT_RANGE_RULE if self.range_rule == "auto" else self.range_rule,
                      forced_format=self.format is not None)
         if self.scheme is None and self.format is None:
             raise RistrettoError("give a --scheme (fixed, dfp, minifloat, pow2) or a --format")
@@ -180,7 +179,8 @@ class QuantizeOptions:
 
     def make_scheme(self) -> Scheme:
         window = self.pow2_window
-        scheme = make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule,
+        rule = DEFAULT_RANGE_RULE if self.range_rule == "auto" else self.range_rule  # quantize chooses it first
+        scheme = make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=rule,
                              exp_min=None if window is None else window.exp_min,
                              exp_max=None if window is None else window.exp_max)
         # quantize chooses fixed point splits on calibration images only: one bit of headroom first

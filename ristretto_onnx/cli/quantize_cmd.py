@@ -19,7 +19,6 @@ from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.errors import UsageError
 from ristretto_onnx.formats import Minifloat, PerChannel, Pow2, parse_format
 from ristretto_onnx.options import QuantizeOptions
-from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
 
 
 @app.command("quantize")
@@ -53,9 +52,10 @@ def quantize_command(
                                                 "channel (one per output channel: dfp fractional lengths, "
                                                 "pow2 windows of --exp-min..--exp-max's width), or auto "
                                                 "(per channel for the layers where it lowers the output error)."),
-    range_rule: str = typer.Option(DEFAULT_RANGE_RULE, "--range-rule",
-                                   help="dfp: mse (least squared error), max (no saturation, the "
-                                        "thesis's eq. 5.2) or percentile:P (e.g. percentile:99.99)."),
+    range_rule: str = typer.Option("auto", "--range-rule",
+                                   help="dfp: auto (mse or max, whichever brings the outputs closest to "
+                                        "FP32's on the calibration images), mse (least squared error), max "
+                                        "(no saturation, the thesis's eq. 5.2) or percentile:P."),
     signed_activations: bool = typer.Option(False, "--signed-activations",
                                             help="dfp: two's complement everywhere (no ufixed after ReLU)."),
     round_twice: bool = typer.Option(False, "--round-twice", help="dfp: inputs keep their own format even "
