@@ -87,6 +87,8 @@ def channel_means(model: ModelProto, tensors: Mapping[str, str], axes: Mapping[s
                   batches: list[np.ndarray], threads: int | None = None) -> dict[str, np.ndarray]:
     """``{key: per-channel mean of tensors[key]}`` over ``batches`` in ``model`` (one pass)."""
     fetch = list(dict.fromkeys(tensors.values()))
+    if not fetch:
+        return {}
     probe = truncated(model, fetch)
     session = session_any_size(probe, threads=threads)
     name = runtime_inputs(probe)[0]
@@ -113,6 +115,8 @@ def output_error_deltas(float_model: ModelProto, layers: Iterable[Layer],
     before it already corrected (all at once would correct an upstream error twice: once where
     it arises and again downstream). ``start``: deltas to begin from."""
     layers = [l for l in layers if l.op_type in CORRECTED]
+    if not layers:
+        return dict(start or {})
     axes = {l.name: _channel_axis(l) for l in layers}
     reference = channel_means(float_model, {l.name: l.output for l in layers}, axes, batches, threads)
     deltas = {k: np.asarray(v, np.float64) for k, v in (start or {}).items()}

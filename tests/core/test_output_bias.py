@@ -98,3 +98,13 @@ def test_resnet20_6_6_6_drop_within_0_8_by_default(zoo_env):
     assert res.bias_correction == "outputs"
     fp32 = _top1(str(zoo.get_model("resnet20-cifar10").locate()), test)
     assert fp32 - _top1(res.model, test) <= 0.008
+
+
+def test_a_model_without_a_correctable_layer_gets_no_deltas():
+    """ConvTranspose is left alone (as by passes.bias_correction): nothing to measure, no error."""
+    m = synth.conv_transpose()
+    p = prepare(m)
+    x = synth.sample_input(m, batch=8, seed=3)
+    sim = lambda d: simulate(apply_bias_correction(p.annotated, p.layers, d), {})  # noqa: E731
+    assert output_error_deltas(p.float_model, p.layers, sim, [x]) == {}
+    assert quantize(m, QuantizeOptions(scheme="dfp", bits=8, bias_correction="outputs"), load_dataset(x)).bias_correction == "off"
