@@ -221,7 +221,7 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
         if deltas:
             fixed["applied"] = simulate(apply_bias_correction(prepared.annotated, layers, deltas), plan,
                                         rounding=options.rounding)
-    if mode in ("outputs", "auto") and not has_external(prepared.annotated):
+    if mode in ("outputs", "auto"):
         data = [np.ascontiguousarray(x, np.float32) for x, _ in
                 load_batches(calib_set.take(min(options.bias_size, len(calib_set))), min(options.batch_size, 64))]
         sim = lambda d: simulate(apply_bias_correction(prepared.annotated, layers, d), plan,  # noqa: E731
