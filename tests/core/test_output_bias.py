@@ -107,4 +107,5 @@ def test_a_model_without_a_correctable_layer_gets_no_deltas():
     x = synth.sample_input(m, batch=8, seed=3)
     sim = lambda d: simulate(apply_bias_correction(p.annotated, p.layers, d), {})  # noqa: E731
     assert output_error_deltas(p.float_model, p.layers, sim, [x]) == {}
-    assert quantize(m, QuantizeOptions(scheme="dfp", bits=8, bias_correction="outputs"), load_dataset(x)).bias_correction == "off"
+    res = quantize(m, QuantizeOptions(scheme="dfp", bits=8, bias_correction="outputs"), load_dataset(x))
+    assert res.bias_correction == "off"
