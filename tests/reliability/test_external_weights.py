@@ -130,3 +130,15 @@ def test_a_proto_with_weights_on_disk_is_checked_without_copying_them(on_disk, m
     broken.graph.node[0].input[0] = "nowhere"
     with pytest.raises(RistrettoError, match="not valid ONNX"):
         load_model(broken)
+
+
+def test_a_negative_external_offset_is_a_clean_error(on_disk):
+    _, path = on_disk
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "offset":
+                entry.value = "-4096"
+    onnx.save(model, str(path))
+    with pytest.raises(RistrettoError, match="offset must be non-negative"):
+        load_model(path)
