@@ -10,15 +10,16 @@ never counted: the report's evaluations, plans and decisions are the local backe
 Scoring a plan sends the *plan* (a few hundred bytes of format strings, once per plan and actor;
 later batches name it by number), never the model: the model travels once, when the actors
 start, through Ray's object store, and weights in an external-data file not even then (each
-actor reads them from the file: :mod:`~ristretto_onnx.runtime.cluster_weights`). The images do not pass
-through the driver when the data comes from files: each actor gets a
+actor reads them from the file: :mod:`~ristretto_onnx.runtime.cluster_weights`). The images
+do not pass through the driver when the data comes from files: each actor gets a
 :class:`~ristretto_onnx.data.shards.ShardSource` (path, its batches' indices, the preprocessing)
 and reads its shard itself; only data held in memory (arrays given to the Python API) is
 preprocessed by the driver and shipped.
 
-Independent plans (a width's variants, the per-layer sensitivities of the search) are announced
-with :meth:`RayRunner.ahead`: their first batches go into the actors' queues at once, so the
-cluster works on all of them while the scorer still takes one plan at a time, in the local order.
+Independent plans (a width's variants, the per-layer sensitivities of the search, the next probe
+of every category's binary search) are announced with :meth:`RayRunner.ahead`: their first
+batches go into the actors' queues at once, so the cluster works on all of them while the scorer
+still takes one plan at a time, in the local order.
 
 Outputs come back per batch and in order, so the scorer sees exactly the arrays the local
 backend would compute (each actor runs the same onnxruntime graph on the same batches), and
