@@ -6,7 +6,8 @@ one half and scored on the other. The sample is decoded once (resize 256, center
 ``bench/out/imagenet-sample-224.npz`` (uint8 NHWC + labels, git-ignored), so each row costs only
 the quantized network's inference. The model comes from ``bench/depthwise_model.py``.
 
-Rows (``--rows``): ``fp32``; ``channel`` (dfp 8/8, per-channel weights), ``tensor``,
+Rows (``--rows``), dfp with the ``mse`` range rule and the weights' bias correction (as measured
+in docs/ACCURACY.md; ``--range-rule``, ``--bias-correction`` change them): ``fp32``; ``channel`` (dfp 8/8, per-channel weights), ``tensor``,
 ``tensor-eq`` (per tensor after cross-layer equalization), ``tensor-eq-weights`` (equalized by
 the weights alone, the data-free rule), ``channel-eq``, ``auto``
 (``--weight-granularity auto``), ``w8`` (8-bit per-channel weights, activations at 16 bits);
@@ -82,7 +83,8 @@ def top1(model, data, batch: int = 50) -> float:
     return hits / len(data)
 
 
-def run(model_path: Path, rows, bits: int = 8, log=print) -> list[dict]:
+def run(model_path: Path, rows, bits: int = 8, range_rule: str = "mse", bias_correction: str = "weights",
+        log=print) -> list[dict]:
     calib, scored = halves()
     out = []
 
@@ -105,7 +107,8 @@ def run(model_path: Path, rows, bits: int = 8, log=print) -> list[dict]:
 
             source = equalize(prepare(onnx.load(str(model_path))).float_model)
         fields = {"weight_bits": bits, "act_bits": bits, **ROWS.get(key, ROWS["tensor"])}
-        opts = QuantizeOptions(scheme="dfp", calib_size=len(calib), batch_size=50, **fields)
+        opts = QuantizeOptions(scheme="dfp", calib_size=len(calib), batch_size=50, range_rule=range_rule,
+                               bias_correction=bias_correction, **fields)
         res = quantize(source, opts, calib)
         n_c = sum(1 for f in res.plan.values() if f is not None and f.kind == "per-channel")
         widths = sorted({f.bits for f in res.plan.values() if f is not None})
@@ -196,6 +199,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--rows", default="fp32,channel,tensor,tensor-eq,auto,ort")
     ap.add_argument("--bits", type=int, default=8)
+    ap.add_argument("--range-rule", default="mse", help="as measured in docs/ACCURACY.md (quantize's default: auto)")
+    ap.add_argument("--bias-correction", default="weights",
+                    help="as measured (weights; quantize's default auto may pick outputs: one pass per layer)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--compress-command", action="store_true")
     a = ap.parse_args(argv)
@@ -205,7 +211,7 @@ def main(argv=None) -> int:
     if a.compress_command:
         print(compress_command(a.model))
         return 0
-    rows = run(a.model, a.rows.split(","), a.bits)
+    rows = run(a.model, a.rows.split(","), a.bits, a.range_rule, a.bias_correction)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 0
