@@ -62,13 +62,13 @@ class Equalize(Transformation):
         if not pairs:
             return PassResult(graph, False)
         clip_hi: dict[str, np.ndarray] = {}
-        links = {link_name(a, act): self.link_max.get(link_name(a, act)) for a, act, _ in pairs}
+        measured = {link_name(a, act): self.link_max.get(link_name(a, act)) for a, act, _ in pairs}
         for _ in range(self.iterations):
             for a, act, b in pairs:
                 key = link_name(a, act)
-                s = _balance(a, b, links[key])
-                if links[key] is not None:
-                    links[key] = links[key] / s
+                s = _balance(a, b, measured[key])
+                if measured[key] is not None:
+                    measured[key] = measured[key] / s  # the link's channel c carries x_c / s_c now
                 if act is not None and is_op(act, "Clip"):
                     key = act.outputs[0].name
                     hi = clip_hi.get(key)
