@@ -12,8 +12,9 @@ link has one reader, a positive factor ``s_c`` per channel of A's output can mov
 is exact in real arithmetic (ReLU is positively homogeneous), and a ReLU6 becomes a clip at
 ``hi / s_c`` per channel: ``Relu(x) -> Min(x, hi / s)``, a per-channel saturation threshold
 that an accelerator gets for free (the range step measures the layer output after it, bounded
-by the largest ``hi / s_c``: passes.analysis.clip_bounds). ``s_c = sqrt(r_A(c) / r_B(c))`` (max |w| of A's output channel
-c and of B's weights reading channel c) gives both the range ``sqrt(r_A r_B)``. Pairs are
+by the largest ``hi / s_c``: passes.analysis.clip_bounds). ``s_c = sqrt(r_A(c) / r_B(c))``
+(max |w| of A's output channel c and of B's weights reading channel c) gives both the range
+``sqrt(r_A r_B)``. Pairs are
 equalized in graph order, :data:`ITERATIONS` sweeps (a chain's factors interact).
 
 That balances the weights only. The tensor between A and B (the link) scales with A's channel:
