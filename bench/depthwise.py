@@ -8,9 +8,9 @@ the quantized network's inference. The model comes from ``bench/depthwise_model.
 
 Rows (``--rows``), dfp with the ``mse`` range rule and the weights' bias correction (as measured
 in docs/ACCURACY.md; ``--range-rule``, ``--bias-correction`` change them): ``fp32``; ``channel``
-(dfp 8/8, per-channel weights), ``tensor``, ``tensor-eq`` (per tensor after cross-layer equalization), ``tensor-eq-weights`` (equalized by
-the weights alone, the data-free rule), ``channel-eq``, ``auto``
-(``--weight-granularity auto``), ``w8`` (8-bit per-channel weights, activations at 16 bits);
+(dfp 8/8, per-channel weights), ``tensor``, ``tensor-eq`` (per tensor after cross-layer
+equalization), ``tensor-eq-weights`` (equalized by the weights alone, the data-free rule),
+``channel-eq``, ``auto`` (``--weight-granularity auto``), ``w8`` (8-bit per-channel weights, activations at 16 bits);
 ``ort`` (onnxruntime quantize_static int8, MinMax / Percentile / Entropy, per tensor and per
 channel, bench/ort_quant.py). ``compress --tolerance 0.02`` runs through the command line:
 ``bench/depthwise.py --compress-command`` prints the command.
