@@ -42,6 +42,32 @@ def _chain_step(node: NodeProto) -> str | None:
     return str(fmt)
 
 
+def drop_repeated_quantizers(steps: list[str]) -> list[str]:
+    """``steps`` without quantizers that repeat the format applied before them with only ReLUs
+    (and tees) in between: the layer output quantizer, ReLU, input quantizer of the next layer
+    run in a CNN whose formats agree (``ufixed:8:6|relu|ufixed:8:6``) is ``ufixed:8:6|relu``.
+
+    Exact: every scalar nearest-even format is idempotent on its own values (a value on the
+    grid, a saturated bound, +-0 and NaN quantize to themselves), and onnxruntime's ReLU maps
+    them onto such values (negatives to +0, which every format keeps; -0, NaN and non-negative
+    values pass). A quantizer right after a tee stays (a chain cannot end with a tee).
+    """
+    out: list[str] = []
+    last = None  # the format whose values the current value is
+    for step in steps:
+        if step in ("relu", "tee"):
+            out.append(step)
+            continue
+        if step == "add":
+            last = None
+        elif step == last and out[-1] != "tee":
+            continue
+        else:
+            last = step
+        out.append(step)
+    return out
+
+
 def _static_shapes(model: ModelProto) -> dict[str, tuple]:
     shapes = {}
     for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
@@ -107,6 +133,7 @@ def fuse_chains(model: ModelProto) -> ModelProto | None:
             t = nxt.output[0]
         if len(members) < 2:
             continue
+        steps = drop_repeated_quantizers(steps)
         inputs = [node.input[0]] + ([extra] if extra is not None else [])
         chain = helper.make_node(CHAIN_OP, inputs, [t] + ([tee] if tee is not None else []),
                                  name=f"{node.name or t}_chain", domain=DOMAIN, steps="|".join(steps))
