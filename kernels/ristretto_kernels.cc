@@ -214,7 +214,7 @@ struct CpuOp : Ort::CustomOpBase<CpuOp, CpuKernel> {
 // the bits of those nodes run one after the other; runtime/kernel_chains.py builds the chains.
 
 constexpr const char* kChainOpName = "QuantizeSimChain";
-constexpr int64_t kTile = 256;  // elements per step inside a block (1 KiB: L1, short enough for the prefetchers)
+constexpr int64_t kTile = 2048;  // elements per step inside a block (stays in L1/L2)
 
 struct ChainStep {
   int op;  // 0 quantize, 1 relu, 2 add, 3 tee
@@ -258,14 +258,11 @@ void run_chain_block(void* data, size_t block) {
         std::memcpy(t->tee + i, src, static_cast<size_t>(n) * sizeof(float));
         continue;
       }
-      // the last step writes the output, except when it is also the first one: the output may
-      // be the input's buffer (ChainOp's in-place map), and the loops take restrict pointers
-      float* dst = j + 1 == k && src != t->x + i ? t->y + i : buf[flip];
+      float* dst = j + 1 == k ? t->y + i : buf[flip];
       flip ^= 1;
       apply_step(steps[j], src, t->r == nullptr ? nullptr : t->r + i, dst, n);
       src = dst;
     }
-    if (src != t->y + i) std::memmove(t->y + i, src, static_cast<size_t>(n) * sizeof(float));
   }
 }
 
@@ -347,26 +344,7 @@ struct ChainKernel {
   }
 };
 
-// Output 0 may reuse input 0's buffer (onnxruntime decides; it does when the chain is the
-// input's last reader): each element is read before it is written, by the same thread, and
-// without the fresh output buffer a chain moves a third less memory (no read-for-ownership of
-// the output's cache lines). The tee output never aliases: 'add' may read input 1 after a tee.
-size_t ORT_API_CALL chain_may_inplace(int** input_index, int** output_index) {
-  *input_index = new int[1]{0};
-  *output_index = new int[1]{0};
-  return 1;
-}
-
-void ORT_API_CALL chain_release_inplace(int* input_index, int* output_index) {
-  delete[] input_index;
-  delete[] output_index;
-}
-
 struct ChainOp : Ort::CustomOpBase<ChainOp, ChainKernel> {
-  ChainOp() {
-    OrtCustomOp::GetMayInplace = chain_may_inplace;
-    OrtCustomOp::ReleaseMayInplace = chain_release_inplace;
-  }
   void* CreateKernel(const OrtApi& /*api*/, const OrtKernelInfo* info) const { return new ChainKernel(info); }
   const char* GetName() const { return kChainOpName; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
