@@ -24,7 +24,7 @@ from onnx import ModelProto
 
 from ristretto_onnx.formats import PerChannel
 from ristretto_onnx.passes.contract import PassResult, Transformation
-from ristretto_onnx.passes.external import row_chunks, tensor_array, tensor_rows
+from ristretto_onnx.passes.external import row_blocks, tensor_array
 from ristretto_onnx.passes.graph import (
     as_graph, constant_value, consumer_lookup, export_model, external_proto, import_graph, producer,
     tensor_names, unique_name,
@@ -71,8 +71,8 @@ def _output_error_in_chunks(layer: Layer, attrs: Mapping, t, fmt, mean: np.ndarr
         w = np.asarray(tensor_array(t), np.float32)
         return _output_error(layer, attrs, fmt.quantize(w).astype(np.float64) - w.astype(np.float64), mean)
     parts = []
-    for start, stop in row_chunks(t):
-        w = np.asarray(tensor_rows(t, start, stop), np.float32)
+    for start, stop, rows in row_blocks(t):
+        w = np.asarray(rows, np.float32)
         dw = fmt.quantize(w).astype(np.float64) - w.astype(np.float64)
         part = _output_error(layer, attrs, dw, mean if by_output else mean[start:stop])
         if part is None:

@@ -8,7 +8,7 @@ rewrites each tensor's ``location`` to a path relative to :data:`ROOT` (the file
 so any proto of the pipeline, copied or not, can be read wherever it goes:
 
 * the passes read a weight with :func:`tensor_array` (no change to the proto, no cached copy),
-  or a slice of its rows with :func:`tensor_rows` (large weights are read in chunks);
+  or a block of rows at a time with :func:`row_blocks` (large weights are read in chunks);
 * onnxruntime gets the proto as bytes and :data:`ROOT` as its external-data folder
   (:func:`session_folder_entry`), and reads the file itself;
 * :func:`~ristretto_onnx.passes.save.save_model` copies the referenced bytes into the output's
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
+from onnx.external_data_helper import ExternalDataInfo
 
 from ristretto_onnx.errors import RistrettoError
 
@@ -47,8 +48,12 @@ def has_external(model: ModelProto) -> bool:
     return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
-def _info(t: TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in t.external_data}
+def _info(t: TensorProto) -> ExternalDataInfo:
+    """``t``'s location, offset and length, parsed and range-checked by onnx."""
+    try:
+        return ExternalDataInfo(t)
+    except ValueError as e:  # a negative offset or length
+        raise RistrettoError(str(e)) from None  # names the tensor
 
 
 def resolve_locations(model: ModelProto, folder: str | os.PathLike) -> None:
@@ -86,16 +91,15 @@ def check_payload_sizes(model: ModelProto) -> None:
 
 def data_path(t: TensorProto) -> Path:
     """The file holding ``t``'s bytes (after :func:`resolve_locations`)."""
-    return Path(ROOT) / _info(t)["location"]
+    return Path(ROOT) / _info(t).location
 
 
 def _span(t: TensorProto) -> tuple[int, int]:
     info = _info(t)
-    offset = int(info.get("offset", 0))
-    length = info.get("length")
+    length = info.length
     if length is None:
         length = int(np.prod(t.dims, dtype=np.int64)) * _dtype(t).itemsize
-    return offset, int(length)
+    return info.offset or 0, int(length)
 
 
 def _dtype(t: TensorProto) -> np.dtype:
@@ -145,6 +149,12 @@ def row_chunks(t: TensorProto) -> Iterator[tuple[int, int]]:
     step = max(1, CHUNK_BYTES // row_bytes)
     for start in range(0, dims[0], step):
         yield start, min(dims[0], start + step)
+
+
+def row_blocks(t: TensorProto) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, rows)`` for each of :func:`row_chunks`: ``t``'s value a block of rows at a time."""
+    for start, stop in row_chunks(t):
+        yield start, stop, tensor_rows(t, start, stop)
 
 
 def payload_size(t: TensorProto) -> int:

@@ -7,7 +7,8 @@ the ONNX version converter; opsets 13 to 21 are kept as they are.
 
 Models larger than 2 GB cannot be serialized as one protobuf, which the checker and shape
 inference need; for those, the model is written to a temporary folder with external data and
-checked and inferred from the path instead.
+checked and inferred from the path instead; a proto of the pipeline whose weights are still
+references into their data file is checked in memory with those weights declared as inputs.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from onnx import ModelProto, version_converter
+from onnx import ModelProto, helper, version_converter
 
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.ops import MIN_OPSET, default_opset
 from ristretto_onnx.passes import save as _save
-from ristretto_onnx.passes.external import check_payload_sizes, has_external, resolve_locations
+from ristretto_onnx.passes.external import check_payload_sizes, has_external, is_external, resolve_locations
 from ristretto_onnx.validate import validate
 
 #: Default-domain opsets accepted as input.
@@ -83,8 +84,10 @@ def _opset(model: ModelProto) -> int:
 
 def _checked_and_inferred(model: ModelProto) -> ModelProto:
     validate(model)  # what onnx.checker leaves to onnxruntime (corrupt initializers, no outputs ...)
-    if _save.needs_external_data(model):
+    if _save.inline_over_limit(model):
         return _checked_and_inferred_on_disk(model)
+    if has_external(model):  # a proto of this pipeline whose weights stay in their file
+        return _checked_and_inferred_headers(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -100,6 +103,37 @@ def _checked_and_inferred_light(model: ModelProto, path: Path) -> ModelProto:
     validate(model)
     with tempfile.TemporaryDirectory(prefix="ristretto-load-") as tmp:
         return _check_path_and_take_types(model, path, Path(tmp) / "inferred.onnx")
+
+
+def _checked_and_inferred_headers(model: ModelProto) -> ModelProto:
+    """Check and infer a proto whose weights are references into their data file, in memory.
+
+    The checker resolves an in-memory proto's external locations against the working folder,
+    not :data:`~ristretto_onnx.passes.external.ROOT`, and saving a copy to check it would copy
+    every weight (gigabytes on the models that have them). The weights' bytes were checked
+    against their shapes when the file was loaded (``check_payload_sizes``); what the checker
+    and shape inference need of them is their type and shape, so the copy checked here declares
+    each weight on disk as a graph input of that type and shape instead of an initializer.
+    """
+    headers = ModelProto()
+    headers.CopyFrom(model)  # small: the weights on disk are references
+    graph = headers.graph
+    inputs = {i.name for i in graph.input}
+    for index in reversed(range(len(graph.initializer))):
+        t = graph.initializer[index]
+        if is_external(t):
+            if t.name not in inputs:
+                graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            del graph.initializer[index]
+    try:
+        onnx.checker.check_model(headers)
+    except onnx.checker.ValidationError as e:
+        raise RistrettoError(f"the model is not valid ONNX: {_first_line(e)}") from None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(headers)
+    except Exception as e:
+        raise RistrettoError(f"shape inference failed: {_first_line(e)}") from None
+    return _take_types(model, inferred)
 
 
 def _checked_and_inferred_on_disk(model: ModelProto) -> ModelProto:
@@ -121,7 +155,10 @@ def _check_path_and_take_types(model: ModelProto, path: Path, inferred: Path) ->
         raise RistrettoError(f"shape inference failed: {_first_line(e)}") from None
     # Take only the inferred types, not a second copy of the weights (peak memory: bench/
     # external_data.py): the shapes land in value_info and the graph outputs.
-    header = onnx.load(str(inferred), load_external_data=False)
+    return _take_types(model, onnx.load(str(inferred), load_external_data=False))
+
+
+def _take_types(model: ModelProto, header: ModelProto) -> ModelProto:
     del model.graph.value_info[:]
     model.graph.value_info.extend(header.graph.value_info)
     for out, typed in zip(model.graph.output, header.graph.output):

@@ -35,10 +35,14 @@ _ALIGN = 4096
 
 
 def needs_external_data(model: ModelProto) -> bool:
+    """Weights are on disk already (the output gets its own file) or too large for one protobuf."""
+    return has_external(model) or inline_over_limit(model)
+
+
+def inline_over_limit(model: ModelProto) -> bool:
+    """What ``model`` holds in memory cannot be serialized as one protobuf."""
     # Below the limit ByteSize() is exact; above 2 GB some protobuf builds (upb) raise instead of
     # answering, and the initializers alone tell (without the 2 GB cap of ByteSize()).
-    if has_external(model):  # weights left on disk by load_model: the output gets its own file
-        return True
     payload = 0
     for t in model.graph.initializer:
         try:

@@ -22,7 +22,7 @@ from onnx import ModelProto
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.passes.analysis.clip_bounds import clip_bounds
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
-from ristretto_onnx.passes.external import row_chunks, tensor_rows
+from ristretto_onnx.passes.external import row_blocks
 from ristretto_onnx.passes.graph import constant_lookup, external_proto, import_graph
 from ristretto_onnx.passes.layers import ACTIVATION_ROLES, Layer
 from ristretto_onnx.passes.nonnegative import relu_measure, unsigned_for
@@ -41,8 +41,8 @@ def parameter_ranges(model: ModelProto, layers: Iterable[Layer]) -> dict[str, Ra
                 continue
             if g.tensor in on_disk:  # a weight left on disk: read in chunks (same statistics)
                 acc = RangeAccumulator()
-                for start, stop in row_chunks(on_disk[g.tensor]):
-                    acc.update(tensor_rows(on_disk[g.tensor], start, stop))
+                for _, _, rows in row_blocks(on_disk[g.tensor]):
+                    acc.update(rows)
                 out[g.id] = acc.result()
                 continue
             value = constant(g.tensor)
@@ -95,8 +95,8 @@ def channel_ranges(model: ModelProto, layers: Iterable[Layer]) -> dict[str, tupl
         axis = layer.out_channel_axis
         proto = on_disk.get(layer.weight)
         if proto is not None and axis == 0 and len(proto.dims) >= 1:  # rows read in chunks
-            rows = [RangeStats.of(row) for start, stop in row_chunks(proto)
-                    for row in tensor_rows(proto, start, stop).astype(np.float32).reshape(stop - start, -1)]
+            rows = [RangeStats.of(row) for start, stop, block in row_blocks(proto)
+                    for row in block.astype(np.float32).reshape(stop - start, -1)]
             out[f"{layer.name}/weights"] = (axis, tuple(rows))
             continue
         w = constant(layer.weight)

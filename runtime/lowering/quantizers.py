@@ -25,7 +25,7 @@ from onnx import TensorProto
 from ristretto_onnx.formats import Fixed, PerChannel, UFixed, quantize
 from ristretto_onnx.ops import UFIXED_CLIP_MIN
 from ristretto_onnx.passes.contract import PassResult, Transformation
-from ristretto_onnx.passes.external import row_chunks, tensor_rows
+from ristretto_onnx.passes.external import row_blocks
 from ristretto_onnx.passes.graph import constant_value, external_proto, is_op, remove_nodes, subgraph_inputs
 from ristretto_onnx.passes.transforms.set_formats import is_quantizer, quantizer_format
 from ristretto_onnx.runtime.lowering.params import Params
@@ -78,8 +78,8 @@ def _quantize_constant(tensor: gs.Constant, fmt, rounding: str) -> np.ndarray:
     if proto is None or isinstance(fmt, PerChannel) or rounding == "stochastic":
         return quantize(constant_value(tensor), fmt, rounding=rounding)
     out = np.empty(tuple(int(d) for d in proto.dims), np.float32)
-    for start, stop in row_chunks(proto):  # elementwise: the same values as all at once
-        chunk = quantize(tensor_rows(proto, start, stop), fmt, rounding=rounding)
+    for start, stop, rows in row_blocks(proto):  # elementwise: the same values as all at once
+        chunk = quantize(rows, fmt, rounding=rounding)
         if out.ndim:
             out[start:stop] = chunk
         else:

@@ -109,3 +109,36 @@ def test_compress_test_split_on_disk_scores_as_in_memory(on_disk):
     got, want = disk.report, plain.report
     assert (got.test_baseline, got.test_final, got.n_test_images) == \
         (want.test_baseline, want.test_final, want.n_test_images) and want.n_test_images == len(data)
+
+
+def test_a_proto_with_weights_on_disk_is_checked_without_copying_them(on_disk, monkeypatch):
+    """Re-loading a pipeline proto (Simulator, trainer) checks it in memory: no weight is written."""
+    from ristretto_onnx.passes import load as load_module
+
+    _, path = on_disk
+    loaded = load_model(path)
+    by_path = load_module._checked_and_inferred_on_disk(onnx.ModelProto.FromString(loaded.SerializeToString()))
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the weights were copied to check the model")
+
+    monkeypatch.setattr(load_module._save, "save_model", no_copy)
+    again = load_model(loaded)
+    assert again.SerializeToString() == by_path.SerializeToString()  # same types, same references
+    assert sum(external.is_external(t) for t in again.graph.initializer) == 3
+    broken = onnx.ModelProto.FromString(loaded.SerializeToString())
+    broken.graph.node[0].input[0] = "nowhere"
+    with pytest.raises(RistrettoError, match="not valid ONNX"):
+        load_model(broken)
+
+
+def test_a_negative_external_offset_is_a_clean_error(on_disk):
+    _, path = on_disk
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "offset":
+                entry.value = "-4096"
+    onnx.save(model, str(path))
+    with pytest.raises(RistrettoError, match="offset must be non-negative"):
+        load_model(path)
