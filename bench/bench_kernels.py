@@ -88,12 +88,13 @@ def _runner(session, name: str, params: dict | None = None):
     return lambda x: session.run(None, {name: x, **params})
 
 
-def measure(runners: dict, batches: list[np.ndarray], rounds: int, best: bool = False) -> tuple[dict, dict]:
+def measure(runners: dict, batches: list[np.ndarray], rounds: int, best: bool = False) -> tuple[dict, dict, dict]:
     """Median (``best``: highest) images/s of every runner over interleaved rounds, by wall time
     and by CPU time.
 
     Worker threads do not spin, so process CPU time measures the work done; on a shared machine
     it is the steadier of the two, and the best round is the one least disturbed by other jobs.
+    The third result holds every round's images/s.
     """
     wall = {k: [] for k in runners}
     cpu = {k: [] for k in runners}
@@ -108,7 +109,8 @@ def measure(runners: dict, batches: list[np.ndarray], rounds: int, best: bool = 
             wall[key].append(n / (time.perf_counter() - t))
             cpu[key].append(n / max(time.process_time() - c, 1e-9))
     stat = np.max if best else np.median
-    return ({k: float(stat(v)) for k, v in wall.items()}, {k: float(stat(v)) for k, v in cpu.items()})
+    return ({k: float(stat(v)) for k, v in wall.items()}, {k: float(stat(v)) for k, v in cpu.items()},
+            {"wall": wall, "cpu": cpu})
 
 
 def search_cost(name: str) -> dict:
@@ -144,11 +146,14 @@ def bench_model(name: str, batch: int, n_batches: int, rounds: int, schemes, pro
                 sim.set_formats(all_plans[scheme], replace=True)
                 sess = sim.session()
             runners[f"{scheme}/sim{'+lib' if lib else ''}"] = _runner(sess, inp, sim.feeds(batches[0]))
-    wall, cpu = measure(runners, batches, rounds, best)
+    wall, cpu, every = measure(runners, batches, rounds, best)
+    other = np.median if best else np.max  # the other statistic, for the record
+    ratios = {f"{m} {'median' if best else 'best'}": {k: float(other(v)) / float(other(every[m]["fp32"]))
+                                                      for k, v in every[m].items()} for m in ("wall", "cpu")}
     return {"statistic": "best" if best else "median", "wall": {k: v / wall["fp32"] for k, v in wall.items()},
             "cpu": {k: v / cpu["fp32"] for k, v in cpu.items()},
             "fp32 images/s": wall["fp32"], "fp32 images/cpu-s": cpu["fp32"], "batch": batch,
-            "batches": n_batches, "rounds": rounds}
+            "batches": n_batches, "rounds": rounds, **ratios}
 
 
 def main(argv=None) -> int:
@@ -197,6 +202,11 @@ def main(argv=None) -> int:
         for s in schemes:
             print(f"  {s:<11}" + "".join(f"{r['wall'][f'{s}/{c}']:>15.2f}" for c in cols) + "  |"
                   + "".join(f"{r['cpu'][f'{s}/{c}']:>15.2f}" for c in cols))
+        other = "median" if r["statistic"] == "best" else "best"
+        print(f"  the same with the {other} round:")
+        for s in schemes:
+            print(f"  {s:<11}" + "".join(f"{r[f'wall {other}'][f'{s}/{c}']:>15.2f}" for c in cols) + "  |"
+                  + "".join(f"{r[f'cpu {other}'][f'{s}/{c}']:>15.2f}" for c in cols))
     for name, c in results["search"].items():
         print(f"\nsearch {name} (compress dfp, tol 0.01): {c['evaluations']:.1f} full-set evaluations, "
               f"{c['plans scored']} plans, {c['sessions']} sessions, {c['seconds']:.1f} s wall "
