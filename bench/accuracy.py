@@ -46,6 +46,7 @@ VARIANTS = {
     "once": ("+ outputs rounded once", dict(unsigned=True, round_once=True, bias_correction="off")),
     "bc": ("+ bias correction", dict(unsigned=True, round_once=True, bias_correction="on")),
     "auto": ("+ bias correction auto", dict(unsigned=True, round_once=True, bias_correction="auto")),
+    "outputs": ("bias correction outputs", dict(unsigned=True, round_once=True, bias_correction="outputs")),
     "refine": ("+ refined by the output error", dict(unsigned=True, round_once=True, bias_correction="auto",
                                                    refine=True)),
     "refine_nobc": ("refined, bias correction off", dict(unsigned=True, round_once=True, bias_correction="off",
@@ -109,9 +110,10 @@ def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granulariti
         acc = top1(res.model, scored)
         n_u = sum(1 for f in res.plan.values() if f is not None and f.kind == "ufixed")
         n_c = sum(1 for f in res.plan.values() if f is not None and f.kind == "per-channel")
+        chosen = f"{rule}->{res.options.range_rule}" if rule == "auto" else rule
         rows.append({"net": net, "config": f"dfp {w['act_bits']}/{w['weight_bits']} {opts.weight_granularity} "
-                     f"{rule} {label}", "top1": acc, "ufixed_groups": n_u, "per_channel_layers": n_c,
-                     "bias_correction": res.bias_correction, "seconds": round(time.perf_counter() - t, 1)})
+                     f"{chosen} {label}", "top1": acc, "ufixed_groups": n_u, "per_channel_layers": n_c,
+                     "bias_correction": res.bias_correction, "range_rule": res.options.range_rule, "seconds": round(time.perf_counter() - t, 1)})
         log(f"  {rows[-1]['config']}: {acc:.4f} ({n_u} ufixed groups, {n_c} per-channel layers, bias correction "
             f"{res.bias_correction}, {rows[-1]['seconds']} s)", flush=True)
     if ort:

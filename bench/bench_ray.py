@@ -7,8 +7,9 @@ Runs ``compress --tolerance 0.01`` once locally and once per worker count on a l
 (``ray.init(num_cpus=max(workers))``), on the first ``--images`` images of the model's test set
 (all by default), checks that every run finds the same plan and report, and prints the speed-ups
 measured in this one run, the load average, whether the actors read their shards themselves,
-how many independent plans were in flight together at most, and the per-image cost that the
-ImageNet estimate in the README is computed from:
+how many independent plans (and plans of different categories: the interleaved per-category
+searches) were in flight together at most, and the per-image cost that the ImageNet estimate in
+the README is computed from:
 
     time(W workers) ~= startup + evaluations * images * cost_per_image / W + evaluations * overhead
 
@@ -81,10 +82,10 @@ def main(argv=None) -> dict:
     out = {"model": args.model, "images": r.n_images, "scheme": args.scheme, "granularity": args.granularity,
            "cpus": len(os.sched_getaffinity(0)), "load_before": os.getloadavg(),
            "local_seconds": round(time.perf_counter() - t, 1), "local_search_seconds": round(r.seconds["search"], 1),
-           "evaluations": r.evaluations, "plans_scored": r.plans_scored,
+           "evaluations": r.evaluations, "plans_scored": r.plans_scored, "sessions_built": r.sessions_built,
            "search_seconds_per_image": r.seconds["search"] / max(1.0, r.evaluations * r.n_images),
            "ray": {}}
-    seen = {"read_by_actors": [], "in_flight": [1]}
+    seen = {"read_by_actors": [], "in_flight": [1], "categories": [1]}
     init, ahead = cluster.RayRunner.__init__, cluster.RayRunner.ahead
 
     def spy_init(self, *a, **k):
@@ -93,7 +94,12 @@ def main(argv=None) -> dict:
 
     def spy_ahead(self, plans, depth):
         ahead(self, plans, depth)
-        seen["in_flight"].append(len({key for key, _ in self._pending}))
+        queued = {key for key, _ in self._pending if key is not None}
+        seen["in_flight"].append(len(queued))
+        # plans quantizing groups no other queued plan quantizes: the per-category searches' probes
+        groups = [frozenset(g for g, _ in key) for key in queued]
+        seen["categories"].append(sum(all(a.isdisjoint(b) for j, b in enumerate(groups) if j != i)
+                                      for i, a in enumerate(groups)))
 
     cluster.RayRunner.__init__, cluster.RayRunner.ahead = spy_init, spy_ahead
     t = time.perf_counter()
@@ -113,6 +119,7 @@ def main(argv=None) -> dict:
         cluster.RayRunner.__init__, cluster.RayRunner.ahead = init, ahead
     out["actors_read_their_shards"] = all(seen["read_by_actors"])
     out["most_plans_in_flight"] = max(seen["in_flight"])
+    out["most_categories_in_flight"] = max(seen["categories"])
     out["load_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
     return out

@@ -452,7 +452,7 @@ def ort_verdict(r: dict) -> str:
     minmax = next((x for x in pt if x["config"] == "per-tensor MinMax"), best)
     out = []
     for rule, name in (("mse", "MSE ranges (the compress default)"), ("max", "eq. 5.2 ranges (the thesis)"),
-                       ("mse, issue-15 rules", "MSE ranges and the issue-15 rules (quantize's defaults)")):
+                       ("auto, issue-15 rules", "quantize's defaults (range rule auto and the issue-15 rules)")):
         ours = _ours(o, "tensor", rule)
         if ours is None:
             continue

@@ -111,7 +111,9 @@ class QuantizeOptions:
     pow2: Pow2 | None = None
     rounding: str = "nearest_even"
     weight_granularity: str = "tensor"  # or "channel": one format per output channel (dfp, pow2)
-    range_rule: str = DEFAULT_RANGE_RULE  # dfp: mse, max (thesis eq. 5.2) or percentile:P
+    #: dfp: mse, max (thesis eq. 5.2), percentile:P, or auto (mse or max, whichever brings the
+    #: outputs closest to FP32's on calibration images; the other schemes have one rule).
+    range_rule: str = "auto"
     calib_size: int = 500
     score_size: int = 300
     batch_size: int = 256
@@ -120,8 +122,11 @@ class QuantizeOptions:
     unsigned: bool = True
     #: dfp: a layer input reading another layer's output unchanged takes its format (passes.grid_ties).
     round_once: bool = True
-    #: passes.bias_correction: on, off, or auto (kept when it lowers the output error on calibration images).
+    #: off, weights (passes.bias_correction; "on" is its old name), outputs (ristretto_onnx.output_bias)
+    #: or auto (whichever brings the outputs closest to FP32's on calibration images, or none).
     bias_correction: str = "auto"
+    #: calibration images the ``outputs`` bias correction measures each layer's mean error on.
+    bias_size: int = 256
     #: per-channel dfp weights: "output" (ristretto_onnx.channel_rule) or "range" (the range rule per channel).
     channel_rule: str = "output"
     #: cross-layer equalization of Conv -> ReLU/ReLU6 -> Conv pairs first (passes.equalize).
@@ -135,7 +140,10 @@ class QuantizeOptions:
             object.__setattr__(self, "format", parse_format(self.format))
         if self.scheme == "auto":
             raise RistrettoError("quantize needs one scheme (fixed, dfp, minifloat, pow2); compress tries them all")
-        check_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule,
+        if self.range_rule == "auto" and (self.scheme != "dfp" or self.format is not None):
+            object.__setattr__(self, "range_rule", DEFAULT_RANGE_RULE)  # one rule there: nothing to choose
+        check_scheme(self.scheme, weight_granularity=self.weight_granularity,
+                     range_rule=DEFAULT_RANGE_RULE if self.range_rule == "auto" else self.range_rule,
                      forced_format=self.format is not None)
         if self.scheme is None and self.format is None:
             raise RistrettoError("give a --scheme (fixed, dfp, minifloat, pow2) or a --format")
@@ -145,11 +153,12 @@ class QuantizeOptions:
                 raise RistrettoError(f"--{name.replace('_', '-')} must be between 2 and 32, got {v}")
         if self.format is None and self.scheme != "pow2" and None in (self.weight_bits_, self.act_bits_):
             raise RistrettoError(f"--scheme {self.scheme} needs --bits (or both --weight-bits and --act-bits)")
-        if self.bias_correction not in ("auto", "on", "off"):
-            raise RistrettoError(f"--bias-correction must be auto, on or off, not {self.bias_correction!r}")
+        if self.bias_correction not in ("auto", "on", "off", "weights", "outputs"):
+            raise RistrettoError("--bias-correction must be auto, weights (or on), outputs or off, "
+                                 f"not {self.bias_correction!r}")
         if self.channel_rule not in ("output", "range"):
             raise RistrettoError(f"--channel-rule must be output or range, not {self.channel_rule!r}")
-        _check_positive(self, ("calib_size", "score_size", "batch_size", "refine_size"))
+        _check_positive(self, ("calib_size", "score_size", "batch_size", "refine_size", "bias_size"))
 
     @property
     def weight_bits_(self) -> int | None:
@@ -170,7 +179,8 @@ class QuantizeOptions:
 
     def make_scheme(self) -> Scheme:
         window = self.pow2_window
-        scheme = make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule,
+        rule = DEFAULT_RANGE_RULE if self.range_rule == "auto" else self.range_rule  # quantize chooses it first
+        scheme = make_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=rule,
                              exp_min=None if window is None else window.exp_min,
                              exp_max=None if window is None else window.exp_max)
         # quantize chooses fixed point splits on calibration images only: one bit of headroom first

@@ -50,6 +50,9 @@ from ristretto_onnx.stats import GroupRange, category_groups
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]
 
+#: ``--range-rule auto``: the candidates, each one rule for the whole network (range_rules).
+AUTO_RULES = ("mse", "max")
+
 
 def uniform_plan(groups: list[Group], fmt: Format, *, quantize_bias: bool = False) -> dict[str, Format | None]:
     """``fmt`` everywhere (biases only with ``quantize_bias``)."""
@@ -94,6 +97,10 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         ranges = measure_groups(prepared.float_model, layers, calib_set, batch_size=options.batch_size,
                                 threads=threads, unsigned=dfp and options.unsigned)
         seconds["calibrate" if calib_set is not None else "ranges"] = time.perf_counter() - t
+        if options.range_rule == "auto":
+            t = time.perf_counter()
+            options = replace(options, range_rule=_choose_rule(prepared, layers, ranges, calib_set, options, threads))
+            seconds["range_rule"] = time.perf_counter() - t
         scheme = options.make_scheme()
         by_output = options.refine and dfp and options.weight_granularity == "auto" and calib_set is not None
         if options.weight_granularity == "auto" and options.scheme in ("dfp", "pow2") and not by_output:
@@ -139,6 +146,32 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                           measured, search, metric, seconds, corrected)
 
 
+def _choose_rule(prepared: Prepared, layers, ranges, calib_set, options: QuantizeOptions, threads) -> str:
+    """``--range-rule auto`` (dfp): the rule of :data:`AUTO_RULES` whose plan (rounded once where
+    asked) brings the network's outputs closest to FP32's on the calibration images
+    (output_bias.divergence), the first on a tie. One rule for the whole network: the choice is
+    made on the network's output, not on each group's histogram (ristretto_onnx.range_rules)."""
+    from ristretto_onnx.output_bias import divergence
+
+    if calib_set is None:
+        raise RistrettoError("--range-rule auto needs calibration data (--calib)")
+    ties = concat_ties(prepared.float_model, layers)
+    sources = grid_sources(prepared.float_model, layers) if options.round_once else {}
+    batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
+    reference = _outputs(prepared.float_model, batches, threads)
+    logits = len(prepared.float_model.graph.output[0].type.tensor_type.shape.dim) == 2
+    scores = []
+    for rule in AUTO_RULES:
+        scheme = replace(options, range_rule=rule).make_scheme()
+        widths = options.widths(scheme)
+        variants = {c: None for c in widths}
+        plan = plan_for(scheme, ranges, widths, variants)
+        plan = round_once(plan, sources, ties) if sources else plan
+        out = _outputs(simulate(prepared, plan, rounding=options.rounding), batches, threads)
+        scores.append(divergence(reference, out, logits=logits))
+    return AUTO_RULES[int(np.argmin(scores))]
+
+
 def _refine(prepared: Prepared, plan, groups, tie, ties, calib_set, options: QuantizeOptions, threads,
             alternatives=None):
     """ristretto_onnx.refine on ``options.refine_size`` calibration images."""
@@ -169,26 +202,49 @@ def _layerwise(scheme: Scheme, options: QuantizeOptions, prepared: Prepared, lay
 
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
                      threads: int | None) -> tuple[ModelProto, str]:
-    """passes.bias_correction on the plan's weights; with ``auto``, kept only when it lowers the
-    output error against FP32 on the calibration images without losing top-1 (or agreement with
-    FP32) on more than one of them (top-1 on a few hundred images is too coarse to decide alone)."""
+    """passes.bias_correction on the plan's weights (``weights``, result ``applied``) or each
+    layer's mean output error measured in the simulated model (``outputs``,
+    ristretto_onnx.output_bias); with ``auto``, the candidate (none, weights, outputs) whose
+    outputs diverge least from FP32's on the calibration images (output_bias.divergence: KL of
+    the softmax for a classifier's 2-D logits, else the mean squared difference),
+    among those that lose at most one of them in top-1 (or agreement with FP32) against none:
+    top-1 on a few hundred images is too coarse to decide alone."""
+    from ristretto_onnx.output_bias import divergence, output_error_deltas
+
+    mode = {"on": "weights"}.get(options.bias_correction, options.bias_correction)
     calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
-    means = input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
-                        threads=threads)
-    deltas = weight_error_means(prepared.float_model, layers, plan, means)
-    if not deltas:
+    fixed: dict[str, ModelProto] = {}
+    if mode in ("weights", "auto"):
+        means = input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                            threads=threads)
+        deltas = weight_error_means(prepared.float_model, layers, plan, means)
+        if deltas:
+            fixed["applied"] = simulate(apply_bias_correction(prepared.annotated, layers, deltas), plan,
+                                        rounding=options.rounding)
+    if mode in ("outputs", "auto"):
+        data = [np.ascontiguousarray(x, np.float32) for x, _ in
+                load_batches(calib_set.take(min(options.bias_size, len(calib_set))), min(options.batch_size, 64))]
+        sim = lambda d: simulate(apply_bias_correction(prepared.annotated, layers, d), plan,  # noqa: E731
+                                 rounding=options.rounding)
+        deltas = output_error_deltas(prepared.float_model, layers, sim, data, threads=threads)
+        if deltas:
+            fixed["outputs"] = sim(deltas)
+    if not fixed:
         return model, "off"
-    fixed = simulate(apply_bias_correction(prepared.annotated, layers, deltas), plan, rounding=options.rounding)
-    if options.bias_correction == "on":
-        return fixed, "applied"
+    if mode != "auto":
+        return next(iter(fixed.items()))[::-1]
     batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
-    outs = [_outputs(m, batches, threads) for m in (prepared.float_model, model, fixed)]
+    reference = _outputs(prepared.float_model, batches, threads)
     labels = None if any(y is None for _, y in batches) else np.concatenate([y for _, y in batches])
-    truth = outs[0].argmax(1) if labels is None else labels
-    hits = [int((o.argmax(1) == truth).sum()) for o in outs[1:]]
-    errors = [float(np.mean(np.square(o - outs[0]))) for o in outs[1:]]
-    helps = errors[1] < errors[0] and hits[1] >= hits[0] - 1
-    return (fixed, "applied") if helps else (model, "rejected")
+    truth = reference.argmax(1) if labels is None else labels
+    dims = prepared.float_model.graph.output[0].type.tensor_type.shape.dim
+    scored = {}
+    for key, m in {"rejected": model, **fixed}.items():
+        out = _outputs(m, batches, threads)
+        scored[key] = (divergence(reference, out, logits=len(dims) == 2), int((out.argmax(1) == truth).sum()))
+    floor = scored["rejected"][1] - 1
+    best = min((k for k, (_, hits) in scored.items() if hits >= floor), key=lambda k: scored[k][0])
+    return fixed.get(best, model), best
 
 
 def _outputs(model: ModelProto, batches, threads: int | None) -> np.ndarray:

@@ -214,7 +214,8 @@ class QuantizeResult:
     variant_search: tuple[VariantScore, ...] = ()
     metric: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
-    #: "applied", "rejected" (auto: no lower output error on the calibration images) or "off".
+    #: "applied" (the weights' error), "outputs" (the measured output error, ristretto_onnx.output_bias),
+    #: "rejected" (auto: neither brings the outputs closer to FP32's on the calibration images) or "off".
     bias_correction: str = "off"
 
     def sidecar(self, **extra: Any) -> dict[str, Any]:

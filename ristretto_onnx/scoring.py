@@ -90,6 +90,19 @@ class _Progress:
     seconds: float = 0.0
 
 
+def by_batch(run: Callable, batches: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> Callable:
+    """``run`` as a function of a batch's number: ``f(plan, k)`` (or ``f(k)`` for the FP32 model).
+
+    The one place the scorer tells runners apart: a cluster runner
+    (:class:`~ristretto_onnx.runtime.cluster.RayRunner`) holds the batches itself and is asked
+    by number (``run_batch``); a local runner is given the batch's inputs.
+    """
+    run_batch = getattr(run, "run_batch", None)
+    if run_batch is not None:
+        return run_batch
+    return lambda *args: run(*args[:-1], batches[args[-1]][0])
+
+
 def plan_key(plan: Mapping) -> Hashable:
     """A plan's identity for the cache: its non-float formats by group (formats are frozen)."""
     return tuple(sorted((str(g), repr(f)) for g, f in plan.items() if f is not None))
@@ -120,6 +133,7 @@ class Scorer:
             raise RistrettoError("the evaluation data is empty")
         self.batches = batches
         self.run_plan = run_plan
+        self._run_batch = by_batch(run_plan, batches)
         self.metric = metric
         self.metric_fn = metric_fn
         labels = [y for _, y in batches]
@@ -158,8 +172,8 @@ class Scorer:
 
     def _outputs(self, run: Callable[[np.ndarray], np.ndarray], lo: int = 0, hi: int | None = None) -> np.ndarray:
         hi = len(self.batches) if hi is None else hi
-        by_index = getattr(run, "run_batch", None)  # a cluster runner holds the batches itself
-        outs = [np.asarray(by_index(k) if by_index else run(self.batches[k][0])) for k in range(lo, hi)]
+        run_batch = by_batch(run, self.batches)
+        outs = [np.asarray(run_batch(k)) for k in range(lo, hi)]
         out = np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
         return out.reshape(len(out), -1)
 
@@ -175,9 +189,8 @@ class Scorer:
     def _advance(self, plan: Mapping, p: _Progress, batches: int) -> None:
         """Score ``plan`` on its next batches, up to ``batches`` in all."""
         t0 = time.perf_counter()
-        by_index = getattr(self.run_plan, "run_batch", None)  # runtime.cluster.RayRunner
         for k in range(p.batches, batches):
-            out = np.asarray(by_index(plan, k) if by_index else self.run_plan(plan, self.batches[k][0]))
+            out = np.asarray(self._run_batch(plan, k))
             out = out.reshape(len(out), -1)
             lo, hi = p.n, p.n + self.sizes[k]
             if self.metric_fn is None:

@@ -1,8 +1,10 @@
 """The bit-width search of Ristretto's quantization flow (thesis 9.2, fig. 9.1), and beyond it.
 
 1. Per category (layer activations, conv weights, fc weights): a binary search for the smallest
-   width whose accuracy stays within the tolerance while the other categories stay in float
-   (starting at the width found for the category before).
+   width whose accuracy stays within the tolerance while the other categories stay in float.
+   The categories' searches are independent (each starts in the middle of the width range), so
+   they run interleaved: the next probe of every unfinished category is announced together and
+   scored concurrently on a cluster, and decided in a fixed round-robin order on any backend.
    Schemes with several formats per width (fixed point's integer/fractional splits, minifloat's
    exponent/mantissa splits) score each variant and keep the best.
 2. The combination of the chosen widths; while it breaks the tolerance, the most sensitive
@@ -32,7 +34,7 @@ exactly the exhaustive search of the list above.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ristretto_onnx.formats import Format
@@ -135,14 +137,21 @@ class BitSearch:
     def _category_bits(self, category: str, bits: int) -> dict[str, int]:
         return {r.group: bits for r in category_groups(self.ranges, category)}
 
-    # -- stage 1: one category at a time
+    # -- stage 1: per category, the categories' binary searches interleaved
 
-    def _best_variant(self, category: str, bits: int) -> tuple[bool, Score, int | None]:
-        """The category alone at ``bits``: provisionally, each variant, the best on the screen."""
+    def _variant_plans(self, category: str, bits: int) -> list[dict[str, Format | None]]:
+        """The plans of the category alone at ``bits``, one per scheme variant."""
+        variants = self.scheme.variants(category_groups(self.ranges, category), bits)
+        return [self._plan(self._category_bits(category, bits), {category: v}) for v in variants]
+
+    def _best_variant(self, category: str, bits: int, *, announce: bool = True) -> tuple[bool, Score, int | None]:
+        """The category alone at ``bits``: provisionally, each variant, the best on the screen.
+        ``announce=False``: the caller announced the variants already (with other plans)."""
         groups = category_groups(self.ranges, category)
         best: tuple[bool, Score, int | None] | None = None
         variants = self.scheme.variants(groups, bits)
-        self._announce([self._plan(self._category_bits(category, bits), {category: v}) for v in variants])
+        if announce:
+            self._announce(self._variant_plans(category, bits))
         for v in variants:
             ok, s = self._try("category", f"{category} {self.scheme.describe(v)}".strip(), bits,
                               self._category_bits(category, bits), {category: v}, provisional=True)
@@ -151,34 +160,58 @@ class BitSearch:
         assert best is not None
         return best
 
-    def search_category(self, category: str, start: int | None = None) -> CategoryChoice:
-        """Binary search for the category's smallest width; ``start``: the first width to try.
-
-        Widths at or above the answer hold on the screening part and cost its images; widths
-        below are rejected, at few images when far below. A first probe near the answer (the
-        width of the category searched before) saves probes at wide widths.
-        """
+    def _bisect(self, category: str, start: int | None = None) -> Generator[int, tuple, CategoryChoice]:
+        """One category's binary search as a sequence of probes: yields the width it needs next,
+        is sent that width's ``(ok, score, variant)``, returns the choice. ``start``: the first
+        width to try (default: the middle of the range, which depends on no other category)."""
         groups = category_groups(self.ranges, category)
         results: dict[int, tuple[bool, Score, int | None]] = {}
-
-        def ok(bits: int) -> bool:
-            if bits not in results:
-                results[bits] = self._best_variant(category, bits)
-            return results[bits][0]
-
         lo, hi = self.min_bits, self.max_bits
         while lo < hi:  # the widest width is only scored if nothing narrower holds
             mid = (lo + hi) // 2
             if start is not None:
                 mid, start = min(max(start, lo), hi - 1), None
-            if ok(mid):
+            if mid not in results:
+                results[mid] = yield mid
+            if results[mid][0]:
                 hi = mid
             else:
                 lo = mid + 1
-        if not ok(hi):
-            return CategoryChoice(category, None, None, self._sensitivity(results[hi][1]), len(groups))
-        _, s, v = results[hi]
+        if hi not in results:
+            results[hi] = yield hi
+        ok, s, v = results[hi]
+        if not ok:
+            return CategoryChoice(category, None, None, self._sensitivity(s), len(groups))
         return CategoryChoice(category, hi, v, self._sensitivity(s), len(groups))
+
+    def search_category(self, category: str, start: int | None = None) -> CategoryChoice:
+        """Binary search for one category's smallest width; ``start``: the first width to try.
+
+        Widths at or above the answer hold on the screening part and cost its images; widths
+        below are rejected, at few images when far below.
+        """
+        return self.search_categories([category], start)[category]
+
+    def search_categories(self, categories: Sequence[str], start: int | None = None) -> dict[str, CategoryChoice]:
+        """The categories' binary searches, interleaved: each depends on its own verdicts only.
+
+        The next probe of every unfinished category is known at once, so they are announced
+        together (:meth:`Scorer.ahead`: on a cluster, plans of different categories are scored
+        concurrently) and then decided one after another, round-robin in category order. The
+        order depends on no backend, so the local runner decides the same plans in the same
+        order and every decision is the same.
+        """
+        searches = {c: self._bisect(c, start) for c in categories}
+        queue = [(c, next(g)) for c, g in searches.items()]  # every search probes at least once
+        choices: dict[str, CategoryChoice] = {}
+        while queue:
+            self._announce([p for c, bits in queue for p in self._variant_plans(c, bits)])
+            c, bits = queue.pop(0)
+            try:
+                queue.append((c, searches[c].send(self._best_variant(c, bits, announce=False))))
+            except StopIteration as done:
+                choices[c] = done.value
+        return {c: choices[c] for c in categories}
 
     # -- stage 2: combine, widening the most sensitive category until the tolerance holds
 
@@ -241,11 +274,7 @@ class BitSearch:
         seconds: dict[str, float] = {}
         t = time.perf_counter()
         cats = [c for c in self.scheme.categories if category_groups(self.ranges, c)]
-        choices: dict[str, CategoryChoice] = {}
-        start = None
-        for c in cats:
-            choices[c] = self.search_category(c, start)
-            start = choices[c].bits or start
+        choices = self.search_categories(cats)
         seconds["search_categories"] = time.perf_counter() - t
         t = time.perf_counter()
         choices, score = self.combine(choices)

@@ -7,16 +7,19 @@ so any N consecutive batches run in parallel. The scorer still consumes batches 
 order (its sequential decisions are unchanged); the runner keeps the next N batches of the
 current plan in flight ahead of it. Work done ahead of a decision that stops early is wasted,
 never counted: the report's evaluations, plans and decisions are the local backend's.
-Scoring a plan sends the *plan* (a few hundred bytes of format strings), never the model: the
-model travels once, when the actors start, through Ray's object store. The images do not pass
-through the driver when the data comes from files: each actor gets a
+Scoring a plan sends the *plan* (a few hundred bytes of format strings, once per plan and actor;
+later batches name it by number), never the model: the model travels once, when the actors
+start, through Ray's object store, and weights in an external-data file not even then (each
+actor reads them from the file: :mod:`~ristretto_onnx.runtime.cluster_weights`). The images
+do not pass through the driver when the data comes from files: each actor gets a
 :class:`~ristretto_onnx.data.shards.ShardSource` (path, its batches' indices, the preprocessing)
 and reads its shard itself; only data held in memory (arrays given to the Python API) is
 preprocessed by the driver and shipped.
 
-Independent plans (a width's variants, the per-layer sensitivities of the search) are announced
-with :meth:`RayRunner.ahead`: their first batches go into the actors' queues at once, so the
-cluster works on all of them while the scorer still takes one plan at a time, in the local order.
+Independent plans (a width's variants, the per-layer sensitivities of the search, the next probe
+of every category's binary search) are announced with :meth:`RayRunner.ahead`: their first
+batches go into the actors' queues at once, so the cluster works on all of them while the scorer
+still takes one plan at a time, in the local order.
 
 Outputs come back per batch and in order, so the scorer sees exactly the arrays the local
 backend would compute (each actor runs the same onnxruntime graph on the same batches), and
@@ -34,13 +37,16 @@ ray backend is asked for.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx.data.shards import batch_indices, read_batches, shard_source
 from ristretto_onnx.errors import RistrettoError
+from ristretto_onnx.runtime.cluster_weights import Spill, shipped
+from ristretto_onnx.scoring import plan_key
 
 #: How often a shard's work is retried on a fresh actor before the run fails.
 MAX_RETRIES = 3
@@ -95,18 +101,23 @@ class _ShardWorker:
             self.batches = shard if isinstance(shard, dict) else shard.read()
         except RistrettoError as e:
             self.error, self.batches = str(e), {}
-        self._key: str | None = None
+        self.plans: dict[int, dict] = {}  # plan number -> formats, as sent once by the driver
+        self._current: int | None = None
 
-    def run(self, plan_json: str | None, k: int) -> np.ndarray:
-        """Output of batch ``k`` under the plan; ``None``: the model as given (FP32 for a search)."""
+    def run(self, plan: int | None, plan_json: str | None, k: int) -> np.ndarray:
+        """Output of batch ``k`` under plan number ``plan``; ``None``: the model as given (FP32 for
+        a search). ``plan_json``: the plan's formats, sent with the first batch of it this actor
+        gets (calls from the driver run in the order sent), else ``None``."""
         if self.error is not None:
             raise RistrettoError(self.error)
         x = self.batches[k]
-        if plan_json is None:
+        if plan is None:
             return np.asarray(self.run_model(x))
-        if plan_json != self._key:
-            self.sim.set_formats(json.loads(plan_json), replace=True)
-            self._key = plan_json
+        if plan_json is not None:
+            self.plans[plan] = json.loads(plan_json)
+        if plan != self._current:
+            self.sim.set_formats(self.plans[plan], replace=True)
+            self._current = plan
         return np.asarray(self.sim.run(x))
 
     def sessions_built(self) -> int:
@@ -145,16 +156,21 @@ class RayRunner:
         cpus = int(self.ray.cluster_resources().get("CPU", workers))
         self.threads = threads or max(1, cpus // len(self.shards))
         self.providers = None if gpus_per_worker else ["CPUExecutionProvider"]
-        self._model_ref = None if annotated is None else self.ray.put(annotated.SerializeToString())
-        self._float_ref = self.ray.put(float_model.SerializeToString())
+        # weights on disk travel as references: each actor reads them from the file (cluster_weights)
+        self._spill = Spill()
+        weakref.finalize(self, self._spill.remove)
+        self._model_ref = None if annotated is None else self.ray.put(shipped(annotated, self._spill))
+        self._float_ref = self.ray.put(shipped(float_model, self._spill))
         self.read_by_actors = False  # whether the actors read their shards from the data source
         self._shard_refs = [self.ray.put(self._shard(data, cut, ks)) for ks in self.shards]
         self._actor_cls = self.ray.remote(_ShardWorker)
         self.actors = [self._start(i) for i in range(len(self.shards))]
         self.restarts = 0
-        self._pending: dict[tuple[str | None, int], object] = {}
+        self._pending: dict[tuple[Hashable | None, int], object] = {}
         self._current: object = ()
-        self._ahead: list[str | None] = []
+        self._ahead: list[Hashable | None] = []
+        self._plans: dict[Hashable, tuple[int, str]] = {}  # plan_key -> (number, JSON), made once
+        self._sent: set[tuple[int, int]] = set()  # (shard, plan number): the actor has the plan
 
     def _shard(self, data, cut, ks: list[int]):
         """What an actor gets for batches ``ks``: a source it reads itself, else the arrays."""
@@ -177,16 +193,27 @@ class RayRunner:
         return self._actor_cls.options(**opts).remote(self._model_ref, self._float_ref, self._shard_refs[shard],
                                                       self.threads, self.providers)
 
-    def _submit(self, key: str | None, k: int):
-        return self.actors[self.owner[k]].run.remote(key, k)
+    def _submit(self, key: Hashable | None, k: int):
+        shard = self.owner[k]
+        if key is None:
+            return self.actors[shard].run.remote(None, None, k)
+        number, text = self._plans[key]
+        first = (shard, number) not in self._sent  # the plan's formats travel once per actor
+        self._sent.add((shard, number))
+        return self.actors[shard].run.remote(number, text if first else None, k)
 
-    @staticmethod
-    def _key(plan: Mapping | None) -> str | None:
-        from ristretto_onnx.passes.plan import plan_to_dict
+    def _key(self, plan: Mapping | None) -> Hashable | None:
+        """The plan's identity (:func:`~ristretto_onnx.scoring.plan_key`); its JSON is made once."""
+        if plan is None:
+            return None
+        key = plan_key(plan)
+        if key not in self._plans:
+            from ristretto_onnx.passes.plan import plan_to_dict
 
-        return None if plan is None else json.dumps(plan_to_dict(plan), sort_keys=True)
+            self._plans[key] = (len(self._plans), json.dumps(plan_to_dict(plan), sort_keys=True))
+        return key
 
-    def _fetch(self, key: str | None, start: int, stop: int) -> None:
+    def _fetch(self, key: Hashable | None, start: int, stop: int) -> None:
         for j in range(start, min(stop, self.n)):
             if (key, j) not in self._pending:
                 self._pending[(key, j)] = self._submit(key, j)
@@ -214,7 +241,7 @@ class RayRunner:
     def float_runner(self) -> _FloatRunner:
         return _FloatRunner(self)
 
-    def _get(self, key: str | None, k: int, ref) -> np.ndarray:
+    def _get(self, key: Hashable | None, k: int, ref) -> np.ndarray:
         ray = self.ray
         for attempt in range(MAX_RETRIES + 1):
             try:
@@ -225,6 +252,7 @@ class RayRunner:
                 shard = self.owner[k]
                 self.restarts += 1
                 self.actors[shard] = self._start(shard)
+                self._sent = {sent for sent in self._sent if sent[0] != shard}  # a fresh actor knows no plan
                 # everything queued on the dead actor is lost: send it again to the new one
                 for pk in list(self._pending):
                     if self.owner[pk[1]] == shard:
@@ -250,6 +278,7 @@ class RayRunner:
             except Exception:  # noqa: BLE001 - a lost cluster: nothing left to stop
                 pass
         self.actors = []
+        self._spill.remove()
 
 
 class _FloatRunner:

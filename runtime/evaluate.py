@@ -181,8 +181,10 @@ def _locally(run: Runner, dataset, batch_size: int):
 def _on_cluster(model, dataset, batch_size: int, backend, threads):
     """The same per batch from Ray actors holding the shards (``x``: a placeholder of the batch's size)."""
     from ristretto_onnx.runtime.cluster import RayRunner
+    from ristretto_onnx.runtime.cluster_weights import read_light
 
-    proto = _model_of(model)
+    # a path: weights in an external-data file stay there (the actors read them)
+    proto = read_light(model) if isinstance(model, (str, os.PathLike)) else _model_of(model)
     if proto is None:
         raise RistrettoError("the ray backend evaluates ONNX models (a path or a ModelProto), not "
                              f"a {type(model).__name__}")

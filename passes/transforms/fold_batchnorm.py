@@ -114,5 +114,6 @@ def _set_param(conv: gs.Node, slot: int, value: np.ndarray, taken: set[str], ste
     old = conv.inputs[slot]
     if id(old) in private:
         old.values = value
+        old.data_location = None  # a weight read from disk (passes.external) is now held in memory
         return
     conv.inputs[slot] = gs.Constant(unique_name(stem, taken), value)

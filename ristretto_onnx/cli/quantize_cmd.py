@@ -19,7 +19,6 @@ from ristretto_onnx.cli.outputs import check_outputs, onnx_output, usage_errors
 from ristretto_onnx.errors import UsageError
 from ristretto_onnx.formats import Minifloat, PerChannel, Pow2, parse_format
 from ristretto_onnx.options import QuantizeOptions
-from ristretto_onnx.schemes import DEFAULT_RANGE_RULE
 
 
 @app.command("quantize")
@@ -53,16 +52,19 @@ def quantize_command(
                                                 "channel (one per output channel: dfp fractional lengths, "
                                                 "pow2 windows of --exp-min..--exp-max's width), or auto "
                                                 "(per channel for the layers where it lowers the output error)."),
-    range_rule: str = typer.Option(DEFAULT_RANGE_RULE, "--range-rule",
-                                   help="dfp: mse (least squared error), max (no saturation, the "
-                                        "thesis's eq. 5.2) or percentile:P (e.g. percentile:99.99)."),
+    range_rule: str = typer.Option("auto", "--range-rule",
+                                   help="dfp: auto (mse or max, whichever brings the outputs closest to "
+                                        "FP32's on the calibration images), mse (least squared error), max "
+                                        "(no saturation, the thesis's eq. 5.2) or percentile:P."),
     signed_activations: bool = typer.Option(False, "--signed-activations",
                                             help="dfp: two's complement everywhere (no ufixed after ReLU)."),
     round_twice: bool = typer.Option(False, "--round-twice", help="dfp: inputs keep their own format even "
                                      "where they read another layer's output unchanged (the thesis)."),
     bias_correction: str = typer.Option("auto", "--bias-correction",
-                                        help="auto (kept when it lowers the output error on calibration "
-                                             "images), on or off."),
+                                        help="auto (none, weights or outputs: whichever brings the outputs "
+                                             "closest to FP32's on calibration images), weights (each layer's "
+                                             "weight error; 'on'), outputs (each layer's measured mean output "
+                                             "error) or off."),
     channel_rule: str = typer.Option("output", "--channel-rule",
                                      help="per-channel dfp weights: output (clip a channel only when its output "
                                           "error drops) or range (--range-rule per channel)."),

@@ -46,10 +46,14 @@ def test_dfp_gives_every_group_eq_5_2_on_its_measured_range_with_the_max_rule(le
     assert set(r.sidecar()["formats"]) == set(prepared.layers.group_ids)
 
 
-def test_the_default_range_rule_is_mse_as_in_compress(lenet_like):
+def test_the_mse_range_rule_is_compress_default_and_quantize_chooses(lenet_like):
     m, data = lenet_like
-    r = quantize(m, QuantizeOptions(scheme="dfp", bits=4, calib_size=64, unsigned=False, round_once=False), data)
-    assert QuantizeOptions(scheme="dfp", bits=4).range_rule == CompressOptions().range_rule == "mse"
+    r = quantize(m, QuantizeOptions(scheme="dfp", bits=4, calib_size=64, unsigned=False, round_once=False,
+                                    range_rule="mse"), data)
+    assert CompressOptions().range_rule == "mse" and QuantizeOptions(scheme="dfp", bits=4).range_rule == "auto"
+    assert QuantizeOptions(scheme="fixed", bits=8).range_rule == "mse"  # one rule there: nothing to choose
+    chosen = quantize(m, QuantizeOptions(scheme="dfp", bits=4, calib_size=64), data).options.range_rule
+    assert chosen in ("mse", "max")
     for gid, fmt in r.plan.items():
         if fmt is not None:
             layer_output = gid.endswith("outputs")

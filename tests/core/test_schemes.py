@@ -37,7 +37,8 @@ GROUPS = [
 
 def test_one_default_range_rule_and_max_is_opt_in():
     assert DEFAULT_RANGE_RULE == "mse"
-    assert CompressOptions().range_rule == QuantizeOptions(scheme="dfp", bits=8).range_rule == "mse"
+    assert CompressOptions().range_rule == QuantizeOptions(scheme="fixed", bits=8).range_rule == "mse"
+    assert QuantizeOptions(scheme="dfp", bits=8).range_rule == "auto"  # quantize: mse or max, on calibration data
     assert DynamicFixedPoint().range_rule == make_scheme("dfp").range_rule == "mse"
     plan = plan_for(DynamicFixedPoint(), GROUPS, {"activations": 4})
     assert plan["c/outputs"] == Fixed(4, frac_bits(GROUPS[2].stats, 4, "mse", layer_output=True))

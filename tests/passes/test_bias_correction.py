@@ -66,7 +66,7 @@ def test_quantize_option_on_off_auto():
     on = quantize(m, QuantizeOptions(bias_correction="on", **kw), calib)
     auto = quantize(m, QuantizeOptions(**kw), calib)
     assert (off.bias_correction, on.bias_correction) == ("off", "applied")
-    assert auto.bias_correction in ("applied", "rejected")
+    assert auto.bias_correction in ("applied", "outputs", "rejected")
     err = lambda r: np.abs(channel_means(create_session(r.model).run(None, {"x": x})[0]) - channel_means(y)).max()  # noqa: E731
     assert err(on) < err(off)
     with pytest.raises(RistrettoError):

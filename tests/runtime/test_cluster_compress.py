@@ -1,5 +1,5 @@
 """Issue 16 acceptance: compress on a local 2-CPU Ray cluster equals the local backend, even when
-an actor is killed mid-run."""
+an actor is killed mid-run; plans of different categories are in flight at the same time."""
 
 from __future__ import annotations
 
@@ -37,15 +37,22 @@ def local(shared_zoo):
 @pytest.mark.slow
 def test_ray_finds_the_plan_metric_and_report_of_the_local_backend(zoo_env, ray_cluster, local, monkeypatch):
     in_flight = []  # how many plans have batches queued on the actors at once, after each announcement
+    categories = []  # ... of them, how many quantize groups no other of them quantizes (stage 1: a category each)
     real = cluster.RayRunner.ahead
 
     def ahead(self, plans, depth):
         real(self, plans, depth)
-        in_flight.append(len({key for key, _ in self._pending}))
+        queued = {key for key, _ in self._pending if key is not None}
+        in_flight.append(len(queued))
+        groups = [frozenset(g for g, _ in key) for key in queued]
+        categories.append(sum(all(a.isdisjoint(b) for j, b in enumerate(groups) if j != i)
+                              for i, a in enumerate(groups)))
 
     monkeypatch.setattr(cluster.RayRunner, "ahead", ahead)
     remote = compress("zoo:lenet-mnist", test=_test_set(), backend=Backend("ray", workers=2), **ARGS)
     assert max(in_flight) >= 2  # conv1 and conv2 weights one bit narrower, together
+    # the per-category binary searches: activations, conv and fc weights probed at once
+    assert max(categories) == 3
     assert local.report.test_final is not None and local.report.n_test_images == 1000
     assert (remote.report.test_baseline, remote.report.test_final) == (local.report.test_baseline,
                                                                        local.report.test_final)

@@ -15,7 +15,7 @@ def test_lenet_auto_takes_per_channel_only_for_the_classifier_at_4_bits(zoo_env)
     calib = zoo.model_dataset("lenet-mnist", "calib").subset(500, seed=0)
     test = zoo.model_dataset("lenet-mnist", "test")
     res = {g: quantize("zoo:lenet-mnist", QuantizeOptions(scheme="dfp", bits=4, weight_granularity=g,
-                                                          bias_correction="off"), calib)
+                                                          range_rule="mse", bias_correction="off"), calib)
            for g in ("tensor", "auto")}
     assert [k for k, v in res["auto"].plan.items() if isinstance(v, PerChannel)] == ["ip2/weights"]
     t, a = _top1(res["tensor"].model, test), _top1(res["auto"].model, test)
