@@ -101,6 +101,7 @@ inline Format parse_format(const std::string& text, const std::string& rounding,
       f.spec.mf_minbits = qsim::f2u(min32);
       f.spec.mf_maxbits = qsim::f2u(max32);
       f.spec.mf_tbits = qsim::f2u(mid32);
+      qsim::set_minifloat_rounding(f.spec);
     } else if (kind == "pow2") {
       f.spec.kind = kPow2;
       if (p > q || p < -125 || q > 126) throw std::invalid_argument("QuantizeSim: unsupported pow2 '" + text + "'");

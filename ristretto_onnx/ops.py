@@ -193,10 +193,26 @@ def _fixed_body(b: _Body, fmt: Fixed | PerChannel, rounding: str) -> None:
     b.op("Mul", k, b.const(np.ldexp(1.0, -frac)), out="Y")
 
 
+#: Lower clip bound of the nearest-even ufixed body: any c in (0, 1/2) rounds to +0.
+UFIXED_CLIP_MIN = 0.25
+
+
 def _ufixed_body(b: _Body, fmt: UFixed, rounding: str) -> None:
     v = b.op("Mul", "X", b.const(np.ldexp(1.0, fmt.frac_bits)))
-    k = b.op("Clip", _round(b, v, rounding), b.const(0.0), b.const(2.0**fmt.bits - 1))
-    k = b.op("Abs", k)  # -0 (a small negative rounded) becomes +0, as in the reference
+    hi = b.const(2.0**fmt.bits - 1)
+    if rounding == "nearest_even":
+        # The signed body's form (Mul, Clip, Round, Mul), which onnxruntime folds into the
+        # convolution before it (scale into the weights, Clip as its fused activation), with the
+        # lower bound 1/4 instead of 0: exact for every input. v < 1/4 (negatives, -0, +0 and
+        # [0, 1/4)) clips to 1/4 and Round gives +0, as the reference's clip(rne(v), 0, hi) + 0
+        # does for every v < 1/2; v in [1/4, 1/2] rounds to +0 in both; above, both round the
+        # same v and clip at the integer hi (rounding is monotonic and keeps integers); NaN
+        # passes Clip and Round. A bound of 0 would let -0 through as -0 (Clip compares, and
+        # -0 < 0 is false), and 1/2 would depend on ties: 1/4 needs neither an Abs nor a Max.
+        k = b.op("Round", b.op("Clip", v, b.const(UFIXED_CLIP_MIN), hi))
+    else:
+        k = b.op("Clip", _round(b, v, rounding), b.const(0.0), hi)
+        k = b.op("Abs", k)  # -0 (a small negative rounded) becomes +0, as in the reference
     b.op("Mul", k, b.const(np.ldexp(1.0, -fmt.frac_bits)), out="Y")
 
 

@@ -42,6 +42,37 @@ def _chain_step(node: NodeProto) -> str | None:
     return str(fmt)
 
 
+def drop_repeated_quantizers(steps: list[str]) -> list[str]:
+    """``steps`` without quantizers that repeat the format applied before them with only ReLUs
+    (and tees) in between: the layer output quantizer, ReLU, input quantizer of the next layer
+    run in a CNN whose formats agree (``ufixed:8:6|relu|ufixed:8:6``) is ``ufixed:8:6|relu``.
+
+    Exact: every scalar nearest-even format is idempotent on its own values (a value on the
+    grid, a saturated bound, +-0 and NaN quantize to themselves), and onnxruntime's ReLU maps
+    them onto such values (negatives to +0, which every format keeps; -0, NaN and non-negative
+    values pass). A quantizer right after a tee stays (a chain cannot end with a tee).
+    """
+    out: list[str] = []
+    last = None  # the format whose values the current value is
+    for step in steps:
+        if step in ("relu", "tee"):
+            out.append(step)
+            continue
+        if step == "add":
+            last = None
+        elif step == last and out[-1] != "tee":
+            continue
+        else:
+            last = step
+        out.append(step)
+    return out
+
+
+def _known(shape: tuple | None) -> bool:
+    """A shape whose symbolic dimensions are named ones (onnx names an unknown one ``unk__N``)."""
+    return shape is not None and not any(isinstance(d, str) and d.startswith("unk__") for d in shape)
+
+
 def _static_shapes(model: ModelProto) -> dict[str, tuple]:
     shapes = {}
     for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
@@ -49,6 +80,59 @@ def _static_shapes(model: ModelProto) -> dict[str, tuple]:
         if t.HasField("shape") and all(d.HasField("dim_value") or d.dim_param for d in t.shape.dim):
             shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim)
     return shapes
+
+
+#: Ops never evaluated ahead of time (their value changes from run to run).
+_RANDOM = frozenset({"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial",
+                     "Bernoulli"})
+_SMALL = 4096  # elements: constants folded to learn shapes (pads, shapes, axes), never weights
+
+
+def _shapes_through_constants(model: ModelProto) -> dict[str, tuple]:
+    """Static shapes after evaluating the small constant subgraphs (onnx.reference, numpy).
+
+    Exported CNNs compute some shape inputs from constants (the option-A shortcut of the CIFAR
+    ResNets pads channels by a ConstantOfShape/Concat/Reshape/Transpose chain), which onnx's
+    shape inference does not evaluate, so a residual Add's other input has no static shape and
+    its run could not join a chain. Only shapes are taken from this; the model is unchanged.
+    """
+    import numpy as np
+    from onnx import numpy_helper, shape_inference
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    small = {t.name: t for t in graph.initializer if int(np.prod(t.dims)) <= _SMALL}
+    const, folded_nodes = set(small), []
+    for node in graph.node:
+        if (node.domain in ("", "ai.onnx") and node.op_type not in _RANDOM
+                and not any(a.type in (5, 10) for a in node.attribute)  # no subgraphs
+                and all(not i or i in const for i in node.input)):
+            folded_nodes.append(node)
+            const.update(node.output)
+    folded = {id(n) for n in folded_nodes}
+    rest = [n for n in graph.node if id(n) not in folded]
+    needed = sorted({i for n in rest for i in n.input if i in const and i not in small})
+    if not needed:
+        return {}
+    sub = helper.make_graph(folded_nodes, "constants", [], [helper.make_tensor_value_info(n, 0, None) for n in needed],
+                            [small[i] for i in sorted({i for n in folded_nodes for i in n.input if i in small})])
+    sub_model = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+    try:
+        values = ReferenceEvaluator(sub_model).run(None, {})
+    except Exception:  # noqa: BLE001 - an op the reference cannot run: no extra shapes
+        return {}
+    inits = list(small.values()) + [numpy_helper.from_array(np.asarray(v), n) for n, v in zip(needed, values)]
+    big = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer
+           if t.name not in small]
+    light = helper.make_model(
+        helper.make_graph(rest, graph.name,
+                          list(graph.input) + big, list(graph.output), inits),
+        opset_imports=model.opset_import, ir_version=model.ir_version)
+    light.functions.extend(model.functions)
+    try:
+        return _static_shapes(shape_inference.infer_shapes(light, strict_mode=False))
+    except Exception:  # noqa: BLE001 - shapes are an optimization here
+        return {}
 
 
 def _subgraph_names(graph) -> set[str]:
@@ -72,6 +156,9 @@ def fuse_chains(model: ModelProto) -> ModelProto | None:
         for name in node.input:
             users.setdefault(name, []).append(node)
     shapes = _static_shapes(model)
+    if any(n.op_type == "Add" and n.domain in ("", "ai.onnx") and not all(_known(shapes.get(i)) for i in n.input)
+           for n in graph.node):
+        shapes.update({k: v for k, v in _shapes_through_constants(model).items() if not _known(shapes.get(k))})
     taken: set[int] = set()
     chains: dict[int, tuple[NodeProto, list]] = {}  # id(last node) -> (chain node, members)
     for node in graph.node:
@@ -107,6 +194,7 @@ def fuse_chains(model: ModelProto) -> ModelProto | None:
             t = nxt.output[0]
         if len(members) < 2:
             continue
+        steps = drop_repeated_quantizers(steps)
         inputs = [node.input[0]] + ([extra] if extra is not None else [])
         chain = helper.make_node(CHAIN_OP, inputs, [t] + ([tee] if tee is not None else []),
                                  name=f"{node.name or t}_chain", domain=DOMAIN, steps="|".join(steps))

@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from ristretto_onnx.formats import Fixed, PerChannel, UFixed, quantize
+from ristretto_onnx.ops import UFIXED_CLIP_MIN
 from ristretto_onnx.passes.contract import PassResult, Transformation
 from ristretto_onnx.passes.external import row_blocks
 from ristretto_onnx.passes.graph import constant_value, external_proto, is_op, remove_nodes, subgraph_inputs
@@ -227,16 +228,17 @@ def _lower_ufixed(x, y, fmt: UFixed, stem: str, params: Params) -> list[gs.Node]
                            outputs=[y]))
         return out
     a = params.new(f"{stem}/scale", 2.0 ** fmt.frac_bits)
-    lo = params.new(f"{stem}/lo", 0.0)
+    # clip to [1/4, hi] first: everything below half a step, -0 included, rounds to +0 (see
+    # ristretto_onnx.ops._ufixed_body), so no Abs is needed
+    lo = params.new(f"{stem}/lo", UFIXED_CLIP_MIN)
     hi = params.new(f"{stem}/hi", 2.0**fmt.bits - 1)
     b = params.new(f"{stem}/step", 2.0 ** -fmt.frac_bits)
-    scaled, clipped, ints, pos = (gs.Variable(f"{base}_{s}") for s in ("scaled", "clipped", "int", "pos"))
+    scaled, clipped, ints = (gs.Variable(f"{base}_{s}") for s in ("scaled", "clipped", "int"))
     return [
         gs.Node("Mul", f"{base}/Mul", inputs=[x, a], outputs=[scaled]),
         gs.Node("Clip", f"{base}/UClip", inputs=[scaled, lo, hi], outputs=[clipped]),
         gs.Node("Round", f"{base}/URound", inputs=[clipped], outputs=[ints]),
-        gs.Node("Abs", f"{base}/UPositiveZero", inputs=[ints], outputs=[pos]),
-        gs.Node("Mul", f"{base}/UStep", inputs=[pos, b], outputs=[y]),
+        gs.Node("Mul", f"{base}/UStep", inputs=[ints, b], outputs=[y]),
     ]
 
 

@@ -68,3 +68,65 @@ def test_lowering_is_bit_exact(fmt):
         got = create_session(low.model).run(None, {"x": x, **low.feeds})[0]
         assert same_bits(got, want).all(), fmt
         assert same_bits(got, quantize(x, fmt)).all()
+
+
+def _near_zero_values(fmt: str) -> np.ndarray:
+    """Eighths of a step in [-4, 4] steps (the body's clip bound step/4, the tie step/2, ...),
+    their float32 neighbours, both zeros and the smallest subnormals."""
+    step = parse_format(fmt).step
+    v = (np.arange(-32, 33) * step / 8).astype(np.float32)
+    v = np.concatenate([v, np.nextafter(v, np.float32(np.inf)), np.nextafter(v, np.float32(-np.inf))])
+    return np.concatenate([v, np.array([0.0, -0.0, 1e-45, -1e-45, np.nan, -np.nan], np.float32)])
+
+
+def test_body_clips_at_a_quarter_step_and_gives_plus_zero_below_one_half():
+    """The nearest-even body clips to [1/4, 2^B - 1] before Round (ops._ufixed_body): every
+    value below half a step, -0 and the negatives included, gives +0, as the reference does."""
+    fmts = ["ufixed:8:4", "ufixed:1:0", "ufixed:8:-3", "ufixed:24:126", "ufixed:8:-119"]
+    x = np.concatenate([_near_zero_values(f) for f in fmts])
+    for fmt, got in zip(fmts, run_quantizers(fmts, x)):
+        assert_bit_exact(fmt, got, x)
+        assert not np.signbit(got[~np.isnan(got)]).any(), fmt
+    (got,) = run_quantizers(["ufixed:8:4"], np.array([-0.0, -1e-45, 1 / 64, 1 / 32, 3 / 64], np.float32))
+    assert got.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0625]  # 1/64 = step/4 is the clip bound
+
+
+def _conv_ufixed(fmt: str | None):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    w = numpy_helper.from_array((rng.standard_normal((16, 8, 3, 3)) * 0.3).astype(np.float32), "w")
+    b = numpy_helper.from_array((rng.standard_normal(16) * 0.5).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
+    if fmt is not None:
+        from ristretto_onnx.ops import attach_functions, make_quantize_node
+
+        nodes.append(make_quantize_node("c", "y", fmt))
+    out = "y" if fmt is not None else "c"
+    g = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8, 12, 12])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], [w, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return attach_functions(m) if fmt is not None else m
+
+
+@pytest.mark.parametrize("fmt", ["ufixed:8:4", "ufixed:6:-1"])
+def test_body_fuses_into_the_convolution_and_equals_numpy(fmt, tmp_path):
+    """In a stock session the body's scale folds into the convolution and its Clip becomes the
+    convolution's activation (one Round and one Mul left, no Abs); the result equals the numpy
+    reference applied to the plain convolution's output, bit for bit."""
+    import onnx
+
+    from ristretto_onnx.runtime.session import session_options
+
+    so = session_options()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = create_session(_conv_ufixed(fmt), options=so, kernels=False)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "Clip" not in ops and "Abs" not in ops and ops.count("Round") == 1, ops
+    x = np.random.default_rng(3).standard_normal((4, 8, 12, 12)).astype(np.float32)
+    x[0] = 0.0  # outputs equal to the bias, some of them negative
+    got = sess.run(None, {"x": x})[0]
+    plain = create_session(_conv_ufixed(None), kernels=False).run(None, {"x": x})[0]
+    assert (plain < 0).mean() > 0.2 and (got == 0).mean() > 0.2
+    assert same_bits(got, quantize(plain, fmt)).all()
+    assert not np.signbit(got).any()

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from ristretto_onnx.formats import quantize
 from ristretto_onnx.ops import make_quantize_node
 from ristretto_onnx.runtime import kernels
-from ristretto_onnx.runtime.kernel_chains import CHAIN_OP, fuse_chains
+from ristretto_onnx.runtime.kernel_chains import CHAIN_OP, drop_repeated_quantizers, fuse_chains
 from ristretto_onnx.runtime.session import create_session
 
 from tests.builders import annotate, images, residual_cnn, same_bits
@@ -140,4 +140,74 @@ def test_fuse_chains_leaves_graph_outputs_and_shared_tensors_alone():
     m2 = _model([q1, relu, q2], vi, outs[:1])
     fused = fuse_chains(m2)
     assert [n.op_type for n in fused.graph.node] == [CHAIN_OP]
-    assert helper.get_attribute_value(fused.graph.node[0].attribute[0]) == b"fixed:8:4|relu|fixed:8:4"
+    # the second quantizer repeats the first one's format after a ReLU: dropped (exact)
+    assert helper.get_attribute_value(fused.graph.node[0].attribute[0]) == b"fixed:8:4|relu"
+
+
+def test_drop_repeated_quantizers_keeps_tees_last_and_formats_after_an_add():
+    assert drop_repeated_quantizers(["ufixed:8:6", "relu", "ufixed:8:6"]) == ["ufixed:8:6", "relu"]
+    assert drop_repeated_quantizers(["fixed:8:5", "fixed:8:5", "relu", "relu", "fixed:8:5", "fixed:8:4"]) \
+        == ["fixed:8:5", "relu", "relu", "fixed:8:4"]
+    keep = [["ufixed:8:5", "relu", "tee", "ufixed:8:5"],  # would end with the tee
+            ["fixed:8:5", "add", "relu", "fixed:8:5"],  # a sum is not on the grid
+            ["fixed:8:5", "relu", "fixed:8:4", "relu", "fixed:8:5"]]
+    for steps in keep:
+        assert drop_repeated_quantizers(steps) == steps
+
+
+@pytest.mark.parametrize("fmt", ["fixed:8:4", "fixed:4:-2", "ufixed:8:5", "ufixed:1:0", "minifloat:8:3",
+                                 "minifloat:8:4", "minifloat:5:4", "minifloat:16:5", "pow2:-8:-1", "pow2:-3:3"])
+def test_a_repeated_quantizer_after_relu_is_the_identity(library, fmt):
+    """What drop_repeated_quantizers relies on: q(relu(q(x))) == relu(q(x)) bit for bit (numpy
+    reference), and the chain kernel with and without the repeated step agree."""
+    x = _x(12, [fmt])
+    once = _reference([fmt, "relu"], x, None)
+    assert same_bits(_reference([fmt, "relu", fmt], x, None), once).all()
+    assert same_bits(_reference([fmt, fmt], x, None), _reference([fmt], x, None)).all()
+    vi = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])]
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])]
+    for steps in ([fmt, "relu"], [fmt, "relu", fmt], [fmt]):
+        node = helper.make_node(CHAIN_OP, ["x"], ["y"], domain="ai.ristretto", steps="|".join(steps))
+        got = _kernel_session(_model([node], vi, out, functions=False), library).run(None, {"x": x})[0]
+        assert same_bits(got, _reference(steps, x, None)).all(), steps
+
+
+def _padded_shortcut_model(fmt: str) -> onnx.ModelProto:
+    """q -> Add(Pad(s, pads)) -> Relu -> q, with the pads computed from constants as the CIFAR
+    ResNets' option-A shortcut exports them (ConstantOfShape, Concat, Reshape)."""
+    from onnx import numpy_helper
+
+    def const(name, value, dtype=np.int64):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, dtype), name))
+
+    nodes = [
+        const("n", [4]), helper.make_node("ConstantOfShape", ["n"], ["zeros"], value=numpy_helper.from_array(
+            np.zeros(1, np.int64), "v")),
+        const("mid", [0, 2, 0, 0]), helper.make_node("Concat", ["zeros", "mid"], ["flat"], axis=0),
+        const("shape", [8]), helper.make_node("Reshape", ["flat", "shape"], ["pads"]),
+        helper.make_node("Pad", ["s", "pads"], ["padded"]),  # 3 -> 5 channels
+        make_quantize_node("x", "xq", fmt), helper.make_node("Add", ["xq", "padded"], ["sum"]),
+        helper.make_node("Relu", ["sum"], ["r"]), make_quantize_node("r", "y", fmt),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, 6, 6]),
+              helper.make_tensor_value_info("s", TensorProto.FLOAT, ["B", 3, 6, 6])]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+
+
+@pytest.mark.parametrize("fmt", ["fixed:8:4", "minifloat:8:3"])
+def test_an_add_whose_operand_shape_needs_constants_joins_the_chain(library, fmt):
+    """onnx's shape inference leaves the padded shortcut's shape unknown; evaluating the small
+    constant subgraph gives it, so q -> add -> relu -> q is one chain, with the bodies' bits."""
+    model = _padded_shortcut_model(fmt)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    fused = fuse_chains(inferred)
+    chains = [n for n in fused.graph.node if n.op_type == CHAIN_OP]
+    assert [helper.get_attribute_value(c.attribute[0]).decode() for c in chains] == [f"{fmt}|add|relu|{fmt}"]
+    assert {n.op_type for n in fused.graph.node}.isdisjoint({"Add", "Relu", "QuantizeSim"})
+    rng = np.random.default_rng(15)
+    feeds = {"x": (rng.standard_normal((2, 5, 6, 6)) * 4).astype(np.float32),
+             "s": (rng.standard_normal((2, 3, 6, 6)) * 4).astype(np.float32)}
+    feeds["x"][0, 0, 0, :3] = [0.0, -0.0, -1e-3]
+    bodies = create_session(model, kernels=False).run(None, feeds)[0]
+    assert same_bits(create_session(model).run(None, feeds)[0], bodies).all()
+    assert same_bits(_kernel_session(fused, library).run(None, feeds)[0], bodies).all()
