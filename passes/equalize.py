@@ -10,13 +10,31 @@ link has one reader, a positive factor ``s_c`` per channel of A's output can mov
     A'[c] = A[c] / s_c,  bias'[c] = bias[c] / s_c,  B'[:, c] = B[:, c] * s_c
 
 is exact in real arithmetic (ReLU is positively homogeneous), and a ReLU6 becomes a clip at
-``hi / s_c`` per channel: ``Max(x, 0) -> Min(x, hi / s)``, a per-channel saturation threshold
-that an accelerator gets for free. ``s_c = sqrt(r_A(c) / r_B(c))`` (max |w| of A's output channel
-c and of B's weights reading channel c) gives both the range ``sqrt(r_A r_B)``. Pairs are
+``hi / s_c`` per channel: ``Relu(x) -> Min(x, hi / s)``, a per-channel saturation threshold
+that an accelerator gets for free (the range step measures the layer output after it, bounded
+by the largest ``hi / s_c``: passes.analysis.clip_bounds). ``s_c = sqrt(r_A(c) / r_B(c))``
+(max |w| of A's output channel c and of B's weights reading channel c) gives both the range
+``sqrt(r_A r_B)``. Pairs are
 equalized in graph order, :data:`ITERATIONS` sweeps (a chain's factors interact).
+
+That balances the weights only. The tensor between A and B (the link) scales with A's channel:
+its channel c becomes ``x_c / s_c``, so a channel whose weights are small in A and large in B
+gets a small ``s_c`` and grows, and on a trained network (EfficientNet-Lite0, docs/ACCURACY.md)
+the per-tensor activation format of the link then has to cover channels 10^3 apart, which
+costs what balancing the weights gains. With the link's per-channel maxima ``a_c`` measured on
+calibration data (``link_max``, ristretto_onnx.link_ranges), A's side of the balance is the
+larger of A's weight range and the link's range, each relative to its tensor's largest:
+
+    s_c = sqrt(max(r_A(c) / max r_A, a_c / max a) / (r_B(c) / max r_B)),  a_c <- a_c / s_c
+
+so no channel of A's weights *or* of the link is pushed above the level both sides meet at
+(the per-tensor formats of all three tensors then see balanced channels). Without data the
+weights-only rule applies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -36,17 +54,22 @@ class Equalize(Transformation):
 
     name = "equalize"
 
-    def __init__(self, iterations: int = ITERATIONS) -> None:
+    def __init__(self, iterations: int = ITERATIONS, link_max: Mapping[str, np.ndarray] | None = None) -> None:
         self.iterations = iterations
+        self.link_max = {k: np.asarray(v, np.float64).ravel() for k, v in (link_max or {}).items()}
 
     def apply(self, graph: gs.Graph) -> PassResult:
         pairs = _pairs(graph)
         if not pairs:
             return PassResult(graph, False)
         clip_hi: dict[str, np.ndarray] = {}
+        measured = {link_name(a, act): self.link_max.get(link_name(a, act)) for a, act, _ in pairs}
         for _ in range(self.iterations):
             for a, act, b in pairs:
-                s = _balance(a, b)
+                key = link_name(a, act)
+                s = _balance(a, b, measured[key])
+                if measured[key] is not None:
+                    measured[key] = measured[key] / s  # the link's channel c carries x_c / s_c now
                 if act is not None and is_op(act, "Clip"):
                     key = act.outputs[0].name
                     hi = clip_hi.get(key)
@@ -60,14 +83,26 @@ class Equalize(Transformation):
         return PassResult(graph, True)
 
 
-def equalize(model: ModelProto, iterations: int = ITERATIONS) -> ModelProto:
-    """A copy of ``model`` with every equalizable pair balanced (see the module docstring)."""
+def equalize(model: ModelProto, iterations: int = ITERATIONS,
+             link_max: Mapping[str, np.ndarray] | None = None) -> ModelProto:
+    """A copy of ``model`` with every equalizable pair balanced (see the module docstring);
+    ``link_max``: ``{link tensor: per-channel max |x|}`` measured on calibration data."""
     graph = import_graph(model)
-    if not Equalize(iterations)(graph).changed:
+    if not Equalize(iterations, link_max)(graph).changed:
         out = ModelProto()
         out.CopyFrom(model)
         return out
     return export_model(graph, model)
+
+
+def links(model: ModelProto) -> list[str]:
+    """The tensors between equalizable pairs (an activation's output, else A's output): where
+    ``link_max`` is measured."""
+    return [link_name(a, act) for a, act, _ in _pairs(import_graph(model))]
+
+
+def link_name(a: gs.Node, act: gs.Node | None) -> str:
+    return (act or a).outputs[0].name
 
 
 def _pairs(graph: gs.Graph) -> list[tuple[gs.Node, gs.Node | None, gs.Node]]:
@@ -107,9 +142,9 @@ def _scalar(value: np.ndarray) -> float:
     return float(np.asarray(value).ravel()[0])
 
 
-def _balance(a: gs.Node, b: gs.Node) -> np.ndarray:
-    """Move ``s_c = sqrt(r_A(c) / r_B(c))`` from A's output channel c into B's input channel c;
-    returns ``s``."""
+def _balance(a: gs.Node, b: gs.Node, link: np.ndarray | None = None) -> np.ndarray:
+    """Move ``s_c = sqrt(r_A(c) / r_B(c))`` from A's output channel c into B's input channel c
+    (``r_A`` relative, and raised to the link's relative range ``link``, when given); returns ``s``."""
     wa = constant_value(a.inputs[1]).astype(np.float64)
     wb = constant_value(b.inputs[1]).astype(np.float64)
     c = wa.shape[0]
@@ -120,6 +155,9 @@ def _balance(a: gs.Node, b: gs.Node) -> np.ndarray:
     r_a = np.abs(wa.reshape(c, -1)).max(axis=1)
     r_b = np.zeros(c)
     np.maximum.at(r_b, read.ravel(), np.abs(wb.reshape(ob, cg, -1)).max(axis=2).ravel())
+    if link is not None and link.size == c and link.max() > 0 and r_a.max() > 0 and r_b.max() > 0:
+        r_a = np.maximum(r_a / r_a.max(), link / link.max())
+        r_b = r_b / r_b.max()
     s = np.where((r_a > 0) & (r_b > 0), np.sqrt(r_a / np.where(r_b > 0, r_b, 1.0)), 1.0)
     a.inputs[1].values = (wa / s.reshape((c,) + (1,) * (wa.ndim - 1))).astype(np.float32)
     if len(a.inputs) > 2 and isinstance(a.inputs[2], gs.Constant):
@@ -130,13 +168,12 @@ def _balance(a: gs.Node, b: gs.Node) -> np.ndarray:
 
 
 def _per_channel_clip(graph: gs.Graph, clip: gs.Node, hi: np.ndarray, taken: set[str]) -> None:
-    """Replace ``Clip(x, 0, hi)`` by ``Min(Max(x, 0), hi_c)`` with one bound per channel (axis 1)."""
+    """Replace ``Clip(x, 0, hi)`` by ``Min(Relu(x), hi_c)`` with one bound per channel (axis 1)."""
     y = clip.outputs[0]
-    zero = gs.Constant(unique_name(f"{y.name}_lo", taken), np.asarray(np.float32(0.0)))
     bound = gs.Constant(unique_name(f"{y.name}_hi", taken), hi.reshape(-1, 1, 1).astype(np.float32))
     mid = gs.Variable(unique_name(f"{y.name}_relu", taken))
     x = clip.inputs[0]
     i = next(k for k, n in enumerate(graph.nodes) if n is clip)
     remove_node(graph, clip)
-    graph.nodes[i:i] = [gs.Node("Max", f"{clip.name}/Max", inputs=[x, zero], outputs=[mid]),
+    graph.nodes[i:i] = [gs.Node("Relu", f"{clip.name}/Relu", inputs=[x], outputs=[mid]),
                         gs.Node("Min", f"{clip.name}/Min", inputs=[mid, bound], outputs=[y])]

@@ -52,7 +52,10 @@ class CompressOptions:
     metric: str = "top1"
     calib_size: int = 500
     granularity: str = "group"  # or "layer"
-    weight_granularity: str = "tensor"  # or "channel", or "auto" (granularity_rule: per layer)
+    #: "tensor", "channel" or "auto" (granularity_rule: per layer, a free shift either way, so a
+    #: depthwise network needs no flag); None: auto for the schemes with per-channel forms (dfp,
+    #: pow2, auto), tensor for fixed and minifloat.
+    weight_granularity: str | None = None
     range_rule: str = DEFAULT_RANGE_RULE  # dfp: mse, max (thesis eq. 5.2) or percentile:P
     min_bits: int | None = None
     max_bits: int | None = None
@@ -68,6 +71,9 @@ class CompressOptions:
     unsigned: bool = True
 
     def __post_init__(self) -> None:
+        if self.weight_granularity is None:
+            object.__setattr__(self, "weight_granularity",
+                               "auto" if self.scheme in ("dfp", "pow2", "auto") else "tensor")
         check_scheme(self.scheme, weight_granularity=self.weight_granularity, range_rule=self.range_rule)
         if self.tolerance_mode not in ("absolute", "relative"):
             raise RistrettoError("--tolerance-mode must be absolute or relative")

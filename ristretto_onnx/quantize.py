@@ -32,6 +32,7 @@ from ristretto_onnx.zoo.inputs import is_zoo, zoo_inputs
 from ristretto_onnx.errors import RistrettoError
 from ristretto_onnx.formats import Format
 from ristretto_onnx.options import Backend, QuantizeOptions
+from ristretto_onnx.link_ranges import link_max
 from ristretto_onnx.passes.layers import Group
 from ristretto_onnx.moments import input_means
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
@@ -70,10 +71,12 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     if is_zoo(source):  # "zoo:NAME" as on the command line, with its calibration split
         source, _, calib = zoo_inputs(source, (), calib)
     prepared = source if isinstance(source, Prepared) else prepare(source, fold_bn=options.fold_bn)
-    if options.equalize:
-        prepared = prepare(equalize(prepared.float_model), fold_bn=False)
     if calib is not None:
         calib = conform(calib if isinstance(calib, Dataset) else load_dataset(calib), prepared.float_model)
+    if options.equalize:  # with data: the links' channel ranges join the balance (passes.equalize)
+        maxima = link_max(prepared.float_model, calib.subset(min(options.calib_size, len(calib)), options.seed),
+                          batch_size=options.batch_size, threads=threads) if calib is not None else None
+        prepared = prepare(equalize(prepared.float_model, link_max=maxima), fold_bn=False)
     seconds["prepare"] = time.perf_counter() - t
     layers = prepared.layers.select(options.layers, options.exclude)
     ranges: list[GroupRange] = []

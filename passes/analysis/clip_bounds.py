@@ -9,7 +9,9 @@ bound are common, not rare outliers. Two things follow for the range step:
 * the thesis's "layer outputs get one integer bit fewer" (saturate the rare largest outputs)
   must not apply: with ReLU6 it would saturate every value in (4, 6], turning ReLU6 into ReLU4.
 
-A Clip counts when it is the sole reader of the layer output and its bounds are constants.
+A Clip counts when it is the sole reader of the layer output and its bounds are constants. So
+does the per-channel ReLU6 that cross-layer equalization writes (passes.equalize): a Relu read
+only by ``Min(., hi)`` with a constant ``hi >= 0`` per channel, bounded by the largest ``hi``.
 """
 
 from __future__ import annotations
@@ -44,12 +46,27 @@ def clip_bounds(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[s
     out: dict[str, ClipBound] = {}
     for layer in layers:
         node = sole.get(layer.output)
+        if node is not None and is_op(node, "Relu"):
+            hi = _per_channel_min(sole.get(node.outputs[0].name))
+            if hi is not None:
+                out[group_id(layer.name, "outputs")] = ClipBound(sole[node.outputs[0].name].outputs[0].name, 0.0, hi)
+            continue
         if node is None or not is_op(node, "Clip"):
             continue
         bound = _bounds(node)
         if bound is not None and (bound[0] is not None or bound[1] is not None):
             out[group_id(layer.name, "outputs")] = ClipBound(node.outputs[0].name, *bound)
     return out
+
+
+def _per_channel_min(node: gs.Node | None) -> float | None:
+    """The largest bound of ``Min(x, hi)`` with a constant, non-negative ``hi``; else None."""
+    if node is None or not is_op(node, "Min") or len(node.inputs) != 2:
+        return None
+    hi = constant_value(node.inputs[1])
+    if hi is None or hi.size == 0 or np.any(hi < 0):
+        return None
+    return float(np.max(hi))
 
 
 def _bounds(node: gs.Node) -> tuple[float | None, float | None] | None:

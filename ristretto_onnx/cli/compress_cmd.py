@@ -40,9 +40,10 @@ def compress_command(
     metric: str = typer.Option("top1", help="top1, top5, fidelity (agreement with FP32), or module:function."),
     granularity: str = typer.Option("group", help="group (thesis: conv weights, fc weights, activations) "
                                                   "or layer (a width per layer's weights)."),
-    weight_granularity: str = typer.Option("tensor", help="tensor (thesis), channel (one scale per output "
-                                                          "channel; dfp and pow2) or auto (per channel for the "
-                                                          "layers where it lowers the output error)."),
+    weight_granularity: str = typer.Option(None, help="tensor (thesis), channel (one scale per output "
+                                                       "channel; dfp and pow2) or auto (per channel for the "
+                                                       "layers where it lowers the output error; the default "
+                                                       "for dfp and pow2, tensor for the others)."),
     range_rule: str = typer.Option(DEFAULT_RANGE_RULE, help="dfp fractional lengths: mse (least squared error on the "
                                                "calibration histogram), max (thesis eq. 5.2, no saturation) "
                                                "or percentile:P (e.g. percentile:99.99)."),
@@ -103,7 +104,7 @@ def compress_command(
             raise UsageError("--finetune runs locally; use --backend local with --finetune")
         check_flags(**flags)
         check_rule(range_rule)
-        if weight_granularity not in ("tensor", "channel", "auto"):
+        if weight_granularity is not None and weight_granularity not in ("tensor", "channel", "auto"):
             raise UsageError(f"--weight-granularity must be tensor, channel or auto, not {weight_granularity!r}")
         for name, value in (("--batch-size", batch_size), ("--min-bits", min_bits), ("--max-bits", max_bits)):
             if value is not None and value < (1 if name == "--batch-size" else 2):

@@ -24,9 +24,9 @@ def test_equalization_is_exact_in_fp32_and_balances_the_ranges():
     ref, got = run(float_model), run(eq)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.995
-    # every ReLU6 but the last became a per-channel clip (Max, Min)
+    # every ReLU6 but the last became a per-channel clip (Relu, Min)
     ops = [n.op_type for n in eq.graph.node]
-    assert ops.count("Clip") == 1 and ops.count("Min") == 6
+    assert ops.count("Clip") == 1 and ops.count("Min") == 6 and ops.count("Relu") == 6
     before, after = _weights(float_model), _weights(eq)
     # the depthwise weights' per-channel ranges: far less spread after
     for name in ("b0.dw.weight", "b1.dw.weight", "b2.dw.weight"):
@@ -64,3 +64,45 @@ def test_per_tensor_8_bit_weights_keep_more_agreement_with_equalization():
                                         bias_correction="off"), load_dataset(x[:256]))
         agree[eq] = (create_session(r.model).run(None, {"x": x})[0].argmax(1) == ref).mean()
     assert agree[True] >= agree[False], agree
+
+
+def _bias_dominated_pair():
+    """x -> Conv A (1x1, 4 channels) -> ReLU6 -> Conv B (1x1) -> y. A's channel 0 has weights 100
+    times smaller than the others but a bias of 3: its activation is as large as theirs, while
+    weights alone say it is small (the weights-only rule scales it up)."""
+    from onnx import helper
+
+    from tests import builders as synth
+
+    r = np.random.default_rng(5)
+    wa = r.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    wa[0] *= 0.01
+    ba = np.array([3.0, 0.0, 0.0, 0.0], np.float32)
+    wb = (r.standard_normal((4, 4, 1, 1)) * 0.5).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A"),
+             helper.make_node("Clip", ["a", "lo", "hi"], ["r"], name="relu6"),
+             helper.make_node("Conv", ["r", "wb"], ["y"], name="B")]
+    inits = [synth.init(k, v) for k, v in (("wa", wa), ("ba", ba), ("wb", wb), ("lo", np.float32(0)),
+                                           ("hi", np.float32(6)))]
+    return synth.model(nodes, inits)
+
+
+def test_measured_link_ranges_keep_the_activation_channels_balanced():
+    """With the link's channel maxima (calibration data), no activation channel grows beyond the
+    level the weights and the link meet at; the weights-only rule blows channel 0 up. Both exact."""
+    from ristretto_onnx.data import load_dataset
+    from ristretto_onnx.link_ranges import link_max
+    from ristretto_onnx.passes.equalize import links
+
+    m = _bias_dominated_pair()
+    x = np.random.default_rng(6).standard_normal((64, 3, 8, 8)).astype(np.float32)
+    assert links(m) == ["r"]
+    before = link_max(m, load_dataset(x))["r"]
+    data_free, measured = equalize(m), equalize(m, link_max={"r": before})
+    ref = create_session(m).run(None, {"x": x})[0]
+    for eq in (data_free, measured):
+        np.testing.assert_allclose(create_session(eq).run(None, {"x": x})[0], ref, rtol=1e-4,
+                                   atol=1e-4 * np.abs(ref).max())
+    grown = {k: link_max(eq, load_dataset(x), names=["r"])["r"].max() / before.max()
+             for k, eq in (("data-free", data_free), ("measured", measured))}
+    assert grown["data-free"] > 2.5 and grown["measured"] < 1.2, grown

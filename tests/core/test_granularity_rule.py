@@ -70,13 +70,19 @@ def test_expected_output_error_of_a_depthwise_conv():
 
 
 def test_compress_auto_finds_per_channel_for_the_depthwise_conv():
+    """Without a flag (deliver 6): auto is compress's default for dfp."""
     m = depthwise_pointwise()
     x = _inputs(256, seed=3)
-    res = compress(m, x, metric="fidelity", tolerance=0.02, weight_granularity="auto", calib_size=128)
+    res = compress(m, x, metric="fidelity", tolerance=0.02, calib_size=128)
     assert isinstance(res.plan["dw/weights"], PerChannel)
     assert not isinstance(res.plan["pw/weights"], PerChannel)
     per_tensor = compress(m, x, metric="fidelity", tolerance=0.02, weight_granularity="tensor", calib_size=128)
     assert res.plan["dw/weights"].bits < per_tensor.plan["dw/weights"].bits
+
+
+def test_compress_defaults_to_auto_where_a_scheme_has_per_channel_formats():
+    assert [CompressOptions(scheme=s).weight_granularity for s in ("dfp", "pow2", "auto", "fixed", "minifloat")] \
+        == ["auto", "auto", "auto", "tensor", "tensor"]
 
 
 def test_auto_needs_a_scheme_with_per_channel_formats():

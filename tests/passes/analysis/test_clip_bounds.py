@@ -42,3 +42,17 @@ def test_relu_runtime_bounds_and_shared_outputs_are_not_bounds():
                         helper.make_node("Add", ["r", "c"], ["y"], name="add")],
                        [synth.init("lo", 0.0), synth.init("hi", 6.0)])
     assert bounds_of(shared) == {}
+
+
+def test_per_channel_relu6_of_equalization_is_a_bound_at_its_largest_clip():
+    """passes.equalize writes ReLU6 as Relu -> Min(hi_c): measured after the Min, up to max hi_c."""
+    import numpy as np
+
+    hi = np.array([6.0, 1.5, 12.0, 3.0], np.float32).reshape(4, 1, 1)
+    m = conv_then([helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                   helper.make_node("Min", ["r", "hi"], ["y"], name="clip")], [synth.init("hi", hi)])
+    b = bounds_of(m)["conv/outputs"]
+    assert (b.lo, b.hi, b.tensor) == (0.0, 12.0, "y")
+    negative = conv_then([helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                          helper.make_node("Min", ["r", "hi"], ["y"], name="clip")], [synth.init("hi", -hi)])
+    assert bounds_of(negative) == {}
