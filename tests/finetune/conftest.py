@@ -12,5 +12,6 @@ def digits_sim():
 
     calib = zoo.model_dataset("digits-cnn", "calib")
     r = quantize(str(zoo.resolve_model("zoo:digits-cnn")),
-                 QuantizeOptions(scheme="dfp", weight_bits=3, act_bits=6, calib_size=300), calib)
+                 QuantizeOptions(scheme="dfp", weight_bits=3, act_bits=6, calib_size=300,
+                                 range_rule="mse", bias_correction="off"), calib)  # loses accuracy to win back
     return r.model
