@@ -9,7 +9,8 @@ the sessions of the graph *structures* it has seen:
   that differ only in those share one session. Weights are quantized in numpy and baked into
   the session (a convolution with non-constant weights loses onnxruntime's NCHWc kernels, about
   4x slower on ResNet-20), so each distinct weight assignment has its own session; these are
-  kept in a small LRU cache.
+  kept in a small LRU cache, sized by the memory a session holds
+  (:mod:`ristretto_onnx.runtime.session_memory`).
 * ``parametric=False``: every plan gets a fully constant graph, which onnxruntime can fuse
   further (scale and clip into the convolution) and which allows more exact rewrites; faster
   per image, at one session build (tens of milliseconds for ResNet-20) per new plan.
@@ -45,6 +46,7 @@ from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, r
 from ristretto_onnx.passes.transforms.set_formats import SetFormats, SetNodeFormats, set_formats
 from ristretto_onnx.runtime.lowering import PARAM_PREFIX, Lowered, WeightCache, lower_graph
 from ristretto_onnx.runtime.session import create_session
+from ristretto_onnx.runtime.session_memory import resident_bytes, sessions_that_fit
 
 FormatValue = Format | str | None
 
@@ -88,6 +90,8 @@ class Simulator:
         self.spinning = spinning
         self.max_sessions = max(1, int(max_sessions))
         self._sessions: OrderedDict[str, object] = OrderedDict()
+        self._unmeasured: set[str] = set()  # sessions whose first run is still to come
+        self.session_bytes = 0  # the most a session's first run grew this process (session_memory)
         self._weights = WeightCache()
         if has_external(self._base):  # weights on disk (passes.external): fed, one assignment held
             self._weights = WeightCache(max_bytes=_on_disk_bytes(self._base))
@@ -187,8 +191,8 @@ class Simulator:
                                      blocked_layout=self.blocked_layout, spinning=self.spinning)
             self.sessions_built += 1
             self._sessions[lowered.key] = session
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+            self._unmeasured.add(lowered.key)
+            self._evict()
         else:
             self._sessions.move_to_end(lowered.key)
         return session
@@ -209,7 +213,24 @@ class Simulator:
     def run_all(self, x: np.ndarray | Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """All outputs for input ``x`` (an array for a single-input model, or a dict by name)."""
         session = self.session()
-        return session.run(None, self.feeds(x))
+        key = self.lowered().key
+        if key not in self._unmeasured:
+            return session.run(None, self.feeds(x))
+        before = resident_bytes()
+        out = session.run(None, self.feeds(x))
+        after = resident_bytes()
+        self._unmeasured.discard(key)
+        if before is not None and after is not None and after - before > self.session_bytes:
+            self.session_bytes = after - before
+            self._evict()
+        return out
+
+    def _evict(self) -> None:
+        """Drop the least recently used sessions beyond what fits (runtime.session_memory)."""
+        keep = sessions_that_fit(self.session_bytes, self.max_sessions)
+        while len(self._sessions) > keep:
+            key, _ = self._sessions.popitem(last=False)
+            self._unmeasured.discard(key)
 
     def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         """The first output for input ``x``."""

@@ -119,3 +119,34 @@ def test_slot_model_activation_changes_reuse_the_session():
         sim.set_formats({target: fmt})
         assert same_bits(sim.run(x), plain(sim.model(), x))
     assert sim.sessions_built == built
+
+
+def test_sessions_kept_are_sized_by_the_memory_a_first_run_grows(monkeypatch):
+    """A session's first run that grows the process by a third of the budget leaves room for 3."""
+    from ristretto_onnx.runtime import session_memory, simulator
+
+    total = 12 << 30
+    monkeypatch.setattr(session_memory, "physical_bytes", lambda: total)
+    grown = int(total * session_memory.BUDGET_SHARE) // 3
+    resident = iter(range(0, 100 * grown, grown))  # +grown across every measured run
+    monkeypatch.setattr(simulator, "resident_bytes", lambda: next(resident))
+    sim = Simulator(annotate(residual_cnn()), max_sessions=8)
+    x = images(8)
+    weights = [f"{layer}/weights" for layer in LAYERS]
+    keys = []
+    for k, w in enumerate(weights):
+        sim.set_formats({w: "fixed:6:5"})
+        assert same_bits(sim.run(x), plain(sim.model(), x))
+        keys.append(sim.lowered().key)
+        assert len(sim._sessions) == min(k + 1, 3)
+    assert sim.session_bytes == grown and sim.sessions_built == len(weights) > 3
+    assert list(sim._sessions) == keys[-3:]  # the least recently used went first
+
+
+def test_sessions_that_fit_keeps_at_least_one_and_at_most_the_limit():
+    from ristretto_onnx.runtime.session_memory import sessions_that_fit
+
+    assert sessions_that_fit(100 << 20, 8, total=24 << 30) == 8  # CIFAR-size: all of them
+    assert sessions_that_fit(1650 << 20, 8, total=24 << 30) == 3  # SqueezeNet at 256 images
+    assert sessions_that_fit(64 << 30, 8, total=24 << 30) == 1
+    assert sessions_that_fit(0, 8, total=24 << 30) == 8
