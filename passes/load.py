@@ -57,6 +57,24 @@ def load_model(source: str | os.PathLike | ModelProto, *, check: bool = True) ->
     return model
 
 
+def read_model(model: str | os.PathLike | ModelProto, *, weights_in_memory: bool = True) -> ModelProto:
+    """A ModelProto from a proto (as it is) or a path, unchecked; one-line error for a missing or
+    unreadable file. ``weights_in_memory=False``: external weights stay in their file, referred to
+    relative to :data:`~ristretto_onnx.passes.external.ROOT` (passes.external)."""
+    if isinstance(model, ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise RistrettoError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=weights_in_memory)
+    except Exception as e:  # noqa: BLE001 - protobuf errors are long and technical
+        raise RistrettoError(f"cannot read {path} as an ONNX model: {' '.join(str(e).split())[:200]}") from None
+    if not weights_in_memory and has_external(proto):
+        resolve_locations(proto, path.parent)
+    return proto
+
+
 def _read(source: str | os.PathLike | ModelProto) -> ModelProto:
     if isinstance(source, ModelProto):
         model = ModelProto()

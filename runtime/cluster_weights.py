@@ -21,11 +21,11 @@ import os
 import tempfile
 from pathlib import Path
 
-import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
 
 from ristretto_onnx.errors import RistrettoError
-from ristretto_onnx.passes.external import ROOT, has_external, is_external, resolve_locations
+from ristretto_onnx.passes.external import ROOT, has_external, is_external
+from ristretto_onnx.passes.load import read_model
 from ristretto_onnx.passes.save import _copy_fields, _external_entry, _pad
 
 #: In-memory initializers of a model with weights on disk at least this large go to the scratch file.
@@ -37,18 +37,7 @@ SCRATCH_ENV = "RISTRETTO_RAY_SCRATCH"
 def read_light(model) -> ModelProto:
     """A model given by path with its external weights left in their file (references relative to
     :data:`~ristretto_onnx.passes.external.ROOT`); a ModelProto as it is."""
-    if isinstance(model, ModelProto):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise RistrettoError(f"model file not found: {path}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf errors are long and technical
-        raise RistrettoError(f"cannot read {path} as an ONNX model: {' '.join(str(e).split())[:200]}") from None
-    if has_external(proto):
-        resolve_locations(proto, path.parent)
-    return proto
+    return read_model(model, weights_in_memory=False)
 
 
 class Spill:

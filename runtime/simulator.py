@@ -29,10 +29,8 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
@@ -41,6 +39,7 @@ from ristretto_onnx.formats import Format
 from ristretto_onnx.ops import attach_functions, is_quantize_sim, node_format
 from ristretto_onnx.passes.external import has_external, is_external, payload_size
 from ristretto_onnx.passes.graph import copy_graph, export_model, import_graph, runtime_inputs
+from ristretto_onnx.passes.load import read_model
 from ristretto_onnx.passes.plan import format_of
 from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_slots
 from ristretto_onnx.passes.transforms.set_formats import SetFormats, SetNodeFormats, set_formats
@@ -52,16 +51,8 @@ FormatValue = Format | str | None
 
 
 def load_model(model: ModelProto | str | os.PathLike) -> ModelProto:
-    """A ModelProto from a proto or a path (one-line error for a missing or broken file)."""
-    if isinstance(model, ModelProto):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise RistrettoError(f"model file not found: {path}")
-    try:
-        return onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - protobuf errors are long and technical
-        raise RistrettoError(f"cannot read {path} as an ONNX model: {' '.join(str(e).split())[:200]}") from None
+    """A ModelProto from a proto or a path, weights in memory (one-line error for a missing or broken file)."""
+    return read_model(model)
 
 
 class Simulator:
