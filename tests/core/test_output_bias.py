@@ -16,6 +16,7 @@ from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
 
 from tests import builders as synth
+from tests.accuracy import top1
 
 
 @pytest.mark.parametrize("build", [synth.conv_relu_conv, synth.flatten_gemm, synth.matmul_add])
@@ -67,13 +68,6 @@ def test_quantize_bias_correction_modes():
     assert err["outputs"] < err["off"] / 2
 
 
-def _top1(model, data) -> float:
-    sess = create_session(model)
-    name = sess.get_inputs()[0].name
-    hits = sum(int((sess.run(None, {name: x})[0].argmax(1) == y).sum()) for x, y in data.batches(1000))
-    return hits / len(data)
-
-
 @pytest.mark.slow
 def test_lenet_4_4_4_untuned_reaches_98_5(zoo_env):
     """Issue 15: LeNet dfp 4/4/4 without fine-tuning >= 98.5 % (10,000 test images; calibrated
@@ -85,7 +79,7 @@ def test_lenet_4_4_4_untuned_reaches_98_5(zoo_env):
     res = quantize("zoo:lenet-mnist", QuantizeOptions(scheme="dfp", bits=4, range_rule="auto", batch_size=32), calib)
     assert (res.options.range_rule, res.bias_correction) == ("max", "outputs")
     assert isinstance(res.plan["ip1/outputs"], UFixed)
-    assert _top1(res.model, test) >= 0.985
+    assert top1(res.model, test) >= 0.985
 
 
 @pytest.mark.slow
@@ -96,8 +90,8 @@ def test_resnet20_6_6_6_drop_within_0_8_by_default(zoo_env):
     test = zoo.model_dataset("resnet20-cifar10", "test")
     res = quantize("zoo:resnet20-cifar10", QuantizeOptions(scheme="dfp", bits=6, batch_size=32), calib)
     assert res.bias_correction == "outputs"
-    fp32 = _top1(str(zoo.get_model("resnet20-cifar10").locate()), test)
-    assert fp32 - _top1(res.model, test) <= 0.008
+    fp32 = top1(str(zoo.get_model("resnet20-cifar10").locate()), test)
+    assert fp32 - top1(res.model, test) <= 0.008
 
 
 def test_a_model_without_a_correctable_layer_gets_no_deltas():

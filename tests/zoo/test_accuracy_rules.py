@@ -6,14 +6,7 @@ import pytest
 
 from ristretto_onnx import zoo
 from ristretto_onnx.quantize import QuantizeOptions, quantize
-from ristretto_onnx.runtime.session import create_session
-
-
-def _top1(model, data) -> float:
-    sess = create_session(model)
-    name = sess.get_inputs()[0].name
-    hits = sum(int((sess.run(None, {name: x})[0].argmax(1) == y).sum()) for x, y in data.batches(1000))
-    return hits / len(data)
+from tests.accuracy import top1
 
 
 @pytest.mark.slow
@@ -24,6 +17,6 @@ def test_lenet_4_bit_dfp_rules_before_and_after(zoo_env):
     before = quantize("zoo:lenet-mnist", QuantizeOptions(scheme="dfp", bits=4, **thesis), calib)
     after = quantize("zoo:lenet-mnist", QuantizeOptions(scheme="dfp", bits=4, bias_correction="on"), calib)
     assert sum(f.kind == "ufixed" for f in after.plan.values() if f is not None) >= 3
-    b, a = _top1(before.model, test), _top1(after.model, test)
+    b, a = top1(before.model, test), top1(after.model, test)
     # measured: 93.76 % (the thesis's rules, eq. 5.2) -> 98.48 % (ufixed, one rounding, bias correction)
     assert b < 0.95 and a >= 0.98, (b, a)
