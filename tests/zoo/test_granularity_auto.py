@@ -7,7 +7,7 @@ import pytest
 from ristretto_onnx import zoo
 from ristretto_onnx.formats import PerChannel
 from ristretto_onnx.quantize import QuantizeOptions, quantize
-from tests.zoo.test_accuracy_rules import _top1
+from tests.accuracy import top1
 
 
 @pytest.mark.slow
@@ -18,6 +18,6 @@ def test_lenet_auto_takes_per_channel_only_for_the_classifier_at_4_bits(zoo_env)
                                                           range_rule="mse", bias_correction="off"), calib)
            for g in ("tensor", "auto")}
     assert [k for k, v in res["auto"].plan.items() if isinstance(v, PerChannel)] == ["ip2/weights"]
-    t, a = _top1(res["tensor"].model, test), _top1(res["auto"].model, test)
+    t, a = top1(res["tensor"].model, test), top1(res["auto"].model, test)
     # measured (docs/ACCURACY.md): 98.34 % per tensor, 98.32 % auto
     assert a >= 0.982 and a >= t - 0.002, (t, a)
