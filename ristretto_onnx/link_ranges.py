@@ -10,11 +10,10 @@ data, measured here in the FP32 model in one streamed pass.
 from __future__ import annotations
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto
 
+from ristretto_onnx.moments import channel_stats
 from ristretto_onnx.passes.equalize import links
-from ristretto_onnx.passes.graph import runtime_inputs
-from ristretto_onnx.runtime.calibrate import session_any_size
 
 
 def link_max(model: ModelProto, data, *, batch_size: int = 64, threads: int | None = None,
@@ -24,18 +23,6 @@ def link_max(model: ModelProto, data, *, batch_size: int = 64, threads: int | No
     names = links(model) if names is None else list(names)
     if not names:
         return {}
-    probe = ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    for t in names:
-        if t not in outputs:
-            probe.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    session = session_any_size(probe, threads=threads)
-    feed = runtime_inputs(probe)[0]
-    out: dict[str, np.ndarray] = {}
-    for x, _ in data.batches(batch_size):
-        for name, v in zip(names, session.run(names, {feed: np.ascontiguousarray(x, np.float32)})):
-            v = np.abs(np.asarray(v, np.float32))
-            m = v.max(axis=tuple(d for d in range(v.ndim) if d != 1))
-            out[name] = np.maximum(out[name], m) if name in out else m
-    return out
+    stats = channel_stats(model, {t: (t, 1) for t in names}, (x for x, _ in data.batches(batch_size)),
+                          threads=threads)
+    return {t: stats[t].peak.astype(np.float32) for t in names}

@@ -1,19 +1,85 @@
-"""Per-channel moments of layer inputs on calibration data (FP32 model, one streamed pass).
+"""Per-channel statistics of tensors on calibration data (one streamed pass per call).
 
 Bias correction (passes.bias_correction) needs ``E[x]`` and the per-channel ``output`` rule
-(ristretto_onnx.channel_rule) ``E[x^2]`` of each layer's input, per input channel.
+(ristretto_onnx.channel_rule) ``E[x^2]`` of each layer's input, per input channel; the outputs
+bias correction (ristretto_onnx.output_bias) the mean of layer outputs in the FP32 and the
+simulated model; data-aware equalization (passes.equalize) each link channel's largest |x|.
+All go through :func:`channel_stats`: the graph cut at the tensors asked for (onnxruntime runs
+every node whatever is fetched), one session, the batches streamed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
-from ristretto_onnx.passes.graph import runtime_inputs
+from ristretto_onnx.passes.graph import runtime_inputs, subgraph_inputs
 from ristretto_onnx.passes.layers import Layer
 from ristretto_onnx.runtime.calibrate import session_any_size
+
+
+@dataclass
+class ChannelStats:
+    """Sums over every element of one channel: ``count`` elements, their sum, sum of squares and
+    largest magnitude (float64)."""
+    total: np.ndarray
+    squares: np.ndarray
+    peak: np.ndarray
+    count: int
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / self.count
+
+
+def truncated(model: ModelProto, outputs: list[str]) -> ModelProto:
+    """A copy of ``model`` with only the nodes ``outputs`` need, and those as its outputs."""
+    made = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    keep: set[int] = set()
+    stack = list(outputs)
+    while stack:
+        i = made.get(stack.pop())
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        node = model.graph.node[i]
+        stack.extend(list(node.input) + sorted(subgraph_inputs(node)))
+    out = ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(n for i, n in enumerate(model.graph.node) if i in keep)
+    del out.graph.output[:]
+    out.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in outputs)
+    return out
+
+
+def channel_stats(model: ModelProto, tensors: Mapping[str, tuple[str, int]], batches: Iterable[np.ndarray], *,
+                  threads: int | None = None) -> dict[str, ChannelStats]:
+    """``{key: ChannelStats}`` of ``tensors[key] = (tensor name, channel axis)`` in ``model``
+    over the input ``batches`` (a tensor may be the graph's input itself)."""
+    feed = runtime_inputs(model)[0]
+    fetch = list(dict.fromkeys(t for t, _ in tensors.values() if t != feed))
+    session = session_any_size(truncated(model, fetch), threads=threads) if fetch else None
+    out: dict[str, ChannelStats] = {}
+    for x in batches:
+        x = np.ascontiguousarray(x, np.float32)
+        values = dict(zip(fetch, session.run(fetch, {feed: x}))) if session is not None else {}
+        values[feed] = x
+        for key, (t, axis) in tensors.items():
+            v = np.asarray(values[t], np.float64)
+            ax = axis % v.ndim
+            others = tuple(d for d in range(v.ndim) if d != ax)
+            s = ChannelStats(v.sum(axis=others), np.square(v).sum(axis=others), np.abs(v).max(axis=others),
+                             v.size // v.shape[ax])
+            if key in out:
+                o = out[key]
+                s = ChannelStats(o.total + s.total, o.squares + s.squares, np.maximum(o.peak, s.peak),
+                                 o.count + s.count)
+            out[key] = s
+    return out
 
 
 def input_means(model: ModelProto, layers: Iterable[Layer], data, *, batch_size: int = 64,
@@ -28,29 +94,7 @@ def input_moments(model: ModelProto, layers: Iterable[Layer], data, *, batch_siz
                   threads: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{layer name: (E[x], E[x^2]) per input channel}``, as :func:`input_means`."""
     layers = [l for l in layers if l.op_type in ("Conv", "Gemm", "MatMul")]
-    probe = ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    graph_inputs = runtime_inputs(probe)
-    for t in dict.fromkeys(l.input for l in layers):
-        if t not in outputs and t not in graph_inputs:
-            probe.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    fetch = list(dict.fromkeys(l.input for l in layers if l.input not in graph_inputs))
-    session = session_any_size(probe, threads=threads)
-    sums: dict[str, np.ndarray] = {}
-    squares: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    axis = {l.input: (1 if l.kind == "conv" else -1) for l in layers}
-    for x, _ in data.batches(batch_size):
-        x = np.ascontiguousarray(x, np.float32)
-        values = dict(zip(fetch, session.run(fetch, {graph_inputs[0]: x}) if fetch else []))
-        values.update({name: x for name in graph_inputs if name in axis})
-        for name, v in values.items():
-            v = np.asarray(v, np.float32)
-            ax = axis[name] % v.ndim
-            others = tuple(d for d in range(v.ndim) if d != ax)
-            sums[name] = sums.get(name, 0.0) + v.sum(axis=others, dtype=np.float64)
-            squares[name] = squares.get(name, 0.0) + np.square(v).sum(axis=others, dtype=np.float64)
-            counts[name] = counts.get(name, 0) + v.size // v.shape[ax]
-    return {l.name: (sums[l.input] / counts[l.input], squares[l.input] / counts[l.input])
-            for l in layers if l.input in sums}
+    tensors = {l.input: (l.input, 1 if l.kind == "conv" else -1) for l in layers}
+    stats = channel_stats(model, tensors, (x for x, _ in data.batches(batch_size)), threads=threads)
+    return {l.name: (stats[l.input].mean, stats[l.input].squares / stats[l.input].count)
+            for l in layers if l.input in stats}

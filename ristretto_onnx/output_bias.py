@@ -22,11 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto
 
-from ristretto_onnx.passes.graph import import_graph, runtime_inputs, subgraph_inputs
+from ristretto_onnx.moments import channel_stats
+from ristretto_onnx.passes.graph import import_graph
 from ristretto_onnx.passes.layers import Layer
-from ristretto_onnx.runtime.calibrate import session_any_size
 
 #: Layers whose output error this corrects (their bias is a per-output-channel constant).
 CORRECTED = ("Conv", "Gemm", "MatMul")
@@ -60,49 +60,13 @@ def simulated_outputs(model: ModelProto, layers: Iterable[Layer]) -> dict[str, s
     return out
 
 
-def truncated(model: ModelProto, outputs: list[str]) -> ModelProto:
-    """A copy of ``model`` with only the nodes ``outputs`` need, and those as its outputs
-    (onnxruntime runs every node of a graph whatever is fetched: a layer early in the network
-    is measured without running the rest)."""
-    made = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
-    keep: set[int] = set()
-    stack = list(outputs)
-    while stack:
-        i = made.get(stack.pop())
-        if i is None or i in keep:
-            continue
-        keep.add(i)
-        node = model.graph.node[i]
-        stack.extend(list(node.input) + sorted(subgraph_inputs(node)))
-    out = ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(n for i, n in enumerate(model.graph.node) if i in keep)
-    del out.graph.output[:]
-    out.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in outputs)
-    return out
-
-
 def channel_means(model: ModelProto, tensors: Mapping[str, str], axes: Mapping[str, int],
                   batches: list[np.ndarray], threads: int | None = None) -> dict[str, np.ndarray]:
     """``{key: per-channel mean of tensors[key]}`` over ``batches`` in ``model`` (one pass)."""
-    fetch = list(dict.fromkeys(tensors.values()))
-    if not fetch:
+    if not tensors:
         return {}
-    probe = truncated(model, fetch)
-    session = session_any_size(probe, threads=threads)
-    name = runtime_inputs(probe)[0]
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for x in batches:
-        values = dict(zip(fetch, session.run(fetch, {name: x})))
-        for key, t in tensors.items():
-            v = np.asarray(values[t], np.float64)
-            ax = axes[key] % v.ndim
-            others = tuple(d for d in range(v.ndim) if d != ax)
-            sums[key] = sums.get(key, 0.0) + v.sum(axis=others)
-            counts[key] = counts.get(key, 0) + v.size // v.shape[ax]
-    return {k: sums[k] / counts[k] for k in sums}
+    stats = channel_stats(model, {k: (t, axes[k]) for k, t in tensors.items()}, batches, threads=threads)
+    return {k: s.mean for k, s in stats.items()}
 
 
 def output_error_deltas(float_model: ModelProto, layers: Iterable[Layer],
