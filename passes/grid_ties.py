@@ -20,7 +20,7 @@ from ristretto_onnx.passes.graph import DEFAULT_DOMAINS, as_graph, producer
 from ristretto_onnx.passes.layers import Layer, group_id
 
 #: Single-data-input ops whose outputs are values of their input (or 0, which every grid holds).
-_GRID_KEEPING = frozenset({"Relu", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Squeeze",
+GRID_KEEPING = frozenset({"Relu", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Squeeze",
                            "Unsqueeze", "Transpose", "Identity", "Dropout", "Slice", "Split",
                            "DepthToSpace", "SpaceToDepth"})
 
@@ -38,7 +38,7 @@ def grid_sources(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[
         node = producer(tensor)
         if node is None or depth > 64 or (node.domain or "") not in DEFAULT_DOMAINS:
             return None
-        if node.op in _GRID_KEEPING:
+        if node.op in GRID_KEEPING:
             return source(node.inputs[0], depth + 1)
         if node.op == "Concat":
             found = [source(t, depth + 1) for t in node.inputs]

@@ -8,7 +8,9 @@ a single node between the group's tensor (``source``) and the readers of its qua
 values. A slot's output name never changes, so changing formats only rewrites the slot nodes.
 
 The slot table, the layers and the current plan travel inside the model as ``metadata_props``
-(JSON), so an annotated model saved to disk can be re-planned later by any tool.
+(JSON), so an annotated model saved to disk can be re-planned later by any tool. So does the list
+of ReLUs the current plan made redundant (``ristretto.relus_skipped``: ReLU nodes ``set_formats``
+wrote as ``Identity`` because their input cannot be negative; the next plan restores them).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ SLOTS_KEY = "ristretto.slots"
 LAYERS_KEY = "ristretto.layers"
 PLAN_KEY = "ristretto.plan"
 ROUNDING_KEY = "ristretto.rounding"
+SKIPPED_RELUS_KEY = "ristretto.relus_skipped"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,14 @@ def set_metadata(model: ModelProto, key: str, value: str) -> None:
             return
     entry = model.metadata_props.add()
     entry.key, entry.value = key, value
+
+
+def clear_metadata(model: ModelProto, key: str) -> None:
+    """Remove ``key`` from ``model.metadata_props`` in place (callers pass their own copy)."""
+    keep = [p for p in model.metadata_props if p.key != key]
+    if len(keep) != len(model.metadata_props):
+        del model.metadata_props[:]
+        model.metadata_props.extend(keep)
 
 
 def has_slots(model: ModelProto) -> bool:
@@ -103,3 +114,24 @@ def read_plan(model: ModelProto) -> dict[str, GroupFormat]:
 def write_plan(model: ModelProto, plan: dict[str, GroupFormat], rounding: str) -> None:
     set_metadata(model, PLAN_KEY, json.dumps(plan_to_dict(plan), separators=(",", ":")))
     set_metadata(model, ROUNDING_KEY, rounding)
+
+
+def read_skipped_relus(model: ModelProto) -> tuple[str, ...]:
+    """Names of the ReLU nodes the current plan wrote as ``Identity`` (none for most models)."""
+    text = get_metadata(model, SKIPPED_RELUS_KEY)
+    if text is None:
+        return ()
+    try:
+        names = json.loads(text)
+    except ValueError as e:
+        raise RistrettoError(f"the model's {SKIPPED_RELUS_KEY} metadata is corrupt: {e}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise RistrettoError(f"the model's {SKIPPED_RELUS_KEY} metadata is corrupt: expected a list of node names")
+    return tuple(names)
+
+
+def write_skipped_relus(model: ModelProto, names: tuple[str, ...]) -> None:
+    if names:
+        set_metadata(model, SKIPPED_RELUS_KEY, json.dumps(list(names), separators=(",", ":")))
+    else:
+        clear_metadata(model, SKIPPED_RELUS_KEY)

@@ -9,7 +9,8 @@ and ``add`` (plus its second input), applied one after the other to each element
 pass (``kernels/ristretto_kernels.cc``); ``tee`` also writes the value so far to a second
 output, for a tensor with one more reader (the ReLU output a residual connection reads too).
 
-Exact by construction: every step is the float32 function of the node it replaces (the
+``Identity`` nodes inside a run (a float or shared slot, a ReLU ``set_formats`` skipped) join it
+without a step. Exact by construction: every step is the float32 function of the node it replaces (the
 QuantizeSim reference, onnxruntime's ``Relu``: negatives give +0, -0 and NaN pass; ``Add`` of two
 tensors of the same static shape, no broadcasting), applied to the same values in the same
 order; intermediate tensors are dropped only when the next node of the run is their only
@@ -177,7 +178,9 @@ def fuse_chains(model: ModelProto) -> ModelProto | None:
                 break
             step = _chain_step(nxt)
             if step is None and nxt.domain in ("", "ai.onnx"):
-                if nxt.op_type == "Relu" and list(nxt.input) == [t]:
+                if nxt.op_type == "Identity" and readers[t] == 1:  # a float or shared slot, a skipped ReLU
+                    step = ""
+                elif nxt.op_type == "Relu" and list(nxt.input) == [t]:
                     step = "relu"
                 elif nxt.op_type == "Add" and extra is None and len(nxt.input) == 2 and nxt.input[0] != nxt.input[1]:
                     other = nxt.input[1] if nxt.input[0] == t else nxt.input[0]
@@ -189,10 +192,11 @@ def fuse_chains(model: ModelProto) -> ModelProto | None:
             if readers[t] == 2:
                 steps.append("tee")
                 tee = t
-            steps.append(step)
+            if step:
+                steps.append(step)
             members.append(nxt)
             t = nxt.output[0]
-        if len(members) < 2:
+        if len(steps) < 2:
             continue
         steps = drop_repeated_quantizers(steps)
         inputs = [node.input[0]] + ([extra] if extra is not None else [])

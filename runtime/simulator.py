@@ -41,7 +41,7 @@ from ristretto_onnx.passes.external import has_external, is_external, payload_si
 from ristretto_onnx.passes.graph import copy_graph, export_model, import_graph, runtime_inputs
 from ristretto_onnx.passes.load import read_model
 from ristretto_onnx.passes.plan import format_of
-from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_slots
+from ristretto_onnx.passes.slots import ROUNDING_KEY, get_metadata, has_slots, read_plan, read_skipped_relus, read_slots
 from ristretto_onnx.passes.transforms.set_formats import SetFormats, SetNodeFormats, set_formats
 from ristretto_onnx.runtime.lowering import PARAM_PREFIX, Lowered, WeightCache, lower_graph
 from ristretto_onnx.runtime.session import create_session
@@ -160,7 +160,7 @@ class Simulator:
             self._template = import_graph(self._base)
         graph = copy_graph(self._template)
         if self._slots is not None:
-            SetFormats(self._slots, self._formats, self._rounding)(graph)
+            SetFormats(self._slots, self._formats, self._rounding, read_skipped_relus(self._base))(graph)
         else:
             SetNodeFormats(self._formats, self._roundings)(graph)
         return graph

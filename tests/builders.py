@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.nets import (  # noqa: F401  (the suite's one entry point)
     LAYERS, annotate, classifier_data, images, labelled_inputs, mobilenet_like, random_inputs, residual_cnn,
 )
-from tests.quantizer_models import quantizer_model, run_quantizers, same_bits  # noqa: F401
+from tests.quantizer_models import literal_model, quantizer_model, run_quantizers, same_bits  # noqa: F401
 
 RNG_SEED = 0
 

@@ -33,3 +33,24 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
     return (a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))
+
+
+def literal_model(written: onnx.ModelProto) -> onnx.ModelProto:
+    """``written`` (set_formats' output) with every quantized slot its own QuantizeSim and every
+    ReLU a ReLU: the data path as the thesis draws it, without the reuse set_formats does."""
+    from ristretto_onnx.passes.slots import read_plan, read_skipped_relus, read_slots, write_skipped_relus
+
+    out = onnx.ModelProto()
+    out.CopyFrom(written)
+    plan, skipped = read_plan(out), set(read_skipped_relus(out))
+    slots = {s.node: s for s in read_slots(out)}
+    rounding = next((p.value for p in out.metadata_props if p.key == "ristretto.rounding"), "nearest_even")
+    for i, node in enumerate(out.graph.node):
+        slot = slots.get(node.name)
+        if node.op_type == "Identity" and slot is not None and plan.get(slot.group) is not None:
+            out.graph.node[i].CopyFrom(make_quantize_node(slot.source, slot.output, plan[slot.group],
+                                                          rounding=rounding, name=node.name, rank=slot.rank))
+        elif node.op_type == "Identity" and node.name in skipped:
+            node.op_type = "Relu"
+    write_skipped_relus(out, ())
+    return attach_functions(out)

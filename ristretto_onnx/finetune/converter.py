@@ -33,6 +33,7 @@ from ristretto_onnx.finetune.ops_torch import BUILDERS, STATIC_INPUTS
 from ristretto_onnx.finetune.quantizers import TorchFormat, quantize_ste
 from ristretto_onnx.ops import is_quantize_sim, node_format
 from ristretto_onnx.passes.graph import runtime_inputs
+from ristretto_onnx.passes.transforms.set_formats import restore_skipped_relus
 
 torch = require_torch()
 
@@ -114,6 +115,8 @@ class OnnxModule(torch.nn.Module):
     def __init__(self, model: ModelProto, *, quantize_activations: bool = False,
                  weight_rounding: str = "stochastic") -> None:
         super().__init__()
+        # activation quantizers pass values through in training: the ReLUs a plan skipped matter
+        model = restore_skipped_relus(model)
         self.quantize_activations = quantize_activations
         self.weight_rounding = weight_rounding
         self.generator = None  # a seeded CPU torch.Generator for stochastic rounding

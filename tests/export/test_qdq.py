@@ -117,4 +117,6 @@ def test_fixed_point_wider_than_int16_keeps_activations_in_quantize_sim():
     assert not _nodes(qdq, "QuantizeLinear")
     weight_dq = _nodes(qdq, "DequantizeLinear")
     assert len(weight_dq) == 2 and {inits[n.input[0]].data_type for n in weight_dq} == {TensorProto.INT32}
-    assert len([n for n in qdq.graph.node if n.domain == DOMAIN]) == 4 and qdq.functions
+    # conv1's inputs and outputs, conv2's outputs: conv2's inputs read conv1's output through the
+    # ReLU in the same format, so set_formats wrote that slot as Identity (nothing to re-round)
+    assert len([n for n in qdq.graph.node if n.domain == DOMAIN]) == 3 and qdq.functions

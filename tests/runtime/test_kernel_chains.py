@@ -144,6 +144,23 @@ def test_fuse_chains_leaves_graph_outputs_and_shared_tensors_alone():
     assert helper.get_attribute_value(fused.graph.node[0].attribute[0]) == b"fixed:8:4|relu"
 
 
+def test_identity_nodes_join_a_chain_without_a_step():
+    """A skipped ReLU or a shared slot (set_formats writes both as Identity) does not end a run."""
+    q1 = make_quantize_node("x", "a", "fixed:8:4", name="q1")
+    same = helper.make_node("Identity", ["a"], ["b"], name="slot")
+    add = helper.make_node("Add", ["b", "r"], ["c"])
+    relu = helper.make_node("Relu", ["c"], ["d"])
+    q2 = make_quantize_node("d", "y", "ufixed:8:3", name="q2")
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("x", "r")]
+    m = _model([q1, same, add, relu, q2], vi, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    m.graph.value_info.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in "abcd")
+    fused = fuse_chains(m)
+    assert [n.op_type for n in fused.graph.node] == [CHAIN_OP]
+    assert helper.get_attribute_value(fused.graph.node[0].attribute[0]) == b"fixed:8:4|add|relu|ufixed:8:3"
+    lone = fuse_chains(_model([q1, same], vi[:1], [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3])]))
+    assert lone is None  # one step: nothing to fuse
+
+
 def test_drop_repeated_quantizers_keeps_tees_last_and_formats_after_an_add():
     assert drop_repeated_quantizers(["ufixed:8:6", "relu", "ufixed:8:6"]) == ["ufixed:8:6", "relu"]
     assert drop_repeated_quantizers(["fixed:8:5", "fixed:8:5", "relu", "relu", "fixed:8:5", "fixed:8:4"]) \

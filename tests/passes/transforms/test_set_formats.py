@@ -14,7 +14,7 @@ from ristretto_onnx.formats import Fixed, PerChannel, parse_format, quantize
 from ristretto_onnx.passes.transforms.insert_quantizers import insert_quantizers
 from ristretto_onnx.passes.load import load_model
 from ristretto_onnx.passes.transforms.set_formats import set_formats
-from ristretto_onnx.passes.slots import read_plan, read_slots
+from ristretto_onnx.passes.slots import read_plan, read_skipped_relus, read_slots
 from ristretto_onnx.runtime.session import create_session
 from tests import builders as synth
 
@@ -201,3 +201,64 @@ def test_set_formats_is_fast_enough_for_a_search():
     for _ in range(50):
         set_formats(annotated, plan)
     assert (time.process_time() - t) / 50 < 0.05
+
+
+def _relus(m):
+    return [n.name for n in m.graph.node if n.op_type == "Relu"]
+
+
+def test_inputs_reuse_the_output_format_through_pooling_reshapes_and_relu_and_skip_the_relu():
+    annotated = _annotated("flatten_gemm")
+    plan = {"conv/outputs": "fixed:8:3", "fc1/inputs": "fixed:8:3",     # through MaxPool, Flatten
+            "fc1/outputs": "ufixed:8:4", "fc2/inputs": "ufixed:8:4",    # through the ReLU
+            "fc1/weights": "fixed:8:6", "fc2/outputs": "fixed:8:4"}
+    sim = set_formats(annotated, plan)
+    assert [n.name for n in _qsims(sim)] == ["qslot:conv/outputs", "qslot:fc1/weights", "qslot:fc1/outputs",
+                                             "qslot:fc2/outputs"]
+    assert _relus(sim) == [] and read_skipped_relus(sim) == ("relu",)  # its input cannot be negative
+    x = synth.sample_input(annotated, batch=64, scale=4.0)
+    literal = synth.literal_model(sim)
+    assert len(_qsims(literal)) == 6 and _relus(literal) == ["relu"]
+    assert synth.same_bits(_run(sim, x), _run(literal, x)).all()
+    # another format, or a signed one before the ReLU: the quantizer and the ReLU stay
+    other = set_formats(annotated, plan | {"fc1/inputs": "fixed:8:2", "fc1/outputs": "fixed:8:4",
+                                           "fc2/inputs": "fixed:8:4"})
+    assert "qslot:fc1/inputs" in [n.name for n in _qsims(other)] and _relus(other) == ["relu"]
+    assert "qslot:fc2/inputs" not in [n.name for n in _qsims(other)]  # fixed:8:4 through the ReLU
+    assert read_skipped_relus(other) == ()
+    assert synth.same_bits(_run(other, x), _run(synth.literal_model(other), x)).all()
+
+
+def test_a_per_channel_format_is_reused_only_where_the_channel_axis_stays():
+    annotated = _annotated("conv_relu_conv")
+    fmt = PerChannel((Fixed(8, 3), Fixed(8, 4), Fixed(8, 5), Fixed(8, 2)), axis=1)
+    sim = set_formats(annotated, {"conv1/outputs": fmt, "conv2/inputs": fmt})
+    assert [n.name for n in _qsims(sim)] == ["qslot:conv1/outputs"]
+    x = synth.sample_input(annotated, batch=16, scale=4.0)
+    assert synth.same_bits(_run(sim, x), _run(synth.literal_model(sim), x)).all()
+    flat = _annotated("flatten_gemm")
+    channels = PerChannel((Fixed(8, 3), Fixed(8, 4)), axis=1)
+    kept = set_formats(flat, {"conv/outputs": channels, "fc1/inputs": channels})
+    assert len(_qsims(kept)) == 2  # Flatten moves the channels: no reuse
+
+
+def test_replanning_a_written_model_restores_the_relus_it_skipped():
+    annotated = _annotated("flatten_gemm")
+    plan = {"fc1/outputs": "ufixed:8:4", "fc2/inputs": "ufixed:8:4", "fc1/weights": "fixed:8:6"}
+    written = set_formats(annotated, plan)
+    assert read_skipped_relus(written) == ("relu",)
+    x = synth.sample_input(annotated, batch=16, scale=4.0)
+    as_float = set_formats(written, {})
+    assert _relus(as_float) == ["relu"] and read_skipped_relus(as_float) == ()
+    assert synth.same_bits(_run(as_float, x), _run(set_formats(annotated, {}), x)).all()
+    again = set_formats(written, plan)
+    assert again.graph == written.graph and read_skipped_relus(again) == ("relu",)
+    signed = set_formats(written, plan | {"fc1/outputs": "fixed:8:4"})
+    assert _relus(signed) == ["relu"]
+    fresh = set_formats(annotated, plan | {"fc1/outputs": "fixed:8:4"})
+    assert synth.same_bits(_run(signed, x), _run(fresh, x)).all()
+    from ristretto_onnx.runtime.simulator import Simulator
+
+    sim = Simulator(written)
+    sim.set_formats({}, replace=True)
+    assert synth.same_bits(sim.run(x), _run(as_float, x)).all()
