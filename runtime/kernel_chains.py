@@ -23,8 +23,10 @@ by :func:`ristretto_onnx.runtime.kernels.prepare`); written models never contain
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+from collections import Counter, OrderedDict
 
+import numpy as np
 from onnx import ModelProto, NodeProto, helper
 
 from ristretto_onnx.formats import PerChannel
@@ -89,7 +91,45 @@ _RANDOM = frozenset({"RandomUniform", "RandomUniformLike", "RandomNormal", "Rand
 _SMALL = 4096  # elements: constants folded to learn shapes (pads, shapes, axes), never weights
 
 
+#: Shape-preserving nodes whose kind a format plan changes (slot nodes, skipped ReLUs): the
+#: shape cache below sees only their inputs and outputs.
+_SAME_SHAPE = frozenset({("ai.ristretto", "QuantizeSim"), ("", "Identity"), ("", "Relu")})
+_SHAPE_CACHE: OrderedDict[str, dict[str, tuple]] = OrderedDict()
+_SHAPE_CACHE_SIZE = 8
+
+
+def _shape_key(model: ModelProto) -> str:
+    """A digest of everything :func:`_shapes_through_constants` reads, except what a format plan
+    changes: the plans of one model (one session each in a search) share one evaluation."""
+    h = hashlib.sha1()
+    for node in model.graph.node:
+        if (node.domain or "", node.op_type) in _SAME_SHAPE and len(node.input) == len(node.output) == 1:
+            h.update(b"=" + "\0".join((node.input[0], node.output[0])).encode() + b"\1")
+        else:
+            h.update(node.SerializeToString() + b"\1")
+    for t in model.graph.initializer:
+        small = int(np.prod(t.dims)) <= _SMALL
+        h.update(t.SerializeToString() if small else f"{t.name}:{t.data_type}:{list(t.dims)}".encode())
+        h.update(b"\2")
+    for vi in (*model.graph.input, *model.graph.output, *model.opset_import):
+        h.update(vi.SerializeToString() + b"\3")
+    h.update(str(model.ir_version).encode())
+    return h.hexdigest()
+
+
 def _shapes_through_constants(model: ModelProto) -> dict[str, tuple]:
+    """:func:`_evaluate_shapes`, computed once per model structure (a small LRU cache, :func:`_shape_key`)."""
+    key = _shape_key(model)
+    if key in _SHAPE_CACHE:
+        _SHAPE_CACHE.move_to_end(key)
+    else:
+        _SHAPE_CACHE[key] = _evaluate_shapes(model)
+        while len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
+            _SHAPE_CACHE.popitem(last=False)
+    return dict(_SHAPE_CACHE[key])
+
+
+def _evaluate_shapes(model: ModelProto) -> dict[str, tuple]:
     """Static shapes after evaluating the small constant subgraphs (onnx.reference, numpy).
 
     Exported CNNs compute some shape inputs from constants (the option-A shortcut of the CIFAR
@@ -97,7 +137,6 @@ def _shapes_through_constants(model: ModelProto) -> dict[str, tuple]:
     shape inference does not evaluate, so a residual Add's other input has no static shape and
     its run could not join a chain. Only shapes are taken from this; the model is unchanged.
     """
-    import numpy as np
     from onnx import numpy_helper, shape_inference
     from onnx.reference import ReferenceEvaluator
 

@@ -228,3 +228,21 @@ def test_an_add_whose_operand_shape_needs_constants_joins_the_chain(library, fmt
     bodies = create_session(model, kernels=False).run(None, feeds)[0]
     assert same_bits(create_session(model).run(None, feeds)[0], bodies).all()
     assert same_bits(_kernel_session(fused, library).run(None, feeds)[0], bodies).all()
+
+
+def test_constant_shapes_are_evaluated_once_per_model_structure(monkeypatch):
+    """Plans of one model share one evaluation; another constant (the pads) is another model."""
+    from ristretto_onnx.runtime import kernel_chains
+
+    calls = []
+    real = kernel_chains._evaluate_shapes
+    monkeypatch.setattr(kernel_chains, "_evaluate_shapes", lambda m: calls.append(1) or real(m))
+    monkeypatch.setattr(kernel_chains, "_SHAPE_CACHE", type(kernel_chains._SHAPE_CACHE)())
+    first = kernel_chains._shapes_through_constants(_padded_shortcut_model("fixed:8:4"))
+    assert first["padded"] == ("B", 5, 6, 6) and len(calls) == 1
+    assert kernel_chains._shapes_through_constants(_padded_shortcut_model("minifloat:8:3")) == first
+    assert len(calls) == 1  # another format: the same structure
+    other = _padded_shortcut_model("fixed:8:4")
+    mid = next(n for n in other.graph.node if n.output[0] == "mid")
+    mid.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array([0, 3, 0, 0], np.int64), "mid"))
+    assert kernel_chains._shapes_through_constants(other)["padded"] == ("B", 6, 6, 6) and len(calls) == 2
