@@ -35,7 +35,7 @@ from ristretto_onnx.formats import Format
 from ristretto_onnx.options import Backend, QuantizeOptions
 from ristretto_onnx.link_ranges import link_max
 from ristretto_onnx.passes.layers import Group
-from ristretto_onnx.moments import input_means
+from ristretto_onnx.moments import input_means, input_moments
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.passes.equalize import equalize
@@ -82,6 +82,7 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     layers = prepared.layers.select(options.layers, options.exclude)
     ranges: list[GroupRange] = []
     scored: _Scored | None = None  # outputs on the scored calibration images, each model's once
+    moments = None  # FP32 input moments of the layers (per-channel output rule, weights' bias correction)
     search: tuple[VariantScore, ...] = ()
     metric = None
 
@@ -124,16 +125,16 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         sources = grid_sources(prepared.float_model, layers) if dfp and options.round_once else {}
         tie = (lambda p: round_once(p, sources, ties)) if sources else dict  # noqa: E731
         if dfp and options.weight_granularity == "channel" and options.channel_rule == "output":
-            plan = output_rule_plan(prepared.float_model, layers, plan, calib_set,
-                                    batch_size=min(options.batch_size, 64), threads=threads)
+            moments = _input_moments(prepared, layers, calib_set, options, threads)
+            plan = output_rule_plan(prepared.float_model, layers, plan, calib_set, moments=moments)
         if dfp and options.refine and calib_set is not None:
             t = time.perf_counter()
             alternatives = None
             if by_output:  # per channel where it brings the network's output closer to FP32's
                 channel = plan_for(replace(options, weight_granularity="channel").make_scheme(), ranges, widths,
                                    variants)
-                channel = output_rule_plan(prepared.float_model, layers, channel, calib_set,
-                                           batch_size=min(options.batch_size, 64), threads=threads)
+                moments = _input_moments(prepared, layers, calib_set, options, threads)
+                channel = output_rule_plan(prepared.float_model, layers, channel, calib_set, moments=moments)
                 alternatives = {g: f for g, f in channel.items() if f is not None and f.kind == "per-channel"}
             plan = _refine(prepared, plan, [r.group for r in ranges], tie, ties, calib_set, options, threads,
                            alternatives)
@@ -145,7 +146,7 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     corrected = "off"
     if calib is not None and options.bias_correction != "off" and options.format is None:
         t = time.perf_counter()
-        model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads, scored)
+        model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads, scored, moments)
         seconds["bias_correction"] = time.perf_counter() - t
     if calib is not None:
         record_preprocess(model, calib.preprocess, label_offset=calib.label_offset)
@@ -203,8 +204,16 @@ def _layerwise(scheme: Scheme, options: QuantizeOptions, prepared: Prepared, lay
     return LayerwiseGranularity.of(scheme, replace(options, weight_granularity="channel").make_scheme(), evidence)
 
 
+def _input_moments(prepared: Prepared, layers, calib_set, options: QuantizeOptions, threads) -> dict:
+    """moments.input_moments of the layers in the FP32 model on the calibration images, which the
+    per-channel ``output`` rule and the weights' bias correction (its means) both read."""
+    return input_moments(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                         threads=threads)
+
+
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
-                     threads: int | None, scored: _Scored | None = None) -> tuple[ModelProto, str]:
+                     threads: int | None, scored: _Scored | None = None,
+                     moments: dict | None = None) -> tuple[ModelProto, str]:
     """passes.bias_correction on the plan's weights (``weights``, result ``applied``) or each
     layer's mean output error measured in the simulated model (``outputs``,
     ristretto_onnx.output_bias); with ``auto``, the candidate (none, weights, outputs) whose
@@ -212,15 +221,17 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
     the softmax for a classifier's 2-D logits, else the mean squared difference),
     among those that lose at most one of them in top-1 (or agreement with FP32) against none:
     top-1 on a few hundred images is too coarse to decide alone. ``scored``: the outputs
-    ``--range-rule auto`` computed already (the FP32 reference, the uncorrected plan's)."""
+    ``--range-rule auto`` computed already (the FP32 reference, the uncorrected plan's);
+    ``moments``: the layers' input moments on the same calibration images, measured already."""
     from ristretto_onnx.output_bias import divergence, output_error_deltas
 
     mode = {"on": "weights"}.get(options.bias_correction, options.bias_correction)
     calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
     fixed: dict[str, ModelProto] = {}
     if mode in ("weights", "auto"):
-        means = input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
-                            threads=threads)
+        means = {k: m for k, (m, _) in moments.items()} if moments is not None else \
+            input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                        threads=threads)
         deltas = weight_error_means(prepared.float_model, layers, plan, means)
         if deltas:
             fixed["applied"] = simulate(apply_bias_correction(prepared.annotated, layers, deltas), plan,
