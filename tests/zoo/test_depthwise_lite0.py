@@ -25,14 +25,26 @@ def lite0(tmp_path_factory, shared_zoo):
     return path
 
 
+@pytest.fixture(scope="module")
+def split(lite0, shared_zoo, _zoo_cache):
+    """(calibration half, scored half, FP32 top-1 on the scored half): read and scored once for
+    both rows (zoo_env's environment, for this module)."""
+    from bench.depthwise import halves, top1
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RISTRETTO_ZOO", str(shared_zoo))
+        env.setenv("XDG_CACHE_HOME", str(_zoo_cache))
+        calib, scored = halves()
+        return calib, scored, top1(str(lite0), scored)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("granularity, equalize, allowed", [("channel", False, 0.01), ("tensor", True, 0.02)])
-def test_dfp8_within_the_acceptance_of_fp32(lite0, zoo_env, granularity, equalize, allowed):
-    from bench.depthwise import halves, top1
+def test_dfp8_within_the_acceptance_of_fp32(lite0, split, zoo_env, granularity, equalize, allowed):
+    from bench.depthwise import top1
     from ristretto_onnx.quantize import QuantizeOptions, quantize
 
-    calib, scored = halves()
-    fp32 = top1(str(lite0), scored)
+    calib, scored, fp32 = split
     res = quantize(str(lite0), QuantizeOptions(scheme="dfp", bits=8, weight_granularity=granularity,
                                                equalize=equalize, calib_size=len(calib), batch_size=50,
                                                range_rule="mse", bias_correction="weights"), calib)
