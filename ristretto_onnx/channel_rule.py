@@ -62,9 +62,10 @@ def output_error_format(layer, w: np.ndarray, bits: int, x2: np.ndarray, group: 
 
 
 def output_rule_plan(model, layers, plan: Mapping[str, object], data, *, batch_size: int = 64,
-                     threads: int | None = None) -> dict:
+                     threads: int | None = None, moments: Mapping | None = None) -> dict:
     """``plan`` with every per-channel fixed point weights format re-chosen by the ``output``
-    rule, the input moments measured on ``data`` in the FP32 ``model``."""
+    rule, the input moments measured on ``data`` in the FP32 ``model`` (``moments``: measured
+    already, moments.input_moments)."""
     from ristretto_onnx.moments import input_moments
     from ristretto_onnx.passes.graph import constant_value, import_graph, producer
 
@@ -77,7 +78,8 @@ def output_rule_plan(model, layers, plan: Mapping[str, object], data, *, batch_s
     for l in layers:
         node = producer(tensors[l.node_output]) if l.node_output in tensors else None
         groups[l.name] = int(node.attrs.get("group", 1)) if node is not None else 1
-    moments = input_moments(model, layers, data, batch_size=batch_size, threads=threads)
+    if moments is None:
+        moments = input_moments(model, layers, data, batch_size=batch_size, threads=threads)
     return apply_output_rule(plan, layers, weights, moments, groups)
 
 

@@ -99,7 +99,7 @@ def plan_scorer(prepared: Prepared, data: Dataset | Batches, *, batch_size: int 
             [(np.empty((len(i), 0), np.float32), None if data.labels is None else data.labels[s:s + len(i)])
              for s, i in zip(range(0, len(data), batch_size), batch_indices(data, batch_size))]
         scorer = Scorer(batches, runner, run_float, metric=metric, metric_fn=metric_fn,
-                        screen_fraction=0.25 if early_reject else 1.0)
+                        screen_fraction=0.25 if early_reject else 1.0, ahead=runner.ahead)
         return scorer, runner, run_float
     batches = load_batches(data, batch_size) if isinstance(data, Dataset) else data
     run_float = FloatRunner(prepared.float_model, input_name, threads)

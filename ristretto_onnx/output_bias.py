@@ -13,8 +13,11 @@ which lives in the accumulator and costs nothing in hardware (Nagel et al. 2019,
 quantization", sec. 4.2, the empirical form, there for the weights' share only).
 
 A correction upstream changes what downstream layers see, so the layers are corrected one
-after the other in graph order, each measured with the ones before it corrected (one pass
-over the data per layer). Calibration images only.
+after the other in graph order, each measured with the ones before it corrected. The simulated
+model is walked once, layer by layer (:class:`_Walk`): the tensors the rest of the network reads
+are kept for every calibration image, so each layer's output is computed from the last layer's,
+not from the images again (one pass over the network, each layer run twice: measured, then with
+its correction; a pass per layer before). Calibration images only.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, ValueInfoProto, helper
 
-from ristretto_onnx.moments import channel_stats
-from ristretto_onnx.passes.graph import import_graph
+from ristretto_onnx.moments import ChannelStats, accumulate, channel_stats
+from ristretto_onnx.passes.graph import import_graph, runtime_inputs, subgraph_inputs
+from ristretto_onnx.runtime.calibrate import session_any_size
 from ristretto_onnx.passes.layers import Layer
 
 #: Layers whose output error this corrects (their bias is a per-output-channel constant).
@@ -65,7 +69,8 @@ def channel_means(model: ModelProto, tensors: Mapping[str, str], axes: Mapping[s
     """``{key: per-channel mean of tensors[key]}`` over ``batches`` in ``model`` (one pass)."""
     if not tensors:
         return {}
-    stats = channel_stats(model, {k: (t, axes[k]) for k, t in tensors.items()}, batches, threads=threads)
+    stats = channel_stats(model, {k: (t, axes[k]) for k, t in tensors.items()}, batches, threads=threads,
+                          means_only=True)
     return {k: s.mean for k, s in stats.items()}
 
 
@@ -84,17 +89,109 @@ def output_error_deltas(float_model: ModelProto, layers: Iterable[Layer],
     axes = {l.name: _channel_axis(l) for l in layers}
     reference = channel_means(float_model, {l.name: l.output for l in layers}, axes, batches, threads)
     deltas = {k: np.asarray(v, np.float64) for k, v in (start or {}).items()}
+    model = simulate_with(deltas)
+    tensors = simulated_outputs(model, layers)  # a correction changes bias values, not these names
+    walk = _Walk(runtime_inputs(model)[0], batches, threads)
     for layer in layers:
-        if layer.name not in reference:
+        tensor = tensors.get(layer.name)
+        if layer.name not in reference or tensor is None:
             continue
-        model = simulate_with(deltas)
-        tensor = simulated_outputs(model, [layer]).get(layer.name)
-        if tensor is None:
-            continue
-        mean = channel_means(model, {layer.name: tensor}, axes, batches, threads)[layer.name]
+        mean = walk.mean(model, tensor, axes[layer.name])
         if mean.shape == reference[layer.name].shape:
             deltas[layer.name] = deltas.get(layer.name, 0.0) + (mean - reference[layer.name])
+            model = simulate_with(deltas)
+        walk.advance(model, tensor)
     return deltas
+
+
+class _Walk:
+    """The simulated model run layer by layer over the calibration ``batches``: the tensors
+    computed so far that the rest of the graph reads (the frontier) are kept for every batch, and
+    each step runs only the nodes between them and the next layer's output, in a session of
+    those nodes (the graph cut at both ends). A step's values are those of the whole model cut at
+    the layer's output: the same nodes on the same inputs (checked bit for bit in
+    tests/core/test_output_bias.py). Memory: the frontier for every image (SqueezeNet at 256
+    images: up to 0.8 GB, conv1's output); above :attr:`budget` bytes the walk stops keeping it
+    and each later layer is measured from the images in the whole model cut at its output, a
+    pass per layer (the same values, in more time)."""
+
+    budget = 3 << 30
+
+    def __init__(self, feed: str, batches: list[np.ndarray], threads: int | None) -> None:
+        self.batches = [np.ascontiguousarray(x, np.float32) for x in batches]
+        self.values: dict[str, list[np.ndarray]] | None = {feed: self.batches}
+        self.done: set[str] = {feed}  # tensors computed (or fed)
+        self.threads = threads
+
+    def mean(self, model: ModelProto, tensor: str, axis: int) -> np.ndarray:
+        """``tensor``'s mean per channel (on ``axis``) in ``model`` over the batches."""
+        if self.values is None:
+            return channel_means(model, {tensor: tensor}, {tensor: axis}, self.batches, self.threads)[tensor]
+        stats: dict[str, ChannelStats] = {}
+        values = self.values[tensor] if tensor in self.values else [v[0] for v in self._run(model, [tensor])]
+        for value in values:
+            accumulate(stats, tensor, value, axis, means_only=True)
+        return stats[tensor].mean
+
+    def advance(self, model: ModelProto, tensor: str) -> None:
+        """Compute what ``tensor`` needs in ``model`` (the nodes :meth:`mean` ran, now with the
+        layer's correction) and keep what the rest of the graph reads of it."""
+        if self.values is None:
+            return
+        nodes = _needed(model, [tensor], self.done)
+        done = self.done | {o for n in nodes for o in n.output if o}
+        read = {t for n in model.graph.node if not any(o in done for o in n.output)
+                for t in list(n.input) + sorted(subgraph_inputs(n)) if t in done}
+        fetch = sorted(read - self.values.keys())
+        values = self._run(model, fetch) if fetch else []
+        kept = {t: v for t, v in self.values.items() if t in read}
+        kept.update({t: [v[i] for v in values] for i, t in enumerate(fetch)})
+        self.values, self.done = kept, done
+        if sum(a.nbytes for v in kept.values() for a in v) > self.budget:
+            self.values = None  # from here on, from the images
+
+    def _run(self, model: ModelProto, targets: list[str]) -> list[list[np.ndarray]]:
+        segment = _segment(model, targets, self.values)
+        session = session_any_size(segment, threads=self.threads)
+        feeds = [i.name for i in segment.graph.input]
+        return [session.run(targets, {t: self.values[t][b] for t in feeds}) for b in range(len(self.batches))]
+
+
+def _needed(model: ModelProto, targets: Iterable[str], available: Iterable[str]) -> list:
+    """The nodes of ``model`` (in graph order) that compute ``targets`` from the ``available``
+    tensors and the initializers."""
+    available = set(available)
+    made = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
+    keep: set[int] = set()
+    stack = [t for t in targets if t not in available]
+    while stack:
+        i = made.get(stack.pop())
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        node = model.graph.node[i]
+        stack.extend(t for t in list(node.input) + sorted(subgraph_inputs(node)) if t and t not in available)
+    return [n for i, n in enumerate(model.graph.node) if i in keep]
+
+
+def _segment(model: ModelProto, targets: list[str], values: Mapping[str, list[np.ndarray]]) -> ModelProto:
+    """``model`` cut to the nodes that compute ``targets`` from the tensors in ``values`` (its
+    inputs, typed and shaped as they are, any batch size) and the initializers."""
+    nodes = _needed(model, targets, values)
+    read = {t for n in nodes for t in list(n.input) + sorted(subgraph_inputs(n)) if t}
+    out = ModelProto(ir_version=model.ir_version, producer_name=model.producer_name, domain=model.domain,
+                     model_version=model.model_version)
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    out.graph.name = model.graph.name
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(t for t in model.graph.initializer if t.name in read and t.name not in values)
+    for t in sorted(read & values.keys()):
+        v = values[t][0]
+        shape = ["batch" if i == 0 else d for i, d in enumerate(v.shape)]
+        out.graph.input.append(helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), shape))
+    out.graph.output.extend(ValueInfoProto(name=t) for t in targets)  # types: onnxruntime infers them
+    return out
 
 
 def divergence(reference: np.ndarray, outputs: np.ndarray, *, logits: bool = True) -> float:

@@ -14,6 +14,7 @@ agreement with the FP32 model.
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
 import os
 import time
@@ -34,7 +35,7 @@ from ristretto_onnx.formats import Format
 from ristretto_onnx.options import Backend, QuantizeOptions
 from ristretto_onnx.link_ranges import link_max
 from ristretto_onnx.passes.layers import Group
-from ristretto_onnx.moments import input_means
+from ristretto_onnx.moments import input_means, input_moments
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.passes.equalize import equalize
@@ -80,6 +81,8 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     seconds["prepare"] = time.perf_counter() - t
     layers = prepared.layers.select(options.layers, options.exclude)
     ranges: list[GroupRange] = []
+    scored: _Scored | None = None  # outputs on the scored calibration images, each model's once
+    moments = None  # FP32 input moments of the layers (per-channel output rule, weights' bias correction)
     search: tuple[VariantScore, ...] = ()
     metric = None
 
@@ -102,7 +105,10 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         seconds["calibrate" if calib_set is not None else "ranges"] = time.perf_counter() - t
         if options.range_rule == "auto":
             t = time.perf_counter()
-            options = replace(options, range_rule=_choose_rule(prepared, layers, ranges, calib_set, options, threads))
+            if calib_set is None:
+                raise RistrettoError("--range-rule auto needs calibration data (--calib)")
+            scored = _Scored(prepared.float_model, calib_set, options, threads)
+            options = replace(options, range_rule=_choose_rule(prepared, layers, ranges, scored, options))
             seconds["range_rule"] = time.perf_counter() - t
         scheme = options.make_scheme()
         by_output = options.refine and dfp and options.weight_granularity == "auto" and calib_set is not None
@@ -119,16 +125,16 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         sources = grid_sources(prepared.float_model, layers) if dfp and options.round_once else {}
         tie = (lambda p: round_once(p, sources, ties)) if sources else dict  # noqa: E731
         if dfp and options.weight_granularity == "channel" and options.channel_rule == "output":
-            plan = output_rule_plan(prepared.float_model, layers, plan, calib_set,
-                                    batch_size=min(options.batch_size, 64), threads=threads)
+            moments = _input_moments(prepared, layers, calib_set, options, threads)
+            plan = output_rule_plan(prepared.float_model, layers, plan, calib_set, moments=moments)
         if dfp and options.refine and calib_set is not None:
             t = time.perf_counter()
             alternatives = None
             if by_output:  # per channel where it brings the network's output closer to FP32's
                 channel = plan_for(replace(options, weight_granularity="channel").make_scheme(), ranges, widths,
                                    variants)
-                channel = output_rule_plan(prepared.float_model, layers, channel, calib_set,
-                                           batch_size=min(options.batch_size, 64), threads=threads)
+                moments = _input_moments(prepared, layers, calib_set, options, threads)
+                channel = output_rule_plan(prepared.float_model, layers, channel, calib_set, moments=moments)
                 alternatives = {g: f for g, f in channel.items() if f is not None and f.kind == "per-channel"}
             plan = _refine(prepared, plan, [r.group for r in ranges], tie, ties, calib_set, options, threads,
                            alternatives)
@@ -140,7 +146,7 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     corrected = "off"
     if calib is not None and options.bias_correction != "off" and options.format is None:
         t = time.perf_counter()
-        model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads)
+        model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads, scored, moments)
         seconds["bias_correction"] = time.perf_counter() - t
     if calib is not None:
         record_preprocess(model, calib.preprocess, label_offset=calib.label_offset)
@@ -149,20 +155,15 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                           measured, search, metric, seconds, corrected)
 
 
-def _choose_rule(prepared: Prepared, layers, ranges, calib_set, options: QuantizeOptions, threads) -> str:
+def _choose_rule(prepared: Prepared, layers, ranges, scored: _Scored, options: QuantizeOptions) -> str:
     """``--range-rule auto`` (dfp): the rule of :data:`AUTO_RULES` whose plan (rounded once where
     asked) brings the network's outputs closest to FP32's on the calibration images
     (output_bias.divergence), the first on a tie. One rule for the whole network: the choice is
     made on the network's output, not on each group's histogram (ristretto_onnx.range_rules)."""
     from ristretto_onnx.output_bias import divergence
 
-    if calib_set is None:
-        raise RistrettoError("--range-rule auto needs calibration data (--calib)")
     ties = concat_ties(prepared.float_model, layers)
     sources = grid_sources(prepared.float_model, layers) if options.round_once else {}
-    batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
-    reference = _outputs(prepared.float_model, batches, threads)
-    logits = len(prepared.float_model.graph.output[0].type.tensor_type.shape.dim) == 2
     scores = []
     for rule in AUTO_RULES:
         scheme = replace(options, range_rule=rule).make_scheme()
@@ -170,8 +171,8 @@ def _choose_rule(prepared: Prepared, layers, ranges, calib_set, options: Quantiz
         variants = {c: None for c in widths}
         plan = plan_for(scheme, ranges, widths, variants)
         plan = round_once(plan, sources, ties) if sources else plan
-        out = _outputs(simulate(prepared, plan, rounding=options.rounding), batches, threads)
-        scores.append(divergence(reference, out, logits=logits))
+        out = scored.outputs(simulate(prepared, plan, rounding=options.rounding))
+        scores.append(divergence(scored.reference, out, logits=scored.logits))
     return AUTO_RULES[int(np.argmin(scores))]
 
 
@@ -203,23 +204,34 @@ def _layerwise(scheme: Scheme, options: QuantizeOptions, prepared: Prepared, lay
     return LayerwiseGranularity.of(scheme, replace(options, weight_granularity="channel").make_scheme(), evidence)
 
 
+def _input_moments(prepared: Prepared, layers, calib_set, options: QuantizeOptions, threads) -> dict:
+    """moments.input_moments of the layers in the FP32 model on the calibration images, which the
+    per-channel ``output`` rule and the weights' bias correction (its means) both read."""
+    return input_moments(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                         threads=threads)
+
+
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
-                     threads: int | None) -> tuple[ModelProto, str]:
+                     threads: int | None, scored: _Scored | None = None,
+                     moments: dict | None = None) -> tuple[ModelProto, str]:
     """passes.bias_correction on the plan's weights (``weights``, result ``applied``) or each
     layer's mean output error measured in the simulated model (``outputs``,
     ristretto_onnx.output_bias); with ``auto``, the candidate (none, weights, outputs) whose
     outputs diverge least from FP32's on the calibration images (output_bias.divergence: KL of
     the softmax for a classifier's 2-D logits, else the mean squared difference),
     among those that lose at most one of them in top-1 (or agreement with FP32) against none:
-    top-1 on a few hundred images is too coarse to decide alone."""
+    top-1 on a few hundred images is too coarse to decide alone. ``scored``: the outputs
+    ``--range-rule auto`` computed already (the FP32 reference, the uncorrected plan's);
+    ``moments``: the layers' input moments on the same calibration images, measured already."""
     from ristretto_onnx.output_bias import divergence, output_error_deltas
 
     mode = {"on": "weights"}.get(options.bias_correction, options.bias_correction)
     calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
     fixed: dict[str, ModelProto] = {}
     if mode in ("weights", "auto"):
-        means = input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
-                            threads=threads)
+        means = {k: m for k, (m, _) in moments.items()} if moments is not None else \
+            input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                        threads=threads)
         deltas = weight_error_means(prepared.float_model, layers, plan, means)
         if deltas:
             fixed["applied"] = simulate(apply_bias_correction(prepared.annotated, layers, deltas), plan,
@@ -236,18 +248,48 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
         return model, "off"
     if mode != "auto":
         return next(iter(fixed.items()))[::-1]
-    batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
-    reference = _outputs(prepared.float_model, batches, threads)
-    labels = None if any(y is None for _, y in batches) else np.concatenate([y for _, y in batches])
-    truth = reference.argmax(1) if labels is None else labels
-    dims = prepared.float_model.graph.output[0].type.tensor_type.shape.dim
-    scored = {}
+    if scored is None:
+        scored = _Scored(prepared.float_model, calib_set, options, threads)
+    truth = scored.reference.argmax(1) if scored.labels is None else scored.labels
+    candidates = {}
     for key, m in {"rejected": model, **fixed}.items():
-        out = _outputs(m, batches, threads)
-        scored[key] = (divergence(reference, out, logits=len(dims) == 2), int((out.argmax(1) == truth).sum()))
-    floor = scored["rejected"][1] - 1
-    best = min((k for k, (_, hits) in scored.items() if hits >= floor), key=lambda k: scored[k][0])
+        out = scored.outputs(m)
+        candidates[key] = (divergence(scored.reference, out, logits=scored.logits),
+                           int((out.argmax(1) == truth).sum()))
+    floor = candidates["rejected"][1] - 1
+    best = min((k for k, (_, hits) in candidates.items() if hits >= floor), key=lambda k: candidates[k][0])
     return fixed.get(best, model), best
+
+
+class _Scored:
+    """The first ``score_size`` calibration images and the outputs ``quantize``'s choices compare
+    on them, each computed once: the FP32 reference, and each plan's simulated model without bias
+    correction (``--range-rule auto`` scores the plans of its rules; the chosen rule's model is
+    ``--bias-correction auto``'s candidate "none"), told apart by their bytes."""
+
+    def __init__(self, float_model: ModelProto, calib_set: Dataset, options: QuantizeOptions,
+                 threads: int | None) -> None:
+        self.batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
+        self.threads = threads
+        self.labels = None if any(y is None for _, y in self.batches) else \
+            np.concatenate([y for _, y in self.batches])
+        self.reference = _outputs(float_model, self.batches, threads)
+        self.logits = _is_logits(float_model)
+        self._runs: dict[bytes, np.ndarray] = {}
+
+    def outputs(self, model: ModelProto) -> np.ndarray:
+        """``model``'s first output on the images, run once per model (a model with the same
+        bytes as one run before is not run again)."""
+        key = hashlib.sha256(model.SerializeToString(deterministic=True)).digest()
+        if key not in self._runs:
+            self._runs[key] = _outputs(model, self.batches, self.threads)
+        return self._runs[key]
+
+
+def _is_logits(model: ModelProto) -> bool:
+    """Whether ``model``'s first output is 2-D (a classifier's logits, compared as a softmax by
+    output_bias.divergence)."""
+    return len(model.graph.output[0].type.tensor_type.shape.dim) == 2
 
 
 def _outputs(model: ModelProto, batches, threads: int | None) -> np.ndarray:

@@ -114,6 +114,9 @@ class Scorer:
     ``run_plan(plan, x) -> outputs`` is the simulator; ``run_float(x)`` the FP32 model. A custom
     metric (``metric_fn(outputs, labels) -> float``) disables early decisions, which need
     per-sample scores. ``screen_fraction=1.0`` scores every plan on the full data.
+    ``ahead(plans, depth)``: the runner's look-ahead, given ``(plan, first batch)`` pairs and the
+    screening part's batches (:meth:`~ristretto_onnx.runtime.cluster.RayRunner.ahead`: a cluster
+    scores them concurrently); ``None`` (a local runner): plans run when they are asked for.
     """
 
     def __init__(
@@ -128,11 +131,13 @@ class Scorer:
         min_screen: int = 500,
         z: float = 3.0,
         looks: tuple[float, ...] = LOOKS,
+        ahead: Callable[[Sequence[tuple[Mapping, int]], int], None] | None = None,
     ) -> None:
         if not batches:
             raise RistrettoError("the evaluation data is empty")
         self.batches = batches
         self.run_plan = run_plan
+        self._ahead = ahead
         self._run_batch = by_batch(run_plan, batches)
         self.metric = metric
         self.metric_fn = metric_fn
@@ -263,17 +268,22 @@ class Scorer:
             return self.paired_drop(score)
         return float(self._baseline_prefix[self.n_screen] / self.n_screen - score.screen_value)
 
+    @property
+    def announces(self) -> bool:
+        """Whether :meth:`ahead` reaches a runner (one was given): otherwise there is no need
+        to build the plans to announce."""
+        return self._ahead is not None
+
     def ahead(self, plans: Sequence[Mapping]) -> None:
         """The next plans asked for, independent of each other's verdicts: a cluster runner
         (:meth:`~ristretto_onnx.runtime.cluster.RayRunner.ahead`) scores their first batches
         concurrently. Verdicts, counts and their order are unchanged: each plan is still
         consumed batch by batch when it is asked for; work fetched ahead and not needed is
         never counted. Only plans not scored yet are announced: a new plan always needs its
-        first batch, while a resumed one may be settled without another. A no-op for the
-        local runner."""
-        hint = getattr(self.run_plan, "ahead", None)
-        if hint is not None:
-            hint([(plan, 0) for plan in plans if plan_key(plan) not in self._progress], self.screen_batches)
+        first batch, while a resumed one may be settled without another. A no-op without a
+        runner's ``ahead`` (the local runner)."""
+        if self._ahead is not None:
+            self._ahead([(plan, 0) for plan in plans if plan_key(plan) not in self._progress], self.screen_batches)
 
     def decide(self, plan: Mapping, tolerance: float, *, provisional: bool = False) -> Decision:
         """Does ``plan`` keep the drop within ``tolerance`` (absolute) on the full set?

@@ -96,6 +96,7 @@ class BitSearch:
         self.log = log if log is not None else (lambda msg: None)
         self.trials: list[Trial] = []
         self._logged: set = set()
+        self._variants: dict[tuple[str, int], list[dict[str, Format | None]]] = {}
 
     # -- scoring helpers
 
@@ -125,11 +126,11 @@ class BitSearch:
                      f"{'  (screened out)' if s.screened_out else ''}{state}")
         return d.ok, s
 
-    def _announce(self, plans: list) -> None:
-        """Independent plans asked for next (:meth:`Scorer.ahead`: scored concurrently on a cluster)."""
-        ahead = getattr(self.scorer, "ahead", None)
-        if ahead is not None:
-            ahead(plans)
+    def _announce(self, plans: Callable[[], list]) -> None:
+        """Independent plans asked for next (:meth:`Scorer.ahead`: scored concurrently on a
+        cluster); ``plans()`` builds them, only when the scorer's runner takes announcements."""
+        if self.scorer.announces:
+            self.scorer.ahead(plans())
 
     def _sensitivity(self, s: Score) -> float:
         return self.scorer.screen_drop(s)
@@ -140,9 +141,13 @@ class BitSearch:
     # -- stage 1: per category, the categories' binary searches interleaved
 
     def _variant_plans(self, category: str, bits: int) -> list[dict[str, Format | None]]:
-        """The plans of the category alone at ``bits``, one per scheme variant."""
-        variants = self.scheme.variants(category_groups(self.ranges, category), bits)
-        return [self._plan(self._category_bits(category, bits), {category: v}) for v in variants]
+        """The plans of the category alone at ``bits``, one per scheme variant (built once: the
+        interleaved search announces a queued probe's plans every round until it is decided)."""
+        key = (category, bits)
+        if key not in self._variants:
+            variants = self.scheme.variants(category_groups(self.ranges, category), bits)
+            self._variants[key] = [self._plan(self._category_bits(category, bits), {category: v}) for v in variants]
+        return self._variants[key]
 
     def _best_variant(self, category: str, bits: int, *, announce: bool = True) -> tuple[bool, Score, int | None]:
         """The category alone at ``bits``: provisionally, each variant, the best on the screen.
@@ -151,7 +156,7 @@ class BitSearch:
         best: tuple[bool, Score, int | None] | None = None
         variants = self.scheme.variants(groups, bits)
         if announce:
-            self._announce(self._variant_plans(category, bits))
+            self._announce(lambda: self._variant_plans(category, bits))
         for v in variants:
             ok, s = self._try("category", f"{category} {self.scheme.describe(v)}".strip(), bits,
                               self._category_bits(category, bits), {category: v}, provisional=True)
@@ -205,7 +210,7 @@ class BitSearch:
         queue = [(c, next(g)) for c, g in searches.items()]  # every search probes at least once
         choices: dict[str, CategoryChoice] = {}
         while queue:
-            self._announce([p for c, bits in queue for p in self._variant_plans(c, bits)])
+            self._announce(lambda: [p for c, bits in queue for p in self._variant_plans(c, bits)])
             c, bits = queue.pop(0)
             try:
                 queue.append((c, searches[c].send(self._best_variant(c, bits, announce=False))))
@@ -246,8 +251,8 @@ class BitSearch:
         variants = {c.category: c.variant for c in choices.values()}
         weights = [r for r in self.ranges if r.role == "weights" and group_bits.get(r.group)]
         # sensitivity: drop when only this layer's weights lose one bit (independent plans)
-        self._announce([self._plan(dict(group_bits, **{r.group: group_bits[r.group] - 1}), variants)
-                        for r in weights if group_bits[r.group] > self.min_bits])
+        self._announce(lambda: [self._plan(dict(group_bits, **{r.group: group_bits[r.group] - 1}), variants)
+                                for r in weights if group_bits[r.group] > self.min_bits])
         costs = []
         for r in weights:
             b = group_bits[r.group]

@@ -57,6 +57,8 @@ class PerImageNet:
 class Oracle:
     """The exhaustive reference: every verdict on the full set, screen drops from the same prefix."""
 
+    announces = False  # no runner to announce plans to (Scorer.announces)
+
     def __init__(self, net: PerImageNet, n_screen: int) -> None:
         self.net, self.n_screen = net, n_screen
         self.baseline = float(net.base.mean())

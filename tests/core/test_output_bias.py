@@ -43,6 +43,67 @@ def test_each_layers_mean_output_matches_fp32_after_the_correction(build):
         np.testing.assert_allclose(after[k], want[k], atol=1e-4)
 
 
+def _deltas_one_pass_per_layer(p, sim, batches):
+    """The correction by its definition: each layer measured in the whole simulated model with the
+    layers before it corrected, from the images (a pass over the network per layer)."""
+    layers = [l for l in p.layers if l.op_type in ("Conv", "Gemm", "MatMul")]
+    axes = {l.name: 1 if l.kind == "conv" else -1 for l in layers}
+    want = channel_means(p.float_model, {l.name: l.output for l in layers}, axes, batches)
+    deltas = {}
+    for layer in layers:
+        model = sim(deltas)
+        tensor = simulated_outputs(model, [layer])[layer.name]
+        deltas[layer.name] = channel_means(model, {layer.name: tensor}, axes, batches)[layer.name] - want[layer.name]
+    return deltas
+
+
+@pytest.mark.parametrize("build", [synth.conv_relu_conv, synth.residual_block, synth.inception,
+                                   synth.option_a_shortcut, synth.depthwise_grouped, synth.flatten_gemm,
+                                   synth.matmul_add])
+def test_the_walk_equals_a_pass_per_layer_bit_for_bit(build):
+    """output_error_deltas walks the network once (each layer computed from the last one's kept
+    outputs): the same deltas, bit for bit, as measuring each layer from the images (branches,
+    concatenations and residual adds included; two batches)."""
+    m = build()
+    p = prepare(m)
+    x = synth.sample_input(m, batch=48, seed=3, scale=2.0)
+    plan = {}
+    for layer in p.layers:
+        plan.update({f"{layer.name}/inputs": Fixed(4, 1), f"{layer.name}/weights": Fixed(3, 2),
+                     f"{layer.name}/outputs": Fixed(5, 1)})
+    sim = lambda d: simulate(apply_bias_correction(p.annotated, p.layers, d), plan)  # noqa: E731
+    batches = [x[:32], x[32:]]
+    want = _deltas_one_pass_per_layer(p, sim, batches)
+    got = output_error_deltas(p.float_model, p.layers, sim, batches)
+    assert got.keys() == want.keys() and got
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+    assert max(np.abs(d).max() for d in got.values()) > 1e-3  # corrections that matter
+
+
+def test_past_the_memory_budget_the_walk_measures_from_the_images(monkeypatch):
+    """Kept layer outputs above _Walk.budget bytes: the later layers are measured from the images
+    in the whole model instead, with the same deltas."""
+    from ristretto_onnx import output_bias
+
+    m = synth.residual_block()
+    p = prepare(m)
+    x = synth.sample_input(m, batch=16, seed=3, scale=2.0)
+    plan = {g: Fixed(4, 1) for layer in p.layers for g in (f"{layer.name}/inputs", f"{layer.name}/outputs")}
+    sim = lambda d: simulate(apply_bias_correction(p.annotated, p.layers, d), plan)  # noqa: E731
+    walked = output_error_deltas(p.float_model, p.layers, sim, [x])
+    monkeypatch.setattr(output_bias._Walk, "budget", 1)
+    from_images = []
+    real = output_bias.channel_means
+    monkeypatch.setattr(output_bias, "channel_means",
+                        lambda model, *a, **k: from_images.append(model) or real(model, *a, **k))
+    got = output_error_deltas(p.float_model, p.layers, sim, [x])
+    assert got.keys() == walked.keys() and len(walked) == 2
+    assert len(from_images) == len(walked)  # the FP32 reference, then every layer but the first
+    for k, v in got.items():
+        assert np.array_equal(v, walked[k]), k
+
+
 def test_divergence_is_kl_for_logits_and_mse_otherwise():
     ref = np.log(np.array([[0.7, 0.2, 0.1]]))
     out = np.log(np.array([[0.5, 0.3, 0.2]]))
@@ -90,8 +151,8 @@ def test_resnet20_6_6_6_drop_within_0_8_by_default(zoo_env):
     test = zoo.model_dataset("resnet20-cifar10", "test")
     res = quantize("zoo:resnet20-cifar10", QuantizeOptions(scheme="dfp", bits=6, batch_size=32), calib)
     assert res.bias_correction == "outputs"
-    fp32 = top1(str(zoo.get_model("resnet20-cifar10").locate()), test)
-    assert fp32 - top1(res.model, test) <= 0.008
+    fp32 = zoo.get("resnet20-cifar10").fp32_top1_measured  # test_registry checks it reproduces
+    assert fp32 == 0.8103 and fp32 - top1(res.model, test) <= 0.008
 
 
 def test_a_model_without_a_correctable_layer_gets_no_deltas():

@@ -60,6 +60,25 @@ def test_the_mse_range_rule_is_compress_default_and_quantize_chooses(lenet_like)
             assert fmt == Fixed(4, frac_bits(r.ranges[gid], 4, "mse", layer_output=layer_output)), gid
 
 
+def test_the_defaults_run_each_model_once_on_the_scored_images(lenet_like, monkeypatch):
+    """``--range-rule auto`` and ``--bias-correction auto`` compare with the same FP32 reference on
+    the same images, and the chosen rule's plan is bias correction's "none" candidate: each of
+    these models runs once (the FP32 model, each rule's plan, each correction), whatever is chosen."""
+    import hashlib
+
+    from ristretto_onnx import quantize as q
+
+    m, data = lenet_like
+    runs = []
+    real = q._outputs
+    monkeypatch.setattr(q, "_outputs", lambda model, batches, threads: runs.append(hashlib.sha256(
+        model.SerializeToString(deterministic=True)).digest()) or real(model, batches, threads))
+    r = quantize(m, QuantizeOptions(scheme="dfp", bits=4, calib_size=64), data)
+    assert r.bias_correction in ("applied", "outputs", "rejected")
+    # FP32, mse, max, and the two corrections (the winning rule's plan is not run again)
+    assert len(runs) == len(set(runs)) == 5
+
+
 def test_weight_and_activation_bits_and_bias(lenet_like):
     m, data = lenet_like
     r = quantize(m, QuantizeOptions(scheme="dfp", weight_bits=4, act_bits=12, quantize_bias=True), data)

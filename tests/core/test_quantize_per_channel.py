@@ -82,3 +82,23 @@ def test_cli_weight_granularity_and_range_rule(tmp_path, dw):
     assert "@" in side["formats"]["depthwise/weights"] and side["options"]["range_rule"] == "percentile:99.99"
     assert main(["quantize", str(tmp_path / "in.onnx"), str(tmp_path / "o2.onnx"), "--scheme", "minifloat",
                  "--bits", "8", "--calib", str(tmp_path / "calib.npy"), "--weight-granularity", "channel"]) == 2  # usage error
+
+
+def test_the_output_rule_and_the_weights_bias_correction_share_one_moments_pass(dw, monkeypatch):
+    """Per-channel weights with the ``output`` rule and the weights' bias correction read the same
+    FP32 input moments on the same calibration images: one pass over them, the same model as
+    with a pass each (the correction's means are the moments' first half)."""
+    from ristretto_onnx import moments, quantize as q
+
+    m, data = dw
+    opts = QuantizeOptions(scheme="dfp", bits=4, weight_granularity="channel", bias_correction="weights")
+    passes = []
+    real = moments.channel_stats
+    monkeypatch.setattr(moments, "channel_stats", lambda *a, **k: passes.append(k) or real(*a, **k))
+    shared = quantize(m, opts, data)
+    assert len(passes) == 1 and shared.bias_correction == "applied"
+    monkeypatch.setattr(q, "_input_moments", lambda *a: None)  # each measures its own
+    apart = quantize(m, opts, data)
+    assert len(passes) == 3
+    assert apart.plan == shared.plan
+    assert apart.model.SerializeToString() == shared.model.SerializeToString()

@@ -10,6 +10,8 @@ from ristretto_onnx.search import BitSearch
 class FakeScorer:
     """Accuracy = 0.9 minus a penalty per group that falls as its width grows (monotone)."""
 
+    announces = False  # no runner to announce plans to (Scorer.announces)
+
     def __init__(self, need: dict[str, int], penalty: float = 0.004) -> None:
         self.need = need  # width from which a group costs nothing
         self.penalty = penalty

@@ -44,7 +44,7 @@ def probes(trials, category: str) -> list[int]:
 def test_categories_are_announced_together_and_probe_what_they_probe_alone():
     net = random_net(7)
     runner = Announced(net)
-    scorer = Scorer(net.batches(100), runner, net.run_float, min_screen=200)
+    scorer = Scorer(net.batches(100), runner, net.run_float, min_screen=200, ahead=runner.ahead)
     search = BitSearch(scorer, DynamicFixedPoint(), RANGES, 0.01)
     choices = search.search_categories(CATEGORIES)
 
@@ -71,11 +71,12 @@ def test_the_whole_search_does_not_depend_on_announcements():
     """Announcing is a hint: the same net searched with and without it gives equal trials and plan."""
     for seed, scheme in ((3, DynamicFixedPoint()), (11, StaticFixedPoint())):
         net = random_net(seed)
-        hinted = Scorer(net.batches(100), Announced(net), net.run_float, min_screen=200)
+        runner = Announced(net)
+        hinted = Scorer(net.batches(100), runner, net.run_float, min_screen=200, ahead=runner.ahead)
         with_hint = BitSearch(hinted, scheme, RANGES, 0.01).run()
         plain = BitSearch(net.scorer(batch=100, min_screen=200), scheme, RANGES, 0.01).run()
         assert with_hint.trials == plain.trials and with_hint.plan == plain.plan
-        assert len(hinted.run_plan.announced) > 0
+        assert len(runner.announced) > 0
 
 
 def test_a_category_that_never_holds_is_probed_up_to_max_bits_alone():
@@ -89,3 +90,35 @@ def test_a_category_that_never_holds_is_probed_up_to_max_bits_alone():
     assert choices["fc_weights"].bits is None
     assert [choices[c].bits for c in ("activations", "conv_weights")] == [2, 2]
     assert probes(search.trials, "fc_weights") == [9, 13, 15, 16]
+
+
+class Counting(BitSearch):
+    """Counts the plans the search builds and the plans it decides."""
+
+    built = tried = 0
+
+    def _plan(self, group_bits, variants):
+        self.built += 1
+        return super()._plan(group_bits, variants)
+
+    def _try(self, *args, **kwargs):
+        self.tried += 1
+        return super()._try(*args, **kwargs)
+
+
+def test_plans_are_built_for_announcements_only_when_a_runner_takes_them():
+    """A local scorer has no look-ahead: the search builds only the plans it decides. With one, a
+    queued probe's variant plans are built once, not again in every round it waits."""
+    net = random_net(7)
+    local = Counting(net.scorer(batch=100, min_screen=200), DynamicFixedPoint(), RANGES, 0.01)
+    assert not local.scorer.announces
+    choices = local.search_categories(CATEGORIES)
+    assert local.built == local.tried > 0
+
+    runner = Announced(net)
+    hinted = Counting(Scorer(net.batches(100), runner, net.run_float, min_screen=200, ahead=runner.ahead),
+                      DynamicFixedPoint(), RANGES, 0.01)
+    assert hinted.search_categories(CATEGORIES) == choices
+    probed = {(c, t.bits) for t in hinted.trials for c in CATEGORIES if t.what.startswith(c)}
+    assert hinted.built == hinted.tried + len(probed)  # dfp: one variant per width
+    assert sum(map(len, runner.announced)) > len(probed)  # announced again while queued, built once
