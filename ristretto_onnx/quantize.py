@@ -36,6 +36,7 @@ from ristretto_onnx.link_ranges import link_max
 from ristretto_onnx.passes.layers import Group
 from ristretto_onnx.moments import input_means
 from ristretto_onnx.passes.bias_correction import apply_bias_correction, weight_error_means
+from ristretto_onnx.weight_rounding import with_weights
 from ristretto_onnx.passes.analysis.concat_ties import concat_ties
 from ristretto_onnx.passes.equalize import equalize
 from ristretto_onnx.passes.grid_ties import grid_sources, round_once
@@ -134,14 +135,30 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
                            alternatives)
             seconds["refine"] = time.perf_counter() - t
         plan = tie(plan)
-    t = time.perf_counter()
-    model = simulate(prepared, plan, rounding=options.rounding)
-    seconds["simulate"] = time.perf_counter() - t
-    corrected = "off"
-    if calib is not None and options.bias_correction != "off" and options.format is None:
+    candidates = {"nearest": (prepared, {})}  # weight rounding: (prepared, rounded weights)
+    if options.weight_rounding != "nearest" and options.format is None:
         t = time.perf_counter()
-        model, corrected = _bias_correction(prepared, layers, plan, model, calib, options, threads)
-        seconds["bias_correction"] = time.perf_counter() - t
+        rounded = _round_weights(prepared, layers, plan, calib, options, threads)
+        if rounded:
+            adaptive = (replace(prepared, annotated=with_weights(prepared.annotated, layers, rounded)), rounded)
+            candidates = {"adaptive": adaptive} if options.weight_rounding == "adaptive" else {
+                **candidates, "adaptive": adaptive}
+        seconds["weight_rounding"] = time.perf_counter() - t
+    built = {}
+    for key, (prepared_, rounded) in candidates.items():
+        t = time.perf_counter()
+        model = simulate(prepared_, plan, rounding=options.rounding)
+        seconds["simulate"] = seconds.get("simulate", 0.0) + time.perf_counter() - t
+        corrected = "off"
+        if calib is not None and options.bias_correction != "off" and options.format is None:
+            t = time.perf_counter()
+            model, corrected = _bias_correction(prepared_, layers, plan, model, calib, options, threads, rounded)
+            seconds["bias_correction"] = seconds.get("bias_correction", 0.0) + time.perf_counter() - t
+        built[key] = (model, corrected)
+    chosen = next(iter(built)) if len(built) == 1 else _closest(
+        {k: m for k, (m, _) in built.items()}, prepared, calib, options, threads)
+    model, corrected = built[chosen]
+    options = replace(options, weight_rounding=chosen)
     if calib is not None:
         record_preprocess(model, calib.preprocess, label_offset=calib.label_offset)
     measured = {r.group: r.measured for r in ranges} if options.needs_calibration else {}
@@ -203,8 +220,48 @@ def _layerwise(scheme: Scheme, options: QuantizeOptions, prepared: Prepared, lay
     return LayerwiseGranularity.of(scheme, replace(options, weight_granularity="channel").make_scheme(), evidence)
 
 
+def _round_weights(prepared: Prepared, layers, plan, calib, options: QuantizeOptions,
+                   threads) -> dict[str, np.ndarray]:
+    """``{layer name: weights}`` of ``--weight-rounding adaptive`` (ristretto_onnx.weight_rounding)
+    on the calibration images: ``H`` from each layer's input in the simulated model of ``plan``."""
+    from ristretto_onnx.weight_rounding import adaptive_weights, layer_hessians
+
+    if calib is None:
+        if options.weight_rounding == "auto":
+            return {}
+        raise RistrettoError("--weight-rounding adaptive needs calibration data (--calib)")
+    calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
+    data = calib_set.take(min(options.bias_size, len(calib_set)))
+    hessians = layer_hessians(simulate(prepared, plan, rounding=options.rounding), layers,
+                              (x for x, _ in data.batches(min(options.batch_size, 32))), images=len(data),
+                              seed=options.seed, threads=threads)
+    return adaptive_weights(prepared.float_model, layers, plan, hessians, rounding=options.rounding)
+
+
+def _closest(candidates: dict[str, ModelProto], prepared: Prepared, calib, options: QuantizeOptions,
+             threads) -> str:
+    """``--weight-rounding auto``: the key of ``candidates`` (the first is the baseline) whose
+    outputs diverge least from FP32's on ``options.score_size`` calibration images
+    (output_bias.divergence), among those that lose at most one of them in top-1 (or agreement
+    with FP32) against the baseline; as ``--bias-correction auto`` decides."""
+    from ristretto_onnx.output_bias import divergence
+
+    calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
+    batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
+    reference = _outputs(prepared.float_model, batches, threads)
+    labels = None if any(y is None for _, y in batches) else np.concatenate([y for _, y in batches])
+    truth = reference.argmax(1) if labels is None else labels
+    dims = prepared.float_model.graph.output[0].type.tensor_type.shape.dim
+    scored = {}
+    for key, m in candidates.items():
+        out = _outputs(m, batches, threads)
+        scored[key] = (divergence(reference, out, logits=len(dims) == 2), int((out.argmax(1) == truth).sum()))
+    floor = next(iter(scored.values()))[1] - 1
+    return min((k for k, (_, hits) in scored.items() if hits >= floor), key=lambda k: scored[k][0])
+
+
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
-                     threads: int | None) -> tuple[ModelProto, str]:
+                     threads: int | None, rounded=None) -> tuple[ModelProto, str]:
     """passes.bias_correction on the plan's weights (``weights``, result ``applied``) or each
     layer's mean output error measured in the simulated model (``outputs``,
     ristretto_onnx.output_bias); with ``auto``, the candidate (none, weights, outputs) whose
@@ -220,7 +277,7 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
     if mode in ("weights", "auto"):
         means = input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
                             threads=threads)
-        deltas = weight_error_means(prepared.float_model, layers, plan, means)
+        deltas = weight_error_means(prepared.float_model, layers, plan, means, rounded=rounded)
         if deltas:
             fixed["applied"] = simulate(apply_bias_correction(prepared.annotated, layers, deltas), plan,
                                         rounding=options.rounding)

@@ -65,6 +65,10 @@ def quantize_command(
                                              "closest to FP32's on calibration images), weights (each layer's "
                                              "weight error; 'on'), outputs (each layer's measured mean output "
                                              "error) or off."),
+    weight_rounding: str = typer.Option("nearest", "--weight-rounding",
+                                        help="fixed, dfp: nearest, adaptive (each layer's weights rounded for "
+                                             "its output error on calibration inputs, before bias correction) "
+                                             "or auto (whichever brings the outputs closest to FP32's)."),
     channel_rule: str = typer.Option("output", "--channel-rule",
                                      help="per-channel dfp weights: output (clip a channel only when its output "
                                           "error drops) or range (--range-rule per channel)."),
@@ -104,6 +108,7 @@ def quantize_command(
             weight_granularity=weight_granularity.lower(), range_rule=range_rule.lower(),
             score_size=score_size, batch_size=batch_size, seed=seed, unsigned=not signed_activations,
             round_once=not round_twice, bias_correction=bias_correction.lower(),
+            weight_rounding=weight_rounding.lower(),
             channel_rule=channel_rule.lower(), equalize=equalize, refine=refine,
         )
         check_flags(**flags)
