@@ -46,6 +46,10 @@ VARIANTS = {
     "once": ("+ outputs rounded once", dict(unsigned=True, round_once=True, bias_correction="off")),
     "bc": ("+ bias correction", dict(unsigned=True, round_once=True, bias_correction="on")),
     "auto": ("+ bias correction auto", dict(unsigned=True, round_once=True, bias_correction="auto")),
+    "adaptive": ("+ adaptive weight rounding", dict(unsigned=True, round_once=True, bias_correction="auto",
+                                                 weight_rounding="adaptive")),
+    "rounding_auto": ("+ weight rounding auto", dict(unsigned=True, round_once=True, bias_correction="auto",
+                                                     weight_rounding="auto")),
     "outputs": ("bias correction outputs", dict(unsigned=True, round_once=True, bias_correction="outputs")),
     "refine": ("+ refined by the output error", dict(unsigned=True, round_once=True, bias_correction="auto",
                                                    refine=True)),
@@ -113,9 +117,11 @@ def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granulariti
         chosen = f"{rule}->{res.options.range_rule}" if rule == "auto" else rule
         rows.append({"net": net, "config": f"dfp {w['act_bits']}/{w['weight_bits']} {opts.weight_granularity} "
                      f"{chosen} {label}", "top1": acc, "ufixed_groups": n_u, "per_channel_layers": n_c,
-                     "bias_correction": res.bias_correction, "range_rule": res.options.range_rule, "seconds": round(time.perf_counter() - t, 1)})
+                     "bias_correction": res.bias_correction, "range_rule": res.options.range_rule,
+                     "weight_rounding": res.options.weight_rounding, "seconds": round(time.perf_counter() - t, 1)})
         log(f"  {rows[-1]['config']}: {acc:.4f} ({n_u} ufixed groups, {n_c} per-channel layers, bias correction "
-            f"{res.bias_correction}, {rows[-1]['seconds']} s)", flush=True)
+            f"{res.bias_correction}, weight rounding {res.options.weight_rounding}, {rows[-1]['seconds']} s)",
+            flush=True)
     if ort:
         import tempfile
         with tempfile.TemporaryDirectory() as work:

@@ -1,13 +1,16 @@
 """Fidelity to FP32 on the scored half of the ImageNet sample (top-1, agreement, KL): ours with
-given quantize options (``default`` or ``k=v,k=v``) and onnxruntime per-tensor int8 (``ort:METHOD``).
+given quantize options (``default`` or ``k=v,k=v``) and onnxruntime per-tensor int8 (``ort:METHOD``;
+its calibrator is fed one 50-image batch per ``collect_data`` call, ranges and histograms merged
+across calls, bench.depthwise.streamed_calibration: all 500 images at once were killed for memory).
 
 Run: ``nice -n 10 python bench/fidelity.py default ort:Percentile``.
 """
 import sys, time, tempfile, contextlib, io, numpy as np
 from pathlib import Path
-sys.path.insert(0, '/work/wt/acc')
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.accuracy import splits
 from bench import ort_quant
+from bench.depthwise import streamed_calibration
 from ristretto_onnx import zoo
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
@@ -29,7 +32,7 @@ for arg in sys.argv[1:]:
         with tempfile.TemporaryDirectory() as work:
             pre = ort_quant.preprocess_for_quantization(path, Path(work))
             batches = [np.ascontiguousarray(x, np.float32) for x, _ in calib.batches(50)]
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), streamed_calibration():
                 q = ort_quant.quantize(pre, create_session(str(path)).get_inputs()[0].name, batches, ort_quant.OrtQuantConfig(False, method), Path(work))
             row(f'ort per-tensor {method}', outs(str(q.path)))
     else:

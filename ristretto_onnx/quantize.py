@@ -223,7 +223,8 @@ def _layerwise(scheme: Scheme, options: QuantizeOptions, prepared: Prepared, lay
 def _round_weights(prepared: Prepared, layers, plan, calib, options: QuantizeOptions,
                    threads) -> dict[str, np.ndarray]:
     """``{layer name: weights}`` of ``--weight-rounding adaptive`` (ristretto_onnx.weight_rounding)
-    on the calibration images: ``H`` from each layer's input in the simulated model of ``plan``."""
+    on the calibration images (all of them: with 256 and a quarter of the rows, ResNet-20 6/6/6
+    lost 0.2 point more): ``H`` from each layer's input in the simulated model of ``plan``."""
     from ristretto_onnx.weight_rounding import adaptive_weights, layer_hessians
 
     if calib is None:
@@ -231,33 +232,28 @@ def _round_weights(prepared: Prepared, layers, plan, calib, options: QuantizeOpt
             return {}
         raise RistrettoError("--weight-rounding adaptive needs calibration data (--calib)")
     calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
-    data = calib_set.take(min(options.bias_size, len(calib_set)))
     hessians = layer_hessians(simulate(prepared, plan, rounding=options.rounding), layers,
-                              (x for x, _ in data.batches(min(options.batch_size, 32))), images=len(data),
+                              (x for x, _ in calib_set.batches(min(options.batch_size, 32))), images=len(calib_set),
                               seed=options.seed, threads=threads)
     return adaptive_weights(prepared.float_model, layers, plan, hessians, rounding=options.rounding)
 
 
 def _closest(candidates: dict[str, ModelProto], prepared: Prepared, calib, options: QuantizeOptions,
              threads) -> str:
-    """``--weight-rounding auto``: the key of ``candidates`` (the first is the baseline) whose
+    """``--weight-rounding auto``: the key of ``candidates`` (each bias-corrected as asked) whose
     outputs diverge least from FP32's on ``options.score_size`` calibration images
-    (output_bias.divergence), among those that lose at most one of them in top-1 (or agreement
-    with FP32) against the baseline; as ``--bias-correction auto`` decides."""
+    (output_bias.divergence), the first on a tie. Unlike ``--bias-correction auto``, no top-1
+    floor: on SqueezeNet the adaptive rounding halves the calibration divergence and raises the
+    held-out agreement with FP32 while top-1 on 300 calibration images moves by a few images
+    either way (docs/ACCURACY.md)."""
     from ristretto_onnx.output_bias import divergence
 
     calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
     batches = load_batches(calib_set.take(min(options.score_size, len(calib_set))), options.batch_size)
     reference = _outputs(prepared.float_model, batches, threads)
-    labels = None if any(y is None for _, y in batches) else np.concatenate([y for _, y in batches])
-    truth = reference.argmax(1) if labels is None else labels
-    dims = prepared.float_model.graph.output[0].type.tensor_type.shape.dim
-    scored = {}
-    for key, m in candidates.items():
-        out = _outputs(m, batches, threads)
-        scored[key] = (divergence(reference, out, logits=len(dims) == 2), int((out.argmax(1) == truth).sum()))
-    floor = next(iter(scored.values()))[1] - 1
-    return min((k for k, (_, hits) in scored.items() if hits >= floor), key=lambda k: scored[k][0])
+    logits = len(prepared.float_model.graph.output[0].type.tensor_type.shape.dim) == 2
+    scored = {k: divergence(reference, _outputs(m, batches, threads), logits=logits) for k, m in candidates.items()}
+    return min(scored, key=scored.get)
 
 
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,

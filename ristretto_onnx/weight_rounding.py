@@ -122,7 +122,7 @@ def _patches(x: np.ndarray, attrs: Mapping, kernel: tuple[int, int], per_image: 
 
 
 def layer_hessians(model: ModelProto, layers: Iterable[Layer], batches: Iterable[np.ndarray], *,
-                   rows: int = 8192, images: int | None = None, seed: int = 0,
+                   rows: int = 32768, images: int | None = None, seed: int = 0,
                    threads: int | None = None) -> dict[str, list[np.ndarray]]:
     """``{layer name: [H per group]}``: ``sum x x^T`` of each layer's input rows in ``model``
     (the FP32 model, or a simulated one: then the input as its quantizer leaves it;
