@@ -141,9 +141,9 @@ class QuantizeOptions:
     refine: bool = False
     refine_size: int = 256
     #: fixed/dfp weights: nearest, adaptive (ristretto_onnx.weight_rounding: each layer's weights
-    #: rounded for its output error on calibration inputs) or auto (whichever brings the outputs
-    #: closest to FP32's on calibration images).
-    weight_rounding: str = "nearest"
+    #: rounded for its output error on calibration inputs) or auto (whichever, bias-corrected,
+    #: brings the outputs closest to FP32's on calibration images; nearest without them).
+    weight_rounding: str = "auto"
 
     def __post_init__(self) -> None:
         if self.format is not None:

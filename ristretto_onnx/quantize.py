@@ -143,7 +143,7 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
             adaptive = (replace(prepared, annotated=with_weights(prepared.annotated, layers, rounded)), rounded)
             candidates = {"adaptive": adaptive} if options.weight_rounding == "adaptive" else {
                 **candidates, "adaptive": adaptive}
-        seconds["weight_rounding"] = time.perf_counter() - t
+            seconds["weight_rounding"] = time.perf_counter() - t
     built = {}
     for key, (prepared_, rounded) in candidates.items():
         t = time.perf_counter()
@@ -225,12 +225,10 @@ def _round_weights(prepared: Prepared, layers, plan, calib, options: QuantizeOpt
     """``{layer name: weights}`` of ``--weight-rounding adaptive`` (ristretto_onnx.weight_rounding)
     on the calibration images (all of them: with 256 and a quarter of the rows, ResNet-20 6/6/6
     lost 0.2 point more): ``H`` from each layer's input in the simulated model of ``plan``."""
-    from ristretto_onnx.weight_rounding import adaptive_weights, layer_hessians
+    from ristretto_onnx.weight_rounding import adaptive_weights, layer_hessians, rounds_adaptively
 
-    if calib is None:
-        if options.weight_rounding == "auto":
-            return {}
-        raise RistrettoError("--weight-rounding adaptive needs calibration data (--calib)")
+    if calib is None or not any(rounds_adaptively(plan.get(f"{l.name}/weights")) for l in layers):
+        return {}  # pow2, minifloat (the schemes with grids calibrate): nearest
     calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
     hessians = layer_hessians(simulate(prepared, plan, rounding=options.rounding), layers,
                               (x for x, _ in calib_set.batches(min(options.batch_size, 32))), images=len(calib_set),

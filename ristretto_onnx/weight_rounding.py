@@ -45,7 +45,7 @@ from ristretto_onnx.runtime.calibrate import session_any_size
 DAMP = 0.01
 
 
-def _grid_format(fmt) -> bool:
+def rounds_adaptively(fmt) -> bool:
     """Uniform grids this rounds on: fixed point per tensor or per channel."""
     return isinstance(fmt, Fixed) or (isinstance(fmt, PerChannel) and isinstance(fmt.formats[0], Fixed))
 
@@ -174,7 +174,7 @@ def adaptive_weights(model: ModelProto, layers: Iterable[Layer], plan: Mapping[s
         fmt = plan.get(group_id(layer.name, "weights"))
         weight = tensors.get(layer.weight)
         w = constant_value(weight) if weight is not None else None
-        if not _grid_format(fmt) or w is None or layer.name not in hessians:
+        if not rounds_adaptively(fmt) or w is None or layer.name not in hessians:
             continue
         attrs = mac_node(graph, tensors, layer).attrs
         view = _matrix_view(layer, attrs, np.asarray(w, np.float64))

@@ -65,10 +65,11 @@ def quantize_command(
                                              "closest to FP32's on calibration images), weights (each layer's "
                                              "weight error; 'on'), outputs (each layer's measured mean output "
                                              "error) or off."),
-    weight_rounding: str = typer.Option("nearest", "--weight-rounding",
-                                        help="fixed, dfp: nearest, adaptive (each layer's weights rounded for "
-                                             "its output error on calibration inputs, before bias correction) "
-                                             "or auto (whichever brings the outputs closest to FP32's)."),
+    weight_rounding: str = typer.Option("auto", "--weight-rounding",
+                                        help="fixed, dfp: auto (nearest or adaptive, each bias-corrected: "
+                                             "whichever brings the outputs closest to FP32's on calibration "
+                                             "images), adaptive (each layer's weights rounded for its output "
+                                             "error on calibration inputs, before bias correction) or nearest."),
     channel_rule: str = typer.Option("output", "--channel-rule",
                                      help="per-channel dfp weights: output (clip a channel only when its output "
                                           "error drops) or range (--range-rule per channel)."),

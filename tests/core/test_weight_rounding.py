@@ -105,7 +105,7 @@ def test_quantize_weight_rounding_option():
     calib = load_dataset(x)
     kw = dict(scheme="dfp", bits=4, calib_size=64, bias_size=64, score_size=64, bias_correction="weights")
     res = quantize(m, QuantizeOptions(weight_rounding="adaptive", **kw), calib)
-    near = quantize(m, QuantizeOptions(**kw), calib)
+    near = quantize(m, QuantizeOptions(weight_rounding="nearest", **kw), calib)
     assert res.options.weight_rounding == "adaptive" and near.options.weight_rounding == "nearest"
     changed = 0
     for layer in res.layers:
@@ -119,5 +119,33 @@ def test_quantize_weight_rounding_option():
     assert auto.options.weight_rounding in ("nearest", "adaptive")
     with pytest.raises(RistrettoError, match="weight-rounding"):
         QuantizeOptions(weight_rounding="up", **kw)
-    with pytest.raises(RistrettoError, match="calibration"):
-        quantize(m, QuantizeOptions(scheme="pow2", bits=4, weight_rounding="adaptive"))
+    pow2 = quantize(m, QuantizeOptions(scheme="pow2", bits=4, weight_rounding="adaptive"), calib)
+    assert pow2.options.weight_rounding == "nearest" and "weight_rounding" not in pow2.seconds
+
+
+@pytest.mark.slow
+def test_lenet_4_4_4_adaptive_rounding_holds_98_5_and_auto_keeps_nearest(zoo_env):
+    """LeNet dfp 4/4/4 (calibrated on 500 training images, 10,000 test images): adaptive rounding
+    brings the outputs closer to FP32's on the test images (KL 0.00823 against 0.00900 measured)
+    and holds 98.5 % (98.51 %); ``auto`` keeps nearest there (its bias-corrected outputs are the
+    closer on the calibration images: 98.55 %)."""
+    from ristretto_onnx import zoo
+    from ristretto_onnx.output_bias import divergence
+
+    calib = zoo.model_dataset("lenet-mnist", "calib").subset(500, seed=0)
+    test = zoo.model_dataset("lenet-mnist", "test")
+    x = np.concatenate([b for b, _ in test.batches(10_000)])
+    y = np.concatenate([l for _, l in test.batches(10_000)])
+
+    def run(model):
+        s = create_session(model)
+        return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+    fp32 = run(str(zoo.get_model("lenet-mnist").locate()))
+    res = {w: quantize("zoo:lenet-mnist", QuantizeOptions(scheme="dfp", bits=4, batch_size=32, weight_rounding=w), calib)
+           for w in ("nearest", "adaptive", "auto")}
+    assert res["auto"].options.weight_rounding == "nearest"
+    out = {w: run(r.model) for w, r in res.items()}
+    assert divergence(fp32, out["adaptive"]) < divergence(fp32, out["nearest"])
+    assert (out["adaptive"].argmax(1) == y).mean() >= 0.985
+    assert (out["auto"].argmax(1) == y).mean() >= 0.985
