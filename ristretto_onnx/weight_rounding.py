@@ -19,7 +19,8 @@ On LeNet 4/4/4 this halves the calibration KL where the FP32 model's inputs lowe
 quarter (docs/ACCURACY.md). For a convolution the rows are
 im2col patches at a seeded sample of output positions, per group (a depthwise convolution has
 one ``kh*kw`` Hessian per channel); Gemm and MatMul take the input rows as they are. Power-of-two
-and minifloat weights keep round-to-nearest (their grids are not uniform).
+and minifloat weights keep round-to-nearest (their grids are not uniform), as do weights kept on
+disk (passes.external).
 
 Written here in numpy: the maintained implementations (the GPTQ reference code, AutoGPTQ,
 Intel Neural Compressor's weight-only GPTQ) work on PyTorch modules or onnx MatMul weights with
@@ -37,7 +38,8 @@ from onnx import ModelProto
 from ristretto_onnx.formats import Fixed, PerChannel
 from ristretto_onnx.moments import truncated
 from ristretto_onnx.passes.bias_correction import mac_node
-from ristretto_onnx.passes.graph import as_graph, constant_value, export_model, import_graph, runtime_inputs
+from ristretto_onnx.passes.graph import (as_graph, constant_value, export_model, external_proto, import_graph,
+                                         runtime_inputs)
 from ristretto_onnx.passes.layers import Layer, group_id
 from ristretto_onnx.runtime.calibrate import session_any_size
 
@@ -105,9 +107,17 @@ def _patches(x: np.ndarray, attrs: Mapping, kernel: tuple[int, int], per_image: 
     kh, kw = kernel
     dh, dw = (list(attrs.get("dilations", [1, 1])) + [1, 1])[:2]
     sh, sw = (list(attrs.get("strides", [1, 1])) + [1, 1])[:2]
-    pads = list(attrs.get("pads", [0, 0, 0, 0])) or [0, 0, 0, 0]
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    pads = list(attrs.get("pads", [0, 0, 0, 0])) or [0, 0, 0, 0]
+    auto = attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        total = [max(0, (-(-n // s) - 1) * s + e - n) for n, s, e in zip(x.shape[2:], (sh, sw), (eh, ew))]
+        first = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+        pads = first + [t - f for t, f in zip(total, first)]
+    elif auto == "VALID":
+        pads = [0, 0, 0, 0]
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     oh, ow = (xp.shape[2] - eh) // sh + 1, (xp.shape[3] - ew) // sw + 1
     n = x.shape[0]
     m = min(per_image, oh * ow)
@@ -173,7 +183,9 @@ def adaptive_weights(model: ModelProto, layers: Iterable[Layer], plan: Mapping[s
     for layer in layers:
         fmt = plan.get(group_id(layer.name, "weights"))
         weight = tensors.get(layer.weight)
-        w = constant_value(weight) if weight is not None else None
+        if weight is None or external_proto(weight) is not None:
+            continue  # weights kept on disk (passes.external) keep the plan's rounding
+        w = constant_value(weight)
         if not rounds_adaptively(fmt) or w is None or layer.name not in hessians:
             continue
         attrs = mac_node(graph, tensors, layer).attrs

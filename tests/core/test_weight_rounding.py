@@ -21,10 +21,11 @@ from ristretto_onnx.weight_rounding import adaptive_weights, layer_hessians, wit
 from tests import builders as synth
 
 
-def _conv_layer(group: int = 1, channels: int = 8, out: int = 16) -> onnx.ModelProto:
-    """One Conv 3x3, stride 2, pad 1, dilation 1 (or grouped), no bias."""
+def _conv_layer(group: int = 1, channels: int = 8, out: int = 16, **attrs) -> onnx.ModelProto:
+    """One Conv 3x3, stride 2, pad 1 (or ``attrs``), grouped by ``group``, no bias."""
     w = synth.weights((out, channels // group, 3, 3), 5)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2], group=group)
+    attrs = attrs or dict(pads=[1, 1, 1, 1], strides=[2, 2])
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", group=group, **attrs)
     return synth.model([node], [synth.init("w", w)], x_shape=("N", channels, 12, 12))
 
 
@@ -69,10 +70,12 @@ def test_adaptive_rounding_lowers_the_layer_output_error_and_stays_on_the_grid(g
     assert _output_mse(m, p, rounded, x) < 0.9 * _output_mse(m, p, nearest, x)
 
 
-def test_hessian_of_every_position_gives_the_sum_of_squared_outputs():
+@pytest.mark.parametrize("attrs", [{}, dict(auto_pad="SAME_UPPER", strides=[2, 2]),
+                                   dict(auto_pad="SAME_LOWER", strides=[2, 2]), dict(dilations=[2, 2], pads=[2, 1, 2, 1]), dict(pads=[0, 1, 2, 0])])
+def test_hessian_of_every_position_gives_the_sum_of_squared_outputs(attrs):
     """With every output position sampled, ``tr(W H W^T)`` per group is the sum of the squared
-    convolution outputs: the im2col rows (pads, strides, groups) are the convolution's."""
-    m = _conv_layer(group=2)
+    convolution outputs: the im2col rows (pads, strides, dilations, groups) are the convolution's."""
+    m = _conv_layer(group=2, **attrs)
     p = prepare(m)
     x = _smooth_input(8, n=4)
     hs = layer_hessians(p.float_model, p.layers, [x], rows=1_000, images=4)[p.layers.layers[0].name]
