@@ -20,7 +20,7 @@ quarter (docs/ACCURACY.md). For a convolution the rows are
 im2col patches at a seeded sample of output positions, per group (a depthwise convolution has
 one ``kh*kw`` Hessian per channel); Gemm and MatMul take the input rows as they are. Power-of-two
 and minifloat weights keep round-to-nearest (their grids are not uniform), as do weights kept on
-disk (passes.external).
+disk (passes.external) and weights shared by several layers.
 
 Written here in numpy: the maintained implementations (the GPTQ reference code, AutoGPTQ,
 Intel Neural Compressor's weight-only GPTQ) work on PyTorch modules or onnx MatMul weights with
@@ -179,12 +179,14 @@ def adaptive_weights(model: ModelProto, layers: Iterable[Layer], plan: Mapping[s
     known; the others are left to the plan's own rounding."""
     graph = as_graph(model)
     tensors = graph.tensors()
+    layers = list(layers)
+    shared = {t for t in (l.weight for l in layers) if sum(l.weight == t for l in layers) > 1}
     out: dict[str, np.ndarray] = {}
     for layer in layers:
         fmt = plan.get(group_id(layer.name, "weights"))
         weight = tensors.get(layer.weight)
-        if weight is None or external_proto(weight) is not None:
-            continue  # weights kept on disk (passes.external) keep the plan's rounding
+        if weight is None or external_proto(weight) is not None or layer.weight in shared:
+            continue  # weights kept on disk (passes.external) or shared by layers keep the plan's rounding
         w = constant_value(weight)
         if not rounds_adaptively(fmt) or w is None or layer.name not in hessians:
             continue

@@ -86,6 +86,15 @@ def test_hessian_of_every_position_gives_the_sum_of_squared_outputs(attrs):
         assert np.trace(wg @ h @ wg.T) == pytest.approx(np.square(y[:, g * 8:(g + 1) * 8]).sum(), rel=1e-6)
 
 
+def test_shared_weights_keep_nearest():
+    m = synth.shared_weights()
+    p = prepare(m)
+    x = synth.sample_input(m, batch=16, seed=3)
+    plan = {f"{l.name}/weights": Fixed(4, 3) for l in p.layers}
+    assert len({l.weight for l in p.layers}) < len(p.layers)
+    assert adaptive_weights(p.float_model, p.layers, plan, layer_hessians(p.float_model, p.layers, [x])) == {}
+
+
 def test_gemm_and_pow2_weights():
     m = synth.flatten_gemm()
     p = prepare(m)
