@@ -69,8 +69,9 @@ def main(argv=None) -> int:
             kw = dict(kv.split("=") for kv in arg.split(",")) if arg != "default" else {}
             res = quantize(f"zoo:{name}", QuantizeOptions(scheme="dfp", calib_size=len(calib), batch_size=32,
                                                           **{**widths[0], **kw}), calib)
+            stages = ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items())
             row(f"ours {arg} (rule {res.options.range_rule}, weight rounding {res.options.weight_rounding}, "
-                f"bias correction {res.bias_correction})", res.model, t)
+                f"bias correction {res.bias_correction}; s: {stages})", res.model, t)
     return 0
 
 
