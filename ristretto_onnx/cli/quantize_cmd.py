@@ -148,6 +148,8 @@ def quantize_command(
                    + "; chose " + next(s.what for s in tried if s.chosen))
     for line in flush_warnings(result):
         typer.echo(f"warning: {line}", err=True)
+    if result.options.weight_rounding != "nearest":
+        typer.echo(f"weight rounding: {result.options.weight_rounding}")
     if result.bias_correction != "off":
         typer.echo(f"bias correction: {result.bias_correction}")
     for s in result.layers.skipped:
