@@ -39,22 +39,32 @@ NETS = {
     "resnet20": ("resnet20-cifar10", [dict(weight_bits=6, act_bits=6)]),
     "squeezenet": ("squeezenet1.1-imagenet", [dict(weight_bits=8, act_bits=8)]),
 }
-#: Each rule off (before) and on (after); each row adds one thing to the one above it.
+#: Each rule off (before) and on (after); each row adds one thing to the one above it. The rows
+#: before adaptive weight rounding pin ``weight_rounding="nearest"`` (measured so; the default is
+#: now ``auto``: ``rounding_auto`` is the defaults).
+def _nearest(**options) -> dict:
+    return dict(options, weight_rounding="nearest")
+
+
 VARIANTS = {
-    "signed": ("signed codes (thesis)", dict(unsigned=False, round_once=False, bias_correction="off")),
-    "ufixed": ("+ ufixed after ReLU", dict(unsigned=True, round_once=False, bias_correction="off")),
-    "once": ("+ outputs rounded once", dict(unsigned=True, round_once=True, bias_correction="off")),
-    "bc": ("+ bias correction", dict(unsigned=True, round_once=True, bias_correction="on")),
-    "auto": ("+ bias correction auto", dict(unsigned=True, round_once=True, bias_correction="auto")),
-    "outputs": ("bias correction outputs", dict(unsigned=True, round_once=True, bias_correction="outputs")),
-    "refine": ("+ refined by the output error", dict(unsigned=True, round_once=True, bias_correction="auto",
-                                                   refine=True)),
-    "refine_nobc": ("refined, bias correction off", dict(unsigned=True, round_once=True, bias_correction="off",
+    "signed": ("signed codes (thesis)", _nearest(unsigned=False, round_once=False, bias_correction="off")),
+    "ufixed": ("+ ufixed after ReLU", _nearest(unsigned=True, round_once=False, bias_correction="off")),
+    "once": ("+ outputs rounded once", _nearest(unsigned=True, round_once=True, bias_correction="off")),
+    "bc": ("+ bias correction", _nearest(unsigned=True, round_once=True, bias_correction="on")),
+    "auto": ("+ bias correction auto", _nearest(unsigned=True, round_once=True, bias_correction="auto")),
+    "adaptive": ("+ adaptive weight rounding", dict(unsigned=True, round_once=True, bias_correction="auto",
+                                                 weight_rounding="adaptive")),
+    "rounding_auto": ("+ weight rounding auto", dict(unsigned=True, round_once=True, bias_correction="auto",
+                                                     weight_rounding="auto")),
+    "outputs": ("bias correction outputs", _nearest(unsigned=True, round_once=True, bias_correction="outputs")),
+    "refine": ("+ refined by the output error", _nearest(unsigned=True, round_once=True, bias_correction="auto",
                                                          refine=True)),
-    "range": ("per-channel range rule (before)", dict(weight_granularity="channel", channel_rule="range",
-                                                      bias_correction="off")),
-    "output": ("per-channel output rule", dict(weight_granularity="channel", channel_rule="output",
-                                               bias_correction="off")),
+    "refine_nobc": ("refined, bias correction off", _nearest(unsigned=True, round_once=True, bias_correction="off",
+                                                             refine=True)),
+    "range": ("per-channel range rule (before)", _nearest(weight_granularity="channel", channel_rule="range",
+                                                          bias_correction="off")),
+    "output": ("per-channel output rule", _nearest(weight_granularity="channel", channel_rule="output",
+                                                   bias_correction="off")),
 }
 
 
@@ -113,9 +123,11 @@ def run(net: str, *, rules=("max", "mse"), variants=tuple(VARIANTS), granulariti
         chosen = f"{rule}->{res.options.range_rule}" if rule == "auto" else rule
         rows.append({"net": net, "config": f"dfp {w['act_bits']}/{w['weight_bits']} {opts.weight_granularity} "
                      f"{chosen} {label}", "top1": acc, "ufixed_groups": n_u, "per_channel_layers": n_c,
-                     "bias_correction": res.bias_correction, "range_rule": res.options.range_rule, "seconds": round(time.perf_counter() - t, 1)})
+                     "bias_correction": res.bias_correction, "range_rule": res.options.range_rule,
+                     "weight_rounding": res.options.weight_rounding, "seconds": round(time.perf_counter() - t, 1)})
         log(f"  {rows[-1]['config']}: {acc:.4f} ({n_u} ufixed groups, {n_c} per-channel layers, bias correction "
-            f"{res.bias_correction}, {rows[-1]['seconds']} s)", flush=True)
+            f"{res.bias_correction}, weight rounding {res.options.weight_rounding}, {rows[-1]['seconds']} s)",
+            flush=True)
     if ort:
         import tempfile
         with tempfile.TemporaryDirectory() as work:

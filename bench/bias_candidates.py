@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     fp_t, y_t = outputs(path, scored)
     print(f"{a.net}: FP32 top-1 {(fp_t.argmax(1) == y_t).mean():.4f} on {len(scored)} scored images", flush=True)
     opts = QuantizeOptions(scheme="dfp", bits=a.bits, range_rule=a.rule, calib_size=len(calib), batch_size=32,
-                           bias_correction="off")
+                           bias_correction="off", weight_rounding="nearest")
     plan = quantize(f"zoo:{a.net}", opts, calib).plan
     prepared = prepare(path)
     layers = prepared.layers.select((), ())

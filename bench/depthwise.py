@@ -108,7 +108,7 @@ def run(model_path: Path, rows, bits: int = 8, range_rule: str = "mse", bias_cor
             source = equalize(prepare(onnx.load(str(model_path))).float_model)
         fields = {"weight_bits": bits, "act_bits": bits, **ROWS.get(key, ROWS["tensor"])}
         opts = QuantizeOptions(scheme="dfp", calib_size=len(calib), batch_size=50, range_rule=range_rule,
-                               bias_correction=bias_correction, **fields)
+                               bias_correction=bias_correction, weight_rounding="nearest", **fields)
         res = quantize(source, opts, calib)
         n_c = sum(1 for f in res.plan.values() if f is not None and f.kind == "per-channel")
         widths = sorted({f.bits for f in res.plan.values() if f is not None})

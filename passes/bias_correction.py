@@ -33,9 +33,12 @@ from ristretto_onnx.passes.layers import Layer, group_id
 
 
 def weight_error_means(model: ModelProto | gs.Graph, layers: Iterable[Layer], plan: Mapping[str, object],
-                       means: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                       means: Mapping[str, np.ndarray],
+                       rounded: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """``{layer name: (W_q - W) E[x]}`` per output channel, for layers whose weights ``plan``
-    quantizes and whose input mean is known."""
+    quantizes and whose input mean is known (``W_q``: ``rounded[layer name]`` where given, e.g.
+    ristretto_onnx.weight_rounding's, else the plan's format applied to ``W``)."""
+    rounded = rounded or {}
     graph = as_graph(model)
     tensors = graph.tensors()
     out: dict[str, np.ndarray] = {}
@@ -43,7 +46,7 @@ def weight_error_means(model: ModelProto | gs.Graph, layers: Iterable[Layer], pl
         fmt = plan.get(group_id(layer.name, "weights"))
         weight = tensors.get(layer.weight)
         on_disk = external_proto(weight) if weight is not None else None
-        if fmt is not None and on_disk is not None and layer.name in means:
+        if fmt is not None and on_disk is not None and layer.name in means and layer.name not in rounded:
             delta = _output_error_in_chunks(layer, mac_node(graph, tensors, layer).attrs, on_disk, fmt,
                                             means[layer.name])
             if delta is not None:
@@ -54,7 +57,9 @@ def weight_error_means(model: ModelProto | gs.Graph, layers: Iterable[Layer], pl
         if fmt is None or w is None or mean is None:
             continue
         w = np.asarray(w, np.float32)
-        dw = fmt.quantize(w).astype(np.float64) - w.astype(np.float64)
+        q = rounded.get(layer.name)
+        q = fmt.quantize(w) if q is None else q
+        dw = np.asarray(q, np.float64) - w.astype(np.float64)
         delta = _output_error(layer, mac_node(graph, tensors, layer).attrs, dw, mean)
         if delta is not None:
             out[layer.name] = delta

@@ -140,6 +140,10 @@ class QuantizeOptions:
     #: dfp: fractional lengths moved while the network's output error falls (ristretto_onnx.refine).
     refine: bool = False
     refine_size: int = 256
+    #: fixed/dfp weights: nearest, adaptive (ristretto_onnx.weight_rounding: each layer's weights
+    #: rounded for its output error on calibration inputs) or auto (whichever, bias-corrected,
+    #: brings the outputs closest to FP32's on calibration images; nearest without them).
+    weight_rounding: str = "auto"
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -162,6 +166,8 @@ class QuantizeOptions:
         if self.bias_correction not in ("auto", "on", "off", "weights", "outputs"):
             raise RistrettoError("--bias-correction must be auto, weights (or on), outputs or off, "
                                  f"not {self.bias_correction!r}")
+        if self.weight_rounding not in ("nearest", "adaptive", "auto"):
+            raise RistrettoError(f"--weight-rounding must be nearest, adaptive or auto, not {self.weight_rounding!r}")
         if self.channel_rule not in ("output", "range"):
             raise RistrettoError(f"--channel-rule must be output or range, not {self.channel_rule!r}")
         _check_positive(self, ("calib_size", "score_size", "batch_size", "refine_size", "bias_size"))

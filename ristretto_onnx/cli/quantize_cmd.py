@@ -65,6 +65,11 @@ def quantize_command(
                                              "closest to FP32's on calibration images), weights (each layer's "
                                              "weight error; 'on'), outputs (each layer's measured mean output "
                                              "error) or off."),
+    weight_rounding: str = typer.Option("auto", "--weight-rounding",
+                                        help="fixed, dfp: auto (nearest or adaptive, each bias-corrected: "
+                                             "whichever brings the outputs closest to FP32's on calibration "
+                                             "images), adaptive (each layer's weights rounded for its output "
+                                             "error on calibration inputs, before bias correction) or nearest."),
     channel_rule: str = typer.Option("output", "--channel-rule",
                                      help="per-channel dfp weights: output (clip a channel only when its output "
                                           "error drops) or range (--range-rule per channel)."),
@@ -104,6 +109,7 @@ def quantize_command(
             weight_granularity=weight_granularity.lower(), range_rule=range_rule.lower(),
             score_size=score_size, batch_size=batch_size, seed=seed, unsigned=not signed_activations,
             round_once=not round_twice, bias_correction=bias_correction.lower(),
+            weight_rounding=weight_rounding.lower(),
             channel_rule=channel_rule.lower(), equalize=equalize, refine=refine,
         )
         check_flags(**flags)
@@ -142,6 +148,8 @@ def quantize_command(
                    + "; chose " + next(s.what for s in tried if s.chosen))
     for line in flush_warnings(result):
         typer.echo(f"warning: {line}", err=True)
+    if result.options.weight_rounding != "nearest":
+        typer.echo(f"weight rounding: {result.options.weight_rounding}")
     if result.bias_correction != "off":
         typer.echo(f"bias correction: {result.bias_correction}")
     for s in result.layers.skipped:

@@ -60,10 +60,12 @@ def test_the_mse_range_rule_is_compress_default_and_quantize_chooses(lenet_like)
             assert fmt == Fixed(4, frac_bits(r.ranges[gid], 4, "mse", layer_output=layer_output)), gid
 
 
-def test_the_defaults_run_each_model_once_on_the_scored_images(lenet_like, monkeypatch):
-    """``--range-rule auto`` and ``--bias-correction auto`` compare with the same FP32 reference on
-    the same images, and the chosen rule's plan is bias correction's "none" candidate: each of
-    these models runs once (the FP32 model, each rule's plan, each correction), whatever is chosen."""
+@pytest.mark.parametrize("rounding, models", [("nearest", 5), ("auto", 8)])
+def test_the_defaults_run_each_model_once_on_the_scored_images(lenet_like, monkeypatch, rounding, models):
+    """``--range-rule auto``, ``--bias-correction auto`` and ``--weight-rounding auto`` compare with
+    the same FP32 reference on the same images, and the chosen rule's plan is bias correction's
+    "none" candidate: each of these models runs once (the FP32 model, each rule's plan, each
+    correction of each weight rounding), whatever is chosen."""
     import hashlib
 
     from ristretto_onnx import quantize as q
@@ -73,10 +75,11 @@ def test_the_defaults_run_each_model_once_on_the_scored_images(lenet_like, monke
     real = q._outputs
     monkeypatch.setattr(q, "_outputs", lambda model, batches, threads: runs.append(hashlib.sha256(
         model.SerializeToString(deterministic=True)).digest()) or real(model, batches, threads))
-    r = quantize(m, QuantizeOptions(scheme="dfp", bits=4, calib_size=64), data)
+    r = quantize(m, QuantizeOptions(scheme="dfp", bits=4, calib_size=64, weight_rounding=rounding), data)
     assert r.bias_correction in ("applied", "outputs", "rejected")
-    # FP32, mse, max, and the two corrections (the winning rule's plan is not run again)
-    assert len(runs) == len(set(runs)) == 5
+    # FP32, mse, max, and the two corrections (the winning rule's plan is not run again); with
+    # ``auto`` also the adaptively rounded weights, uncorrected and with each correction
+    assert len(runs) == len(set(runs)) == models
 
 
 def test_weight_and_activation_bits_and_bias(lenet_like):

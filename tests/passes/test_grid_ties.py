@@ -26,7 +26,8 @@ def test_the_second_quantizer_becomes_an_exact_no_op():
     for build in (synth.flatten_gemm, synth.inception, synth.conv_relu_conv):
         m = build()
         x = synth.sample_input(m, batch=32, seed=3, scale=2.0)
-        r = quantize(m, QuantizeOptions(scheme="dfp", bits=5, calib_size=32, bias_correction="off", range_rule="max"), load_dataset(x))
+        r = quantize(m, QuantizeOptions(scheme="dfp", bits=5, calib_size=32, bias_correction="off", range_rule="max",
+                                        weight_rounding="nearest"), load_dataset(x))
         p = prepare(m)
         tied = grid_sources(p.float_model, p.layers)
         assert tied and all(r.plan[i] == r.plan[o] for i, o in tied.items())
