@@ -162,6 +162,24 @@ def subgraph_inputs(node: NodeProto | gs.Node) -> set[str]:
     return names
 
 
+def nodes_computing(model: ModelProto, targets: Iterable[str], available: Iterable[str] = ()) -> list[NodeProto]:
+    """The nodes of ``model`` (in graph order) that compute ``targets`` from the ``available``
+    tensors, the graph inputs and the initializers: the walk back from the targets that cuts a
+    graph to what a few tensors need."""
+    available = set(available)
+    made = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
+    keep: set[int] = set()
+    stack = [t for t in targets if t not in available]
+    while stack:
+        i = made.get(stack.pop())
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        node = model.graph.node[i]
+        stack.extend(t for t in list(node.input) + sorted(subgraph_inputs(node)) if t and t not in available)
+    return [n for i, n in enumerate(model.graph.node) if i in keep]
+
+
 def is_op(node: gs.Node, op: str) -> bool:
     """``node`` is the default-domain op ``op``."""
     return node.op == op and (node.domain or "") in DEFAULT_DOMAINS

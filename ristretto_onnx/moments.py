@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
-from ristretto_onnx.passes.graph import runtime_inputs, subgraph_inputs
+from ristretto_onnx.passes.graph import nodes_computing, runtime_inputs
 from ristretto_onnx.passes.layers import Layer
 from ristretto_onnx.runtime.calibrate import session_any_size
 
@@ -37,20 +37,11 @@ class ChannelStats:
 
 def truncated(model: ModelProto, outputs: list[str]) -> ModelProto:
     """A copy of ``model`` with only the nodes ``outputs`` need, and those as its outputs."""
-    made = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
-    keep: set[int] = set()
-    stack = list(outputs)
-    while stack:
-        i = made.get(stack.pop())
-        if i is None or i in keep:
-            continue
-        keep.add(i)
-        node = model.graph.node[i]
-        stack.extend(list(node.input) + sorted(subgraph_inputs(node)))
+    keep = nodes_computing(model, outputs)
     out = ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
-    out.graph.node.extend(n for i, n in enumerate(model.graph.node) if i in keep)
+    out.graph.node.extend(keep)
     del out.graph.output[:]
     out.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in outputs)
     return out

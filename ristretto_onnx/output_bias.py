@@ -28,7 +28,7 @@ import numpy as np
 from onnx import ModelProto, ValueInfoProto, helper
 
 from ristretto_onnx.moments import ChannelStats, accumulate, channel_stats
-from ristretto_onnx.passes.graph import import_graph, runtime_inputs, subgraph_inputs
+from ristretto_onnx.passes.graph import import_graph, nodes_computing, runtime_inputs, subgraph_inputs
 from ristretto_onnx.runtime.calibrate import session_any_size
 from ristretto_onnx.passes.layers import Layer
 
@@ -138,7 +138,7 @@ class _Walk:
         layer's correction) and keep what the rest of the graph reads of it."""
         if self.values is None:
             return
-        nodes = _needed(model, [tensor], self.done)
+        nodes = nodes_computing(model, [tensor], self.done)
         done = self.done | {o for n in nodes for o in n.output if o}
         read = {t for n in model.graph.node if not any(o in done for o in n.output)
                 for t in list(n.input) + sorted(subgraph_inputs(n)) if t in done}
@@ -157,27 +157,10 @@ class _Walk:
         return [session.run(targets, {t: self.values[t][b] for t in feeds}) for b in range(len(self.batches))]
 
 
-def _needed(model: ModelProto, targets: Iterable[str], available: Iterable[str]) -> list:
-    """The nodes of ``model`` (in graph order) that compute ``targets`` from the ``available``
-    tensors and the initializers."""
-    available = set(available)
-    made = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
-    keep: set[int] = set()
-    stack = [t for t in targets if t not in available]
-    while stack:
-        i = made.get(stack.pop())
-        if i is None or i in keep:
-            continue
-        keep.add(i)
-        node = model.graph.node[i]
-        stack.extend(t for t in list(node.input) + sorted(subgraph_inputs(node)) if t and t not in available)
-    return [n for i, n in enumerate(model.graph.node) if i in keep]
-
-
 def _segment(model: ModelProto, targets: list[str], values: Mapping[str, list[np.ndarray]]) -> ModelProto:
     """``model`` cut to the nodes that compute ``targets`` from the tensors in ``values`` (its
     inputs, typed and shaped as they are, any batch size) and the initializers."""
-    nodes = _needed(model, targets, values)
+    nodes = nodes_computing(model, targets, values)
     read = {t for n in nodes for t in list(n.input) + sorted(subgraph_inputs(n)) if t}
     out = ModelProto(ir_version=model.ir_version, producer_name=model.producer_name, domain=model.domain,
                      model_version=model.model_version)

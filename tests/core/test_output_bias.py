@@ -19,6 +19,16 @@ from tests import builders as synth
 from tests.accuracy import top1
 
 
+def _coarse_simulation(p):
+    """``deltas -> simulated model`` of ``p`` with its biases corrected by ``deltas``: inputs,
+    weights and outputs coarsely quantized (4, 3 and 5 bits)."""
+    plan = {}
+    for layer in p.layers:
+        plan.update({f"{layer.name}/inputs": Fixed(4, 1), f"{layer.name}/weights": Fixed(3, 2),
+                     f"{layer.name}/outputs": Fixed(5, 1)})
+    return lambda d: simulate(apply_bias_correction(p.annotated, p.layers, d), plan)
+
+
 @pytest.mark.parametrize("build", [synth.conv_relu_conv, synth.flatten_gemm, synth.matmul_add])
 def test_each_layers_mean_output_matches_fp32_after_the_correction(build):
     """Inputs, weights and outputs coarsely quantized: before, the layers' mean outputs per channel
@@ -27,11 +37,7 @@ def test_each_layers_mean_output_matches_fp32_after_the_correction(build):
     m = build()
     p = prepare(m)
     x = synth.sample_input(m, batch=64, seed=3, scale=2.0)
-    plan = {}
-    for layer in p.layers:
-        plan.update({f"{layer.name}/inputs": Fixed(4, 1), f"{layer.name}/weights": Fixed(3, 2),
-                     f"{layer.name}/outputs": Fixed(5, 1)})
-    sim = lambda d: simulate(apply_bias_correction(p.annotated, p.layers, d), plan)  # noqa: E731
+    sim = _coarse_simulation(p)
     deltas = output_error_deltas(p.float_model, p.layers, sim, [x])
     assert set(deltas) == {l.name for l in p.layers}
     axes = {l.name: 1 if l.kind == "conv" else -1 for l in p.layers}
@@ -67,11 +73,7 @@ def test_the_walk_equals_a_pass_per_layer_bit_for_bit(build):
     m = build()
     p = prepare(m)
     x = synth.sample_input(m, batch=48, seed=3, scale=2.0)
-    plan = {}
-    for layer in p.layers:
-        plan.update({f"{layer.name}/inputs": Fixed(4, 1), f"{layer.name}/weights": Fixed(3, 2),
-                     f"{layer.name}/outputs": Fixed(5, 1)})
-    sim = lambda d: simulate(apply_bias_correction(p.annotated, p.layers, d), plan)  # noqa: E731
+    sim = _coarse_simulation(p)
     batches = [x[:32], x[32:]]
     want = _deltas_one_pass_per_layer(p, sim, batches)
     got = output_error_deltas(p.float_model, p.layers, sim, batches)
