@@ -16,8 +16,10 @@ pytestmark = pytest.mark.slow
 
 def _simulated(name: str, weight_bits: int, act_bits: int, range_rule: str):
     calib = zoo.model_dataset(name, "calib")
+    # Nearest weight rounding: fine-tuning is measured from plain post-training quantization (the
+    # default adaptive rounding already starts LeNet 2/4 at 97.53 %, leaving little to win back).
     q = QuantizeOptions(scheme="dfp", weight_bits=weight_bits, act_bits=act_bits, range_rule=range_rule,
-                        calib_size=500)
+                        calib_size=500, weight_rounding="nearest")
     return quantize(str(zoo.resolve_model(f"zoo:{name}")), q, calib).model
 
 
