@@ -25,6 +25,21 @@ GRID_KEEPING = frozenset({"Relu", "MaxPool", "GlobalMaxPool", "Flatten", "Reshap
                            "DepthToSpace", "SpaceToDepth"})
 
 
+def carried_input(tensor: gs.Tensor) -> gs.Tensor | None:
+    """The input whose values ``tensor`` carries, when ``tensor`` is the data output of a
+    :data:`GRID_KEEPING` op (every value of it is a value of that input, or 0); else None. Not
+    the second outputs (MaxPool's indices, Dropout's mask) nor a Dropout told to train."""
+    node = producer(tensor)
+    if node is None or (node.domain or "") not in DEFAULT_DOMAINS or node.op not in GRID_KEEPING \
+            or not node.inputs:
+        return None
+    if not (node.op == "Split" or tensor is node.outputs[0]):
+        return None
+    if node.op == "Dropout" and len(node.inputs) > 2:  # training_mode given: may drop
+        return None
+    return node.inputs[0]
+
+
 def grid_sources(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[str, str]:
     """``{inputs group id: outputs group id}`` for layer inputs whose values are a layer
     output's values (see the module docstring); a Concat maps to the first of its sources."""
@@ -35,11 +50,14 @@ def grid_sources(model: ModelProto | gs.Graph, layers: Iterable[Layer]) -> dict[
     def source(tensor: gs.Tensor, depth: int = 0) -> str | None:
         if tensor.name in by_output:
             return group_id(by_output[tensor.name].name, "outputs")
-        node = producer(tensor)
-        if node is None or depth > 64 or (node.domain or "") not in DEFAULT_DOMAINS:
+        if depth > 64:
             return None
-        if node.op in GRID_KEEPING:
-            return source(node.inputs[0], depth + 1)
+        carried = carried_input(tensor)
+        if carried is not None:
+            return source(carried, depth + 1)
+        node = producer(tensor)
+        if node is None or (node.domain or "") not in DEFAULT_DOMAINS:
+            return None
         if node.op == "Concat":
             found = [source(t, depth + 1) for t in node.inputs]
             return found[0] if found and all(found) else None

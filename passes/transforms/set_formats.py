@@ -37,7 +37,7 @@ from ristretto_onnx.formats import ROUNDINGS, Format, PerChannel, UFixed, parse_
 from ristretto_onnx.ops import DOMAIN, OP_TYPE, attach_functions, make_quantize_node
 from ristretto_onnx.passes.contract import PassResult, Transformation
 from ristretto_onnx.passes.graph import DEFAULT_DOMAINS, export_model, import_graph, is_op, producer, set_inputs
-from ristretto_onnx.passes.grid_ties import GRID_KEEPING
+from ristretto_onnx.passes.grid_ties import carried_input
 from ristretto_onnx.passes.plan import GroupFormat, format_of
 from ristretto_onnx.passes.slots import Slot, read_skipped_relus, read_slots, write_plan, write_skipped_relus
 
@@ -124,11 +124,10 @@ class _Held:
             keys = {self(t, depth + 1) for t in node.inputs}
             key = keys.pop() if len(keys) == 1 else None
             return key if key is not None and not isinstance(self.kinds.get(key), PerChannel) else None
-        data_output = node.op == "Split" or tensor is node.outputs[0]
-        if (node.op not in GRID_KEEPING and node.op != "Identity") or not data_output or not node.inputs \
-                or (node.op == "Dropout" and len(node.inputs) > 2):  # training_mode given: may drop
+        carried = carried_input(tensor)
+        if carried is None:
             return None
-        key = self(node.inputs[0], depth + 1)
+        key = self(carried, depth + 1)
         if key is not None and isinstance(self.kinds.get(key), PerChannel) and node.op not in _AXIS_KEEPING:
             return None
         return key

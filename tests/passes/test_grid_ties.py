@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ristretto_onnx.data import load_dataset
-from ristretto_onnx.passes.grid_ties import grid_sources
+from ristretto_onnx.passes.grid_ties import carried_input, grid_sources
 from ristretto_onnx.passes.pipeline import prepare, simulate
 from ristretto_onnx.quantize import QuantizeOptions, quantize
 from ristretto_onnx.runtime.session import create_session
@@ -20,6 +20,22 @@ def test_sources_through_pooling_flatten_relu_and_concat():
     assert grid_sources(p.float_model, p.layers)["out/inputs"] == "expand1x1/outputs"  # via Concat
     p = prepare(synth.residual_block())  # an Add between: not the same grid
     assert all(not g.startswith("block/conv1") for g in grid_sources(p.float_model, p.layers))
+
+
+def test_values_are_carried_only_through_data_outputs():
+    """MaxPool's indices and Dropout's mask are not the input's values; a Dropout told to train
+    may zero some (0 is on every grid, but the next layer reads a scaled survivor)."""
+    import onnx_graphsurgeon as gs
+
+    x = gs.Variable("x", np.float32, (1, 1, 4, 4))
+    y, idx, d, mask, t = (gs.Variable(n) for n in ("y", "idx", "d", "mask", "t"))
+    gs.Node("MaxPool", inputs=[x], outputs=[y, idx], attrs={"kernel_shape": [2, 2]})
+    gs.Node("Dropout", inputs=[y], outputs=[d, mask])
+    gs.Node("Dropout", inputs=[y, gs.Constant("r", np.array(0.5, np.float32)),
+                               gs.Constant("on", np.array(True))], outputs=[t])
+    assert carried_input(y) is x and carried_input(d) is y
+    assert carried_input(idx) is None and carried_input(mask) is None and carried_input(t) is None
+    assert carried_input(x) is None  # a graph input has no producer
 
 
 def test_the_second_quantizer_becomes_an_exact_no_op():
