@@ -153,6 +153,13 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
     if len(candidates) > 1 and scored is None and calib is not None:
         scored = _Scored(prepared.float_model, calib.subset(min(options.calib_size, len(calib)), options.seed),
                          options, threads)
+    means = None  # FP32 input means of the layers (the weights' bias correction), one pass for all candidates
+    if moments is not None:
+        means = {k: m for k, (m, _) in moments.items()}
+    elif len(candidates) > 1 and calib is not None and options.bias_correction in ("on", "weights", "auto"):
+        means = input_means(prepared.float_model, layers, calib.subset(min(options.calib_size, len(calib)),
+                                                                       options.seed),
+                            batch_size=min(options.batch_size, 64), threads=threads)
     built = {}
     for key, (prepared_, rounded) in candidates.items():
         t = time.perf_counter()
@@ -162,7 +169,7 @@ def quantize(source: str | os.PathLike | ModelProto | Prepared, options: Quantiz
         if calib is not None and options.bias_correction != "off" and options.format is None:
             t = time.perf_counter()
             model, corrected = _bias_correction(prepared_, layers, plan, model, calib, options, threads,
-                                                scored, moments, rounded)
+                                                scored, means, rounded)
             seconds["bias_correction"] = seconds.get("bias_correction", 0.0) + time.perf_counter() - t
         built[key] = (model, corrected)
     chosen = next(iter(built)) if len(built) == 1 else _closest(
@@ -264,7 +271,7 @@ def _closest(candidates: dict[str, ModelProto], scored: _Scored) -> str:
 
 def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib, options: QuantizeOptions,
                      threads: int | None, scored: _Scored | None = None,
-                     moments: dict | None = None, rounded=None) -> tuple[ModelProto, str]:
+                     means: dict | None = None, rounded=None) -> tuple[ModelProto, str]:
     """passes.bias_correction on the plan's weights (``weights``, result ``applied``) or each
     layer's mean output error measured in the simulated model (``outputs``,
     ristretto_onnx.output_bias); with ``auto``, the candidate (none, weights, outputs) whose
@@ -273,16 +280,16 @@ def _bias_correction(prepared: Prepared, layers, plan, model: ModelProto, calib,
     among those that lose at most one of them in top-1 (or agreement with FP32) against none:
     top-1 on a few hundred images is too coarse to decide alone. ``scored``: the outputs
     ``--range-rule auto`` computed already (the FP32 reference, the uncorrected plan's);
-    ``moments``: the layers' input moments on the same calibration images, measured already."""
+    ``means``: the layers' FP32 input means on the same calibration images, measured already."""
     from ristretto_onnx.output_bias import divergence, output_error_deltas
 
     mode = {"on": "weights"}.get(options.bias_correction, options.bias_correction)
     calib_set = calib.subset(min(options.calib_size, len(calib)), options.seed)
     fixed: dict[str, ModelProto] = {}
     if mode in ("weights", "auto"):
-        means = {k: m for k, (m, _) in moments.items()} if moments is not None else \
-            input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
-                        threads=threads)
+        if means is None:
+            means = input_means(prepared.float_model, layers, calib_set, batch_size=min(options.batch_size, 64),
+                                threads=threads)
         deltas = weight_error_means(prepared.float_model, layers, plan, means, rounded=rounded)
         if deltas:
             fixed["applied"] = simulate(apply_bias_correction(prepared.annotated, layers, deltas), plan,

@@ -204,3 +204,17 @@ def test_minifloat_8_bit_on_resnet20_keeps_its_accuracy(zoo_env):
     hits = [np.argmax(session.run(None, {name: x})[0], axis=1) == y for x, y in test.batches(250)]
     assert np.mean(np.concatenate(hits)) >= 0.75
     assert {s.category for s in r.variant_search} == {"activations", "conv_weights", "fc_weights"}
+
+
+def test_weight_rounding_candidates_share_one_fp32_means_pass(lenet_like, monkeypatch):
+    """``--weight-rounding auto`` corrects both candidates' biases from the same FP32 input means:
+    one pass over the calibration images, not one per candidate."""
+    from ristretto_onnx import quantize as q
+
+    m, data = lenet_like
+    calls = []
+    real = q.input_means
+    monkeypatch.setattr(q, "input_means", lambda *a, **k: calls.append(1) or real(*a, **k))
+    r = quantize(m, QuantizeOptions(scheme="dfp", bits=4, calib_size=64, bias_correction="weights",
+                                    weight_rounding="auto"), data)
+    assert r.bias_correction == "applied" and len(calls) == 1
