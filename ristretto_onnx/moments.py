@@ -10,7 +10,7 @@ every node whatever is fetched), one session, the batches streamed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,17 +52,25 @@ def channel_stats(model: ModelProto, tensors: Mapping[str, tuple[str, int]], bat
     """``{key: ChannelStats}`` of ``tensors[key] = (tensor name, channel axis)`` in ``model``
     over the input ``batches`` (a tensor may be the graph's input itself); ``means_only``: no
     squares or peaks (the same sums, in less time)."""
-    feed = runtime_inputs(model)[0]
-    fetch = list(dict.fromkeys(t for t, _ in tensors.values() if t != feed))
-    session = session_any_size(truncated(model, fetch), threads=threads) if fetch else None
     out: dict[str, ChannelStats] = {}
+    for values in fetched(model, [t for t, _ in tensors.values()], batches, threads=threads):
+        for key, (t, axis) in tensors.items():
+            accumulate(out, key, values[t], axis, means_only=means_only)
+    return out
+
+
+def fetched(model: ModelProto, names: Iterable[str], batches: Iterable[np.ndarray], *,
+            threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """``{name: value}`` of the tensors ``names`` in ``model`` for each input batch, from one
+    session of the graph cut at them (a name may be the graph's input itself)."""
+    feed = runtime_inputs(model)[0]
+    fetch = list(dict.fromkeys(t for t in names if t != feed))
+    session = session_any_size(truncated(model, fetch), threads=threads) if fetch else None
     for x in batches:
         x = np.ascontiguousarray(x, np.float32)
         values = dict(zip(fetch, session.run(fetch, {feed: x}))) if session is not None else {}
         values[feed] = x
-        for key, (t, axis) in tensors.items():
-            accumulate(out, key, values[t], axis, means_only=means_only)
-    return out
+        yield values
 
 
 def accumulate(stats: dict[str, ChannelStats], key: str, value: np.ndarray, axis: int, *,

@@ -14,7 +14,7 @@ model is an exact no-op on the result.
 
 ``H`` comes from each layer's input as the simulated model delivers it on calibration images
 (after the input's quantizer, the layers upstream quantized with nearest rounding: what the
-layer will multiply; one streamed pass over all layers, :func:`ristretto_onnx.moments.truncated`).
+layer will multiply; one streamed pass over all layers, :func:`ristretto_onnx.moments.fetched`).
 On LeNet 4/4/4 this halves the calibration KL where the FP32 model's inputs lower it by a
 quarter (docs/ACCURACY.md). For a convolution the rows are
 im2col patches at a seeded sample of output positions, per group (a depthwise convolution has
@@ -36,12 +36,10 @@ import numpy as np
 from onnx import ModelProto
 
 from ristretto_onnx.formats import Fixed, PerChannel
-from ristretto_onnx.moments import truncated
+from ristretto_onnx.moments import fetched
 from ristretto_onnx.passes.bias_correction import mac_node
-from ristretto_onnx.passes.graph import (as_graph, constant_value, export_model, external_proto, import_graph,
-                                         runtime_inputs)
+from ristretto_onnx.passes.graph import as_graph, constant_value, export_model, external_proto, import_graph
 from ristretto_onnx.passes.layers import Layer, group_id
-from ristretto_onnx.runtime.calibrate import session_any_size
 
 #: Damping of ``H``, a fraction of its mean diagonal (as GPTQ).
 DAMP = 0.01
@@ -140,7 +138,6 @@ def layer_hessians(model: ModelProto, layers: Iterable[Layer], batches: Iterable
     seeded positions for every run)."""
     graph = as_graph(model)
     tensors = graph.tensors()
-    feed = runtime_inputs(model)[0]
     todo = []
     for layer in layers:
         node = mac_node(graph, tensors, layer)
@@ -148,24 +145,19 @@ def layer_hessians(model: ModelProto, layers: Iterable[Layer], batches: Iterable
             continue
         if layer.op_type in ("Conv", "Gemm", "MatMul"):
             todo.append((layer, node.attrs, node.inputs[0].name))
-    fetch = list(dict.fromkeys(t for _, _, t in todo if t != feed))
-    session = session_any_size(truncated(model, fetch), threads=threads) if fetch else None
     rng = np.random.default_rng(seed)
     per_image = max(1, -(-rows // max(1, images or 256)))
     out: dict[str, list[np.ndarray]] = {}
-    for x in batches:
-        x = np.ascontiguousarray(x, np.float32)
-        values = dict(zip(fetch, session.run(fetch, {feed: x}))) if session is not None else {}
-        values[feed] = x
+    for values in fetched(model, [t for _, _, t in todo], batches, threads=threads):
         for layer, attrs, name in todo:
-            v = np.asarray(values[name], np.float64)
+            v = values[name]  # float32; rows go to float64 (exactly) once sampled, not the whole batch
             if layer.op_type == "Conv":
                 groups = int(attrs.get("group", 1))
-                p = _patches(v, attrs, tuple(layer.weight_shape[2:]), per_image, rng)
+                p = _patches(v, attrs, tuple(layer.weight_shape[2:]), per_image, rng).astype(np.float64)
                 cg = p.shape[1] // groups
                 parts = [p[:, g * cg:(g + 1) * cg].reshape(len(p), -1) for g in range(groups)]
             else:
-                parts = [v.reshape(-1, v.shape[-1])]
+                parts = [np.asarray(v, np.float64).reshape(-1, v.shape[-1])]
             sums = [a.T @ a for a in parts]
             out[layer.name] = sums if layer.name not in out else [s + t for s, t in zip(out[layer.name], sums)]
     return out
